@@ -1,0 +1,61 @@
+//! The start-up banner, laid out like `celery worker`'s so operators find
+//! app, transport, results, concurrency, queues and tasks where they expect.
+
+use crate::config::{Config, mask_url};
+use crate::registry::Registry;
+use std::fmt::Write;
+
+pub fn render(cfg: &Config, registry: &Registry) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    let app = cfg.app.as_deref().unwrap_or("default");
+    let results = cfg
+        .result_backend
+        .as_deref()
+        .map_or("disabled://".into(), mask_url);
+    let prefetch = match cfg.prefetch_count() {
+        0 => "unlimited".to_string(),
+        n => n.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        " \n -------------- {} v{version} (rust-celery-worker)",
+        cfg.hostname
+    );
+    let _ = writeln!(out, "--- ***** ----- ");
+    let _ = writeln!(
+        out,
+        "-- ******* ---- {}-{} {now}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    let _ = writeln!(out, "- *** --- * --- ");
+    let _ = writeln!(out, "- ** ---------- [config]");
+    let _ = writeln!(out, "- ** ---------- .> app:         {app}");
+    let _ = writeln!(
+        out,
+        "- ** ---------- .> transport:   {}",
+        mask_url(&cfg.broker_url)
+    );
+    let _ = writeln!(out, "- ** ---------- .> results:     {results}");
+    let _ = writeln!(
+        out,
+        "- *** --- * --- .> concurrency: {} (rust), prefetch {prefetch}",
+        cfg.concurrency
+    );
+    let _ = writeln!(out, "-- ******* ---- .> task events: OFF");
+    let _ = writeln!(out, "--- ***** ----- ");
+    let _ = writeln!(out, " -------------- [queues]");
+    for q in &cfg.queues {
+        let _ = writeln!(
+            out,
+            "                .> {q:<16} exchange={q}(direct) key={q}"
+        );
+    }
+    let _ = writeln!(out, "\n[tasks]");
+    for name in registry.names() {
+        let _ = writeln!(out, "  . {name}");
+    }
+    out
+}

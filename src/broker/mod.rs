@@ -1,0 +1,67 @@
+//! Message transports. A [`Broker`] hands out [`Delivery`]s and settles them
+//! (ack / reject / restore); it knows routing, not task semantics.
+
+pub mod redis;
+pub mod redis_url;
+
+use crate::protocol::{DecodeError, Envelope};
+use async_trait::async_trait;
+
+/// One message taken from a queue, still unacknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    /// kombu delivery tag (key in `unacked`); empty when the bytes were not
+    /// even an envelope and so could not be recorded.
+    pub tag: String,
+    /// The queue it was consumed from.
+    pub queue: String,
+    pub payload: Result<Envelope, DecodeError>,
+}
+
+impl Delivery {
+    /// `(exchange, routing_key)` it was published with.
+    pub fn route(&self) -> (String, String) {
+        match &self.payload {
+            Ok(env) => env.delivery_info(),
+            Err(_) => (String::new(), self.queue.clone()),
+        }
+    }
+}
+
+/// Why a broker call failed, and whether reconnecting can help.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The connection is gone: back off, reconnect, retry.
+    #[error("connection to broker lost: {0}")]
+    Connection(String),
+    /// The broker refused the command; retrying will not help.
+    #[error("broker error: {0}")]
+    Command(String),
+}
+
+impl BrokerError {
+    pub fn is_connection(&self) -> bool {
+        matches!(self, BrokerError::Connection(_))
+    }
+}
+
+/// A transport with kombu's consume/ack semantics.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Declares the consumed queues (bindings) and runs start-up recovery.
+    async fn start(&self) -> Result<(), BrokerError>;
+    /// Up to `max` messages, waiting at most one poll interval when none is ready.
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError>;
+    /// Done with the message: forget it.
+    async fn ack(&self, tag: &str) -> Result<(), BrokerError>;
+    /// Refuse the message; with `requeue` it goes to the back of its queue.
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError>;
+    /// Give an unstarted message back, to be delivered next (shutdown).
+    async fn restore(&self, tag: &str) -> Result<(), BrokerError>;
+    /// Periodic housekeeping (visibility-timeout restore).
+    async fn maintain(&self) -> Result<(), BrokerError>;
+    /// Publishes an envelope to a queue (anonymous exchange).
+    async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError>;
+    /// The broker URL with the password masked.
+    fn url(&self) -> String;
+}

@@ -1,0 +1,501 @@
+//! kombu's Redis transport, key for key.
+//!
+//! * Queues are lists; producers `LPUSH`, consumers pop from the right.
+//! * Priorities live in sibling lists `<queue>\x06\x16<step>`; lower steps are
+//!   popped first, bucket-major across all queues (SPEC §4.3–4.4).
+//! * Every delivered message is recorded in `unacked` (hash tag → `[envelope,
+//!   exchange, routing_key]`) and `unacked_index` (zset tag → time) until
+//!   acked; entries older than the visibility timeout are pushed back by any
+//!   consumer (`restore_visible`), guarded by `unacked_mutex`.
+//!
+//! When idle we block with kombu's own `BRPOP`. When the prefetch window has
+//! room for more than one message we pop a batch with a Lua script that pops
+//! in the same order *and* records `unacked` in the same atomic step — so no
+//! message can be lost between the pop and the bookkeeping, a window kombu's
+//! BRPOP-then-MULTI has.
+
+use super::redis_url::{self, is_connection_error};
+use super::{Broker, BrokerError, Delivery};
+use crate::config::{TransportOptions, mask_url};
+use crate::protocol::Envelope;
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// kombu's separator between queue name and priority step, and in binding members.
+pub const SEP: &str = "\x06\x16";
+
+/// Pops up to ARGV[1] messages from KEYS[3..] in order and records each in
+/// `unacked` (KEYS[1]) / `unacked_index` (KEYS[2]) with score ARGV[2].
+/// Returns a flat list `key, raw, key, raw, ...`.
+const FETCH_LUA: &str = r#"
+local out = {}
+local max = tonumber(ARGV[1])
+local n = 0
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  while n < max do
+    local raw = redis.call('RPOP', key)
+    if not raw then break end
+    local ok, msg = pcall(cjson.decode, raw)
+    if ok and type(msg) == 'table' and type(msg['properties']) == 'table' then
+      local props = msg['properties']
+      local tag = props['delivery_tag']
+      if type(tag) == 'string' then
+        local ex, rk = '', ''
+        local di = props['delivery_info']
+        if type(di) == 'table' then
+          if type(di['exchange']) == 'string' then ex = di['exchange'] end
+          if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+        end
+        redis.call('ZADD', KEYS[2], ARGV[2], tag)
+        redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+      end
+    end
+    out[#out + 1] = key
+    out[#out + 1] = raw
+    n = n + 1
+  end
+  if n >= max then break end
+end
+return out
+"#;
+
+/// Compare-and-restore: if `unacked[tag]` still holds ARGV[2], remove it from
+/// both tables and push ARGV[3] onto KEYS[3..] (ARGV[4] = 'l' LPUSH, 'r' RPUSH).
+/// Atomic, so two workers restoring the same tag restore it once.
+const RESTORE_LUA: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 3, #KEYS do
+  if ARGV[4] == 'l' then redis.call('LPUSH', KEYS[i], ARGV[3]) else redis.call('RPUSH', KEYS[i], ARGV[3]) end
+end
+return 1
+"#;
+
+/// Releases `unacked_mutex` only if we still own it (kombu's Lua, same logic).
+const UNLOCK_LUA: &str = r#"
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"#;
+
+fn conn_err(e: redis::RedisError) -> BrokerError {
+    if is_connection_error(&e) {
+        BrokerError::Connection(e.to_string())
+    } else {
+        BrokerError::Command(e.to_string())
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The Redis transport of one worker (one kombu channel).
+pub struct RedisBroker {
+    url: String,
+    opts: TransportOptions,
+    /// Commands that never block: acks, restores, fetch script, publish.
+    conn: ConnectionManager,
+    /// BRPOP only; its response timeout exceeds the BRPOP timeout.
+    blocking: AsyncMutex<ConnectionManager>,
+    /// Queue order for the next pop; rotated round-robin as kombu does.
+    cycle: Mutex<Vec<String>>,
+    fetch: redis::Script,
+    restore: redis::Script,
+    unlock: redis::Script,
+    last_visibility_scan: Mutex<Option<std::time::Instant>>,
+}
+
+impl RedisBroker {
+    /// Connects (two connections) to the broker at `url`.
+    pub async fn connect(
+        url: &str,
+        queues: &[String],
+        opts: TransportOptions,
+    ) -> anyhow::Result<RedisBroker> {
+        let client = redis_url::client(url)?;
+        let conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
+        let block_timeout = Duration::from_secs_f64(opts.brpop_timeout) + Duration::from_secs(5);
+        let blocking = redis_url::manager(&client, block_timeout).await?;
+        Ok(RedisBroker {
+            url: url.to_string(),
+            opts,
+            conn,
+            blocking: AsyncMutex::new(blocking),
+            cycle: Mutex::new(queues.to_vec()),
+            fetch: redis::Script::new(FETCH_LUA),
+            restore: redis::Script::new(RESTORE_LUA),
+            unlock: redis::Script::new(UNLOCK_LUA),
+            last_visibility_scan: Mutex::new(None),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{}", self.opts.global_keyprefix, name)
+    }
+
+    /// The list key of `queue` for a message of `priority` (SPEC §4.4).
+    pub fn queue_key(&self, queue: &str, priority: i64) -> String {
+        let p = priority.clamp(0, 9) as u8;
+        let step = self
+            .opts
+            .priority_steps
+            .iter()
+            .copied()
+            .filter(|s| *s <= p)
+            .max()
+            .unwrap_or(0);
+        if step == 0 {
+            self.key(queue)
+        } else {
+            format!("{}{queue}{SEP}{step}", self.opts.global_keyprefix)
+        }
+    }
+
+    /// All list keys in kombu's BRPOP order: bucket-major, then queue order.
+    fn pop_order(&self) -> Vec<String> {
+        let queues = self.cycle.lock().expect("cycle lock").clone();
+        let mut keys = Vec::with_capacity(queues.len() * self.opts.priority_steps.len());
+        for step in &self.opts.priority_steps {
+            for q in &queues {
+                keys.push(if *step == 0 {
+                    self.key(q)
+                } else {
+                    format!("{}{q}{SEP}{step}", self.opts.global_keyprefix)
+                });
+            }
+        }
+        keys
+    }
+
+    /// Maps a popped list key back to its queue name and rotates that queue
+    /// to the end of the cycle (kombu's round-robin `queue_order_strategy`).
+    fn queue_of(&self, key: &str) -> String {
+        let key = key.strip_prefix(&self.opts.global_keyprefix).unwrap_or(key);
+        let queue = match key.rfind(SEP) {
+            Some(i) => &key[..i],
+            None => key,
+        }
+        .to_string();
+        let mut cycle = self.cycle.lock().expect("cycle lock");
+        if let Some(pos) = cycle.iter().position(|q| *q == queue) {
+            let q = cycle.remove(pos);
+            cycle.push(q);
+        }
+        queue
+    }
+
+    fn delivery(&self, key: &str, raw: &[u8]) -> Delivery {
+        let queue = self.queue_of(key);
+        let payload = Envelope::parse(raw);
+        let tag = payload
+            .as_ref()
+            .ok()
+            .and_then(|e| e.delivery_tag())
+            .unwrap_or_default()
+            .to_string();
+        Delivery {
+            tag,
+            queue,
+            payload,
+        }
+    }
+
+    /// kombu's `BRPOP` followed by its `MULTI ZADD HSET EXEC` bookkeeping.
+    async fn brpop_one(&self) -> Result<Option<Delivery>, BrokerError> {
+        let keys = self.pop_order();
+        let popped: Option<(String, Vec<u8>)> = {
+            let mut conn = self.blocking.lock().await;
+            redis::cmd("BRPOP")
+                .arg(&keys)
+                .arg(self.opts.brpop_timeout)
+                .query_async(&mut *conn)
+                .await
+                .map_err(conn_err)?
+        };
+        let Some((key, raw)) = popped else {
+            return Ok(None);
+        };
+        let delivery = self.delivery(&key, &raw);
+        if let Ok(env) = &delivery.payload
+            && !delivery.tag.is_empty()
+        {
+            let (ex, rk) = env.delivery_info();
+            let mut entry = Vec::with_capacity(raw.len() + 64);
+            entry.push(b'[');
+            entry.extend_from_slice(&raw);
+            entry.extend_from_slice(
+                format!(", {}, {}]", Value::from(ex), Value::from(rk)).as_bytes(),
+            );
+            let mut conn = self.conn.clone();
+            let recorded: Result<(), _> = redis::pipe()
+                .atomic()
+                .zadd(
+                    self.key(&self.opts.unacked_index_key),
+                    &delivery.tag,
+                    unix_now(),
+                )
+                .hset(self.key(&self.opts.unacked_key), &delivery.tag, entry)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = recorded {
+                // The message is ours now either way: run it rather than lose it.
+                tracing::warn!("could not record delivery {} in unacked: {e}", delivery.tag);
+            }
+        }
+        Ok(Some(delivery))
+    }
+
+    /// Pops up to `max` ready messages without blocking.
+    async fn fetch_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let mut inv = self.fetch.prepare_invoke();
+        inv.key(self.key(&self.opts.unacked_key))
+            .key(self.key(&self.opts.unacked_index_key));
+        for k in self.pop_order() {
+            inv.key(k);
+        }
+        inv.arg(max).arg(unix_now());
+        let mut conn = self.conn.clone();
+        let flat: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|kv| self.delivery(&String::from_utf8_lossy(&kv[0]), &kv[1]))
+            .collect())
+    }
+
+    /// Moves an unacked message back onto its queue (kombu's `restore_by_tag`):
+    /// marks it redelivered, RPUSH (next to consume) or LPUSH (`leftmost`, the back).
+    async fn restore_by_tag(&self, tag: &str, leftmost: bool) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let unacked = self.key(&self.opts.unacked_key);
+        let stored: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&unacked)
+            .arg(tag)
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        let Some(stored) = stored else {
+            return Ok(false);
+        };
+        let parsed: Option<(Value, String, String)> = serde_json::from_slice(&stored).ok();
+        let Some((mut payload, exchange, routing_key)) = parsed else {
+            tracing::error!(
+                "unacked entry {tag} is not [envelope, exchange, routing_key]; dropping it"
+            );
+            let _: Result<(), _> = redis::pipe()
+                .atomic()
+                .zrem(self.key(&self.opts.unacked_index_key), tag)
+                .hdel(&unacked, tag)
+                .query_async(&mut conn)
+                .await;
+            return Ok(false);
+        };
+        if let Some(h) = payload.get_mut("headers").and_then(Value::as_object_mut) {
+            h.insert("redelivered".into(), Value::Bool(true));
+        }
+        if let Some(di) = payload
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("delivery_info"))
+            .and_then(Value::as_object_mut)
+        {
+            di.insert("redelivered".into(), Value::Bool(true));
+        }
+        let priority = payload
+            .get("properties")
+            .and_then(|p| p.get("priority"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let queues = self.lookup(&exchange, &routing_key).await?;
+        let mut inv = self.restore.prepare_invoke();
+        inv.key(&unacked)
+            .key(self.key(&self.opts.unacked_index_key));
+        for q in &queues {
+            inv.key(self.queue_key(q, priority));
+        }
+        inv.arg(tag)
+            .arg(stored)
+            .arg(payload.to_string())
+            .arg(if leftmost { "l" } else { "r" });
+        let restored: i64 = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
+        Ok(restored == 1)
+    }
+
+    /// kombu's `_lookup`: the anonymous exchange routes by queue name; named
+    /// exchanges through their `_kombu.binding.<exchange>` table.
+    async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        if exchange.is_empty() {
+            return Ok(vec![routing_key.to_string()]);
+        }
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key(&format!("_kombu.binding.{exchange}")))
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        let queues: Vec<String> = members
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, SEP);
+                let (rk, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
+                (rk == routing_key).then(|| queue.to_string())
+            })
+            .collect();
+        // Unbound: fall back to the routing key, as Celery's queues are named after it.
+        Ok(if queues.is_empty() {
+            vec![routing_key.to_string()]
+        } else {
+            queues
+        })
+    }
+
+    /// kombu's `restore_visible`: push back messages unacked for longer than
+    /// the visibility timeout, under `unacked_mutex`. Returns how many.
+    pub async fn restore_visible(&self) -> Result<usize, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mutex = self.key(&self.opts.unacked_mutex_key);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.opts.unacked_mutex_expire * 1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let ceiling = unix_now() - self.opts.visibility_timeout;
+        let result = async {
+            let expired: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(self.key(&self.opts.unacked_index_key))
+                .arg(ceiling)
+                .arg(0)
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .map_err(conn_err)?;
+            let mut n = 0;
+            for (tag, _) in expired {
+                if self.restore_by_tag(&tag, false).await? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        .await;
+        let mut unlock = self.unlock.prepare_invoke();
+        unlock.key(&mutex).arg(&token);
+        let _: Result<i64, _> = unlock.invoke_async(&mut conn).await;
+        if let Ok(n) = result
+            && n > 0
+        {
+            tracing::warn!("Restored {n} unacknowledged message(s) past the visibility timeout");
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    /// Declares each queue's binding as a Celery worker does
+    /// (`SADD _kombu.binding.<q>` + `_kombu.binding_permanent.<q>`), then runs
+    /// the start-up visibility scan.
+    async fn start(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let queues = self.cycle.lock().expect("cycle lock").clone();
+        for q in &queues {
+            let member = format!("{q}{SEP}{SEP}{q}");
+            let _: () = redis::pipe()
+                .atomic()
+                .sadd(self.key(&format!("_kombu.binding.{q}")), &member)
+                .sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member)
+                .query_async(&mut conn)
+                .await
+                .map_err(conn_err)?;
+        }
+        self.restore_visible().await?;
+        *self.last_visibility_scan.lock().expect("scan lock") = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        if max > 1 {
+            let batch = self.fetch_batch(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+        Ok(self.brpop_one().await?.into_iter().collect())
+    }
+
+    async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
+        if tag.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .zrem(self.key(&self.opts.unacked_index_key), tag)
+            .hdel(self.key(&self.opts.unacked_key), tag)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(conn_err)
+    }
+
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        if requeue {
+            self.restore_by_tag(tag, true).await.map(|_| ())
+        } else {
+            self.ack(tag).await
+        }
+    }
+
+    async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
+        if tag.is_empty() {
+            return Ok(());
+        }
+        self.restore_by_tag(tag, false).await.map(|_| ())
+    }
+
+    async fn maintain(&self) -> Result<(), BrokerError> {
+        let due = {
+            let last = self.last_visibility_scan.lock().expect("scan lock");
+            last.is_none_or(|t| {
+                t.elapsed().as_secs_f64()
+                    >= self
+                        .opts
+                        .unacked_restore_interval
+                        .min(self.opts.visibility_timeout)
+            })
+        };
+        if due {
+            *self.last_visibility_scan.lock().expect("scan lock") = Some(std::time::Instant::now());
+            self.restore_visible().await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("LPUSH")
+            .arg(self.queue_key(queue, envelope.priority()))
+            .arg(envelope.to_json())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(conn_err)
+    }
+
+    fn url(&self) -> String {
+        mask_url(&self.url)
+    }
+}

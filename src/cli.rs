@@ -1,0 +1,216 @@
+//! Flags that mirror `celery worker`, resolved into one [`Config`], and the
+//! start-up sequence the binary runs.
+
+use crate::backend::{ResultBackend, redis::RedisBackend};
+use crate::broker::{Broker, redis::RedisBroker};
+use crate::config::{self, Config};
+use crate::registry::Registry;
+use crate::worker::{Worker, shutdown::Shutdown};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use std::sync::Arc;
+
+/// A Celery worker written in Rust: a drop-in for `celery -A APP worker`.
+#[derive(Debug, Parser)]
+#[command(name = "rust-celery-worker", version, about, long_about = None)]
+pub struct Cli {
+    /// The Celery app (module path), e.g. `app.workers`.
+    #[arg(short = 'A', long = "app")]
+    pub app: Option<String>,
+    /// Broker URL [default: redis://localhost:6379/0].
+    #[arg(short = 'b', long = "broker", env = "CELERY_BROKER_URL")]
+    pub broker: Option<String>,
+    /// Result backend URL (`disabled` for none) [default: the broker URL].
+    #[arg(long = "result-backend", env = "CELERY_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
+    /// Comma-separated queues to consume [default: celery].
+    #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Tasks run at once [default: number of CPUs].
+    #[arg(short = 'c', long = "concurrency")]
+    pub concurrency: Option<usize>,
+    /// Node name; `%h` expands to the host name [default: celery@%h].
+    #[arg(short = 'n', long = "hostname")]
+    pub hostname: Option<String>,
+    /// DEBUG, INFO, WARNING, ERROR, CRITICAL or FATAL (any case).
+    #[arg(short = 'l', long = "loglevel", default_value = "WARNING")]
+    pub loglevel: String,
+    /// Messages prefetched per concurrency slot [default: 4].
+    #[arg(long = "prefetch-multiplier")]
+    pub prefetch_multiplier: Option<usize>,
+    /// A Celery setting, e.g. `task_track_started=true`,
+    /// `broker_transport_options={"visibility_timeout": 60}` (repeatable).
+    #[arg(long = "setting", value_name = "NAME=VALUE")]
+    pub settings: Vec<String>,
+    /// Pool implementation; Rust tasks always run on the worker's own pool.
+    #[arg(short = 'P', long = "pool")]
+    pub pool: Option<String>,
+    /// Accepted for compatibility with `celery worker` command lines.
+    #[arg(long = "without-gossip", hide = true)]
+    pub without_gossip: bool,
+    #[arg(long = "without-mingle", hide = true)]
+    pub without_mingle: bool,
+    #[arg(long = "without-heartbeat", hide = true)]
+    pub without_heartbeat: bool,
+}
+
+impl Cli {
+    /// Flags > env (via clap) > `--setting` > Celery's defaults.
+    pub fn into_config(self) -> Result<Config> {
+        let mut cfg = Config::default();
+        for s in &self.settings {
+            cfg.apply_setting_str(s)?;
+        }
+        cfg.app = self.app;
+        if let Some(b) = self.broker {
+            // Celery's result backend is separate; ours follows the broker
+            // unless told otherwise, as the example app configures it.
+            cfg.result_backend = Some(b.clone());
+            cfg.broker_url = b;
+        }
+        if let Some(r) = self.result_backend {
+            cfg.result_backend = config::normalize_backend(&r);
+        }
+        let queues: Vec<String> = self
+            .queues
+            .into_iter()
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect();
+        if !queues.is_empty() {
+            cfg.queues = queues;
+        }
+        if let Some(c) = self.concurrency {
+            if c == 0 {
+                bail!("--concurrency must be at least 1");
+            }
+            cfg.concurrency = c;
+        }
+        if let Some(n) = self.hostname {
+            cfg.hostname = config::expand_hostname(&n);
+        }
+        if let Some(p) = self.prefetch_multiplier {
+            cfg.prefetch_multiplier = p;
+        }
+        crate::logging::parse_level(&self.loglevel).map_err(anyhow::Error::msg)?;
+        cfg.loglevel = self.loglevel.to_ascii_uppercase();
+        for url in std::iter::once(&cfg.broker_url).chain(cfg.result_backend.as_ref()) {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("socket://"))
+            {
+                bail!(
+                    "unsupported URL {}: this build speaks Redis (redis://, rediss://, socket://)",
+                    config::mask_url(url)
+                );
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses the command line, starts the worker, and returns the exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = crate::logging::parse_level(&cli.loglevel);
+    crate::logging::init(level.unwrap_or(tracing::Level::WARN));
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rcw-runtime")
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(start(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects, prints the banner and runs until shutdown.
+pub async fn start(config: Config) -> Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("installing signal handlers")?;
+
+    let mut registry = Registry::new();
+    crate::tasks::register_all(
+        &mut registry,
+        &crate::tasks::TaskEnv {
+            storage_url: config.result_backend.clone(),
+            testing: std::env::var("RCW_TEST_TASKS").is_ok_and(|v| v == "1"),
+        },
+    );
+
+    let broker = connect_retrying("broker", &config.broker_url, &shutdown, || {
+        RedisBroker::connect(&config.broker_url, &config.queues, config.transport.clone())
+    })
+    .await?;
+    let broker: Arc<dyn Broker> = Arc::new(broker);
+    let backend: Option<Arc<dyn ResultBackend>> = match &config.result_backend {
+        Some(url) => {
+            let b = connect_retrying("result backend", url, &shutdown, || {
+                RedisBackend::connect(url, config.result_expires, &config.result_keyprefix)
+            })
+            .await?;
+            Some(Arc::new(b))
+        }
+        None => None,
+    };
+
+    println!("{}", crate::banner::render(&config, &registry));
+    Worker::new(config, registry, broker, backend, shutdown)
+        .run()
+        .await
+}
+
+/// Retries the first connection like Celery's consumer does, until a
+/// shutdown signal; a bad URL fails at once.
+async fn connect_retrying<T, F, Fut>(
+    what: &str,
+    url: &str,
+    shutdown: &Shutdown,
+    mut connect: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.downcast_ref::<redis::RedisError>()
+                    .is_some_and(crate::broker::redis_url::is_connection_error) =>
+            {
+                let wait = crate::worker::backoff(attempt);
+                attempt += 1;
+                tracing::error!(
+                    "consumer: Cannot connect to {what} {}: {e}. Trying again in {:.2} seconds... ({attempt})",
+                    config::mask_url(url),
+                    wait.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.warm() => bail!("shut down before connecting to the {what}"),
+                }
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "connecting to the {what} {}",
+                    config::mask_url(url)
+                )));
+            }
+        }
+    }
+}

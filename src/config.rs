@@ -1,0 +1,327 @@
+//! One resolved configuration: CLI flags > env > Celery's defaults.
+//!
+//! Setting names are Celery's (`task_track_started`, `result_expires`,
+//! `broker_transport_options`, ...) so the later step of reading the Python
+//! app's `conf` feeds the same [`Config::apply_setting`].
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::time::Duration;
+
+/// kombu Redis transport options (`broker_transport_options`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportOptions {
+    /// Seconds before an unacked message is restored to its queue (kombu: 3600).
+    pub visibility_timeout: f64,
+    /// Prepended verbatim to every broker key and channel (kombu: none).
+    pub global_keyprefix: String,
+    /// Priority buckets (kombu: 0, 3, 6, 9).
+    pub priority_steps: Vec<u8>,
+    pub unacked_key: String,
+    pub unacked_index_key: String,
+    pub unacked_mutex_key: String,
+    /// Seconds the restore lock is held at most (kombu: 300).
+    pub unacked_mutex_expire: u64,
+    /// Seconds between visibility scans (kombu scans at most every ~100 s).
+    pub unacked_restore_interval: f64,
+    /// BRPOP timeout in seconds (kombu: 1).
+    pub brpop_timeout: f64,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            visibility_timeout: 3600.0,
+            global_keyprefix: String::new(),
+            priority_steps: vec![0, 3, 6, 9],
+            unacked_key: "unacked".into(),
+            unacked_index_key: "unacked_index".into(),
+            unacked_mutex_key: "unacked_mutex".into(),
+            unacked_mutex_expire: 300,
+            unacked_restore_interval: 100.0,
+            brpop_timeout: 1.0,
+        }
+    }
+}
+
+impl TransportOptions {
+    fn apply(&mut self, opts: &Value) -> Result<()> {
+        let Value::Object(map) = opts else {
+            bail!("broker_transport_options must be a mapping, got {opts}");
+        };
+        for (k, v) in map {
+            let num = || v.as_f64().with_context(|| format!("{k} must be a number"));
+            let text = || {
+                v.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{k} must be a string"))
+            };
+            match k.as_str() {
+                "visibility_timeout" => self.visibility_timeout = num()?,
+                "global_keyprefix" => self.global_keyprefix = text()?,
+                "priority_steps" => {
+                    self.priority_steps = serde_json::from_value(v.clone())
+                        .context("priority_steps must be a list of ints 0-9")?;
+                    self.priority_steps.sort_unstable();
+                }
+                "unacked_key" => self.unacked_key = text()?,
+                "unacked_index_key" => self.unacked_index_key = text()?,
+                "unacked_mutex_key" => self.unacked_mutex_key = text()?,
+                "unacked_mutex_expire" => self.unacked_mutex_expire = num()? as u64,
+                "unacked_restore_interval" => self.unacked_restore_interval = num()?,
+                "brpop_timeout" => self.brpop_timeout = num()?,
+                // Options of other transports or features we don't need
+                // (socket_timeout, max_connections, ...) are accepted and ignored.
+                _ => tracing::debug!("ignoring broker transport option {k}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything the worker needs, resolved once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `-A`: the app the worker serves (shown in the banner).
+    pub app: Option<String>,
+    pub broker_url: String,
+    /// `None` = results disabled.
+    pub result_backend: Option<String>,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    /// Node name, `celery@<host>` by default.
+    pub hostname: String,
+    pub loglevel: String,
+    pub prefetch_multiplier: usize,
+    pub task_track_started: bool,
+    pub task_ignore_result: bool,
+    pub task_store_errors_even_if_ignored: bool,
+    /// `None` = results never expire.
+    pub result_expires: Option<Duration>,
+    pub result_extended: bool,
+    pub transport: TransportOptions,
+    /// `result_backend_transport_options.global_keyprefix`.
+    pub result_keyprefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            app: None,
+            broker_url: "redis://localhost:6379/0".into(),
+            result_backend: Some("redis://localhost:6379/0".into()),
+            queues: vec!["celery".into()],
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hostname: format!("celery@{}", host_name()),
+            loglevel: "WARNING".into(),
+            prefetch_multiplier: 4,
+            task_track_started: false,
+            task_ignore_result: false,
+            task_store_errors_even_if_ignored: false,
+            result_expires: Some(Duration::from_secs(86400)),
+            result_extended: false,
+            transport: TransportOptions::default(),
+            result_keyprefix: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Prefetch window: multiplier × concurrency (0 = unlimited, as in Celery).
+    pub fn prefetch_count(&self) -> usize {
+        self.prefetch_multiplier * self.concurrency
+    }
+
+    /// Applies one Celery setting by name. Values are JSON (`true`, `60`,
+    /// `{"visibility_timeout": 10}`) or plain strings.
+    pub fn apply_setting(&mut self, name: &str, value: Value) -> Result<()> {
+        let flag = |v: &Value| -> Result<bool> {
+            match v {
+                Value::Bool(b) => Ok(*b),
+                Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Ok(true),
+                    "0" | "false" | "no" | "off" => Ok(false),
+                    _ => bail!("{name} expects a boolean, got {s:?}"),
+                },
+                Value::Number(n) => Ok(n.as_f64() != Some(0.0)),
+                _ => bail!("{name} expects a boolean, got {v}"),
+            }
+        };
+        let text = |v: &Value| -> Result<String> {
+            v.as_str()
+                .map(str::to_string)
+                .with_context(|| format!("{name} expects a string"))
+        };
+        match name {
+            "broker_url" => self.broker_url = text(&value)?,
+            "result_backend" => self.result_backend = normalize_backend(&text(&value)?),
+            "task_track_started" => self.task_track_started = flag(&value)?,
+            "task_ignore_result" => self.task_ignore_result = flag(&value)?,
+            "task_store_errors_even_if_ignored" => {
+                self.task_store_errors_even_if_ignored = flag(&value)?
+            }
+            "result_extended" => self.result_extended = flag(&value)?,
+            "result_expires" => {
+                self.result_expires = match &value {
+                    Value::Null => None,
+                    v => {
+                        let secs = v
+                            .as_f64()
+                            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                            .with_context(|| format!("result_expires expects seconds, got {v}"))?;
+                        (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+                    }
+                }
+            }
+            "worker_prefetch_multiplier" => {
+                self.prefetch_multiplier = value
+                    .as_u64()
+                    .with_context(|| "worker_prefetch_multiplier expects an int")?
+                    as usize
+            }
+            "worker_concurrency" => {
+                self.concurrency = value
+                    .as_u64()
+                    .filter(|n| *n > 0)
+                    .with_context(|| "worker_concurrency expects a positive int")?
+                    as usize
+            }
+            "task_default_queue" => self.queues = vec![text(&value)?],
+            "broker_transport_options" => self.transport.apply(&value)?,
+            "result_backend_transport_options" => {
+                if let Some(p) = value.get("global_keyprefix").and_then(Value::as_str) {
+                    self.result_keyprefix = p.to_string();
+                }
+            }
+            _ => bail!("unknown or unsupported setting {name:?}"),
+        }
+        Ok(())
+    }
+
+    /// Parses `NAME=VALUE` (value as JSON, else as a plain string).
+    pub fn apply_setting_str(&mut self, assignment: &str) -> Result<()> {
+        let (name, raw) = assignment
+            .split_once('=')
+            .with_context(|| format!("--setting expects NAME=VALUE, got {assignment:?}"))?;
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        self.apply_setting(name.trim(), value)
+    }
+}
+
+/// `disabled`/`none`/empty switch results off.
+pub fn normalize_backend(url: &str) -> Option<String> {
+    match url.trim() {
+        "" | "disabled" | "none" | "None" => None,
+        u => Some(u.to_string()),
+    }
+}
+
+/// The machine's short host name, for `%h` and the default node name.
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Expands Celery's node-name placeholders: `%h` (host), `%n` (name part), `%d` (domain), `%%`.
+pub fn expand_hostname(pattern: &str) -> String {
+    let host = host_name();
+    let (short, domain) = host.split_once('.').unwrap_or((&host, ""));
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(&host),
+            Some('n') => out.push_str(short),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    if out.contains('@') {
+        out
+    } else {
+        format!("celery@{out}")
+    }
+}
+
+/// A URL fit for logs: the password replaced by `**` (kombu's `maskpass`).
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // A userinfo without ':' may be a bare password (redis-py reads
+            // it so): hide it whole rather than risk printing it.
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:**"),
+                None if userinfo.is_empty() => String::new(),
+                None => "**".to_string(),
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_url("redis://:s3cret@host:6379/0"),
+            "redis://:**@host:6379/0"
+        );
+        assert_eq!(mask_url("redis://user:pw@host/1"), "redis://user:**@host/1");
+        assert_eq!(
+            mask_url("rediss://pw@host:6380/0?ssl_cert_reqs=none"),
+            "rediss://**@host:6380/0?ssl_cert_reqs=none"
+        );
+        assert_eq!(
+            mask_url("redis://localhost:6379/0"),
+            "redis://localhost:6379/0"
+        );
+        assert!(!mask_url("amqp://guest:guest@localhost:5672//").contains("guest@"));
+    }
+
+    #[test]
+    fn applies_celery_settings() {
+        let mut c = Config::default();
+        c.apply_setting_str("task_track_started=true").unwrap();
+        c.apply_setting_str("result_expires=60").unwrap();
+        c.apply_setting_str(
+            r#"broker_transport_options={"visibility_timeout": 2, "global_keyprefix": "p:"}"#,
+        )
+        .unwrap();
+        assert!(c.task_track_started);
+        assert_eq!(c.result_expires, Some(Duration::from_secs(60)));
+        assert_eq!(c.transport.visibility_timeout, 2.0);
+        assert_eq!(c.transport.global_keyprefix, "p:");
+        assert!(c.apply_setting("no_such_thing", json!(1)).is_err());
+        assert!(c.apply_setting_str("task_track_started=maybe").is_err());
+    }
+
+    #[test]
+    fn expands_node_names() {
+        let host = host_name();
+        assert_eq!(expand_hostname("w1@%h"), format!("w1@{host}"));
+        assert_eq!(expand_hostname("w1"), "celery@w1");
+    }
+}

@@ -1,0 +1,508 @@
+//! Celery task messages: protocol v2, v1 and hybrid, normalised to v2.
+//!
+//! `headers.task` present → v2 (hybrid if the body is an object with `args`);
+//! absent → v1 if the body is an object with `task`; else not a task message
+//! (`on_task_received` / `proto1_to_proto2` / `hybrid_to_proto2` in Celery).
+
+use super::{compression, json_tags};
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// Content types a JSON-only worker can read. kombu always trusts
+/// `application/data` and `application/text`, but a task body can't be either.
+const JSON: &str = "application/json";
+
+/// Why a message could not become a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeError {
+    /// The bytes are not a kombu envelope; nothing about the task is known.
+    Envelope(String),
+    /// A content type we refuse (pickle, yaml, msgpack, ...): kombu's `ContentDisallowed`.
+    ContentDisallowed {
+        content_type: String,
+        id: Option<String>,
+        task: Option<String>,
+    },
+    /// The body could not be decoded (bad base64, compression or JSON).
+    Body {
+        reason: String,
+        id: Option<String>,
+        task: Option<String>,
+    },
+    /// Decoded, but not a valid task message (Celery's `InvalidTaskError`).
+    Invalid {
+        reason: String,
+        id: Option<String>,
+        task: Option<String>,
+    },
+}
+
+impl DecodeError {
+    /// The task id, when the headers revealed it: then a FAILURE can be stored
+    /// so the caller is not left waiting.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            DecodeError::Envelope(_) => None,
+            DecodeError::ContentDisallowed { id, .. }
+            | DecodeError::Body { id, .. }
+            | DecodeError::Invalid { id, .. } => id.as_deref(),
+        }
+    }
+
+    pub fn task_name(&self) -> Option<&str> {
+        match self {
+            DecodeError::Envelope(_) => None,
+            DecodeError::ContentDisallowed { task, .. }
+            | DecodeError::Body { task, .. }
+            | DecodeError::Invalid { task, .. } => task.as_deref(),
+        }
+    }
+
+    /// `(exc_type, exc_module, message)` as the Python side would name it.
+    pub fn exception(&self) -> (&'static str, &'static str, String) {
+        match self {
+            DecodeError::ContentDisallowed { content_type, .. } => (
+                "ContentDisallowed",
+                "kombu.exceptions",
+                format!(
+                    "Refusing to deserialize untrusted content of type {} ({content_type})",
+                    serializer_name(content_type)
+                ),
+            ),
+            DecodeError::Body { reason, .. } => ("DecodeError", "kombu.exceptions", reason.clone()),
+            DecodeError::Invalid { reason, .. } => {
+                ("InvalidTaskError", "celery.exceptions", reason.clone())
+            }
+            DecodeError::Envelope(reason) => ("DecodeError", "kombu.exceptions", reason.clone()),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Envelope(r) => write!(f, "not a kombu message: {r}"),
+            DecodeError::ContentDisallowed { .. } => f.write_str(&self.exception().2),
+            DecodeError::Body { reason, .. } => write!(f, "cannot decode message body: {reason}"),
+            DecodeError::Invalid { reason, .. } => write!(f, "invalid task message: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn serializer_name(content_type: &str) -> &str {
+    match content_type {
+        "application/x-python-serialize" => "pickle",
+        "application/x-yaml" => "yaml",
+        "application/x-msgpack" => "msgpack",
+        "application/json" => "json",
+        other => other,
+    }
+}
+
+/// The embedded canvas of a v2 body: `[args, kwargs, embed]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Embed {
+    pub callbacks: Option<Vec<Value>>,
+    pub errbacks: Option<Vec<Value>>,
+    /// Remaining chain steps, reversed: the next one is the last element.
+    pub chain: Option<Vec<Value>>,
+    pub chord: Option<Value>,
+}
+
+impl Embed {
+    fn from_value(v: &Value) -> Embed {
+        let list = |k: &str| v.get(k).and_then(Value::as_array).cloned();
+        Embed {
+            callbacks: list("callbacks"),
+            errbacks: list("errbacks"),
+            chain: list("chain"),
+            chord: v.get("chord").filter(|c| !c.is_null()).cloned(),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        json!({
+            "callbacks": self.callbacks,
+            "errbacks": self.errbacks,
+            "chain": self.chain,
+            "chord": self.chord,
+        })
+    }
+}
+
+/// A task message normalised to protocol v2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// v2 headers (built from the body for v1), unknown headers kept.
+    pub headers: Map<String, Value>,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub embed: Embed,
+    /// 1 or 2 — what the sender spoke (hybrid counts as 2).
+    pub protocol: u8,
+}
+
+impl TaskMessage {
+    /// Decodes a message from its transport-neutral parts.
+    pub fn decode(
+        content_type: Option<&str>,
+        headers: &Map<String, Value>,
+        body: &[u8],
+    ) -> Result<TaskMessage, DecodeError> {
+        let id = headers
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let task = headers
+            .get("task")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let ct = content_type.unwrap_or("application/data");
+        if ct != JSON {
+            return Err(DecodeError::ContentDisallowed {
+                content_type: ct.to_string(),
+                id,
+                task,
+            });
+        }
+        let body_err = |reason: String| DecodeError::Body {
+            reason,
+            id: id.clone(),
+            task: task.clone(),
+        };
+        let inflated;
+        let body = match headers.get("compression").and_then(Value::as_str) {
+            Some(c) => {
+                inflated = compression::decompress(c, body).map_err(body_err)?;
+                &inflated[..]
+            }
+            None => body,
+        };
+        let decoded: Value =
+            serde_json::from_slice(body).map_err(|e| body_err(format!("invalid JSON: {e}")))?;
+        json_tags::validate(&decoded).map_err(body_err)?;
+        if headers.contains_key("task") {
+            match decoded {
+                Value::Object(body) if body.contains_key("args") => {
+                    Self::from_hybrid(headers, body)
+                }
+                other => Self::from_v2(headers.clone(), other),
+            }
+        } else {
+            match decoded {
+                Value::Object(body) if body.contains_key("task") => Self::from_v1(body),
+                _ => Err(DecodeError::Invalid {
+                    reason: "no task name in headers or body".into(),
+                    id,
+                    task,
+                }),
+            }
+        }
+    }
+
+    fn from_v2(mut headers: Map<String, Value>, body: Value) -> Result<TaskMessage, DecodeError> {
+        headers.remove("compression");
+        let invalid = |reason: &str, h: &Map<String, Value>| DecodeError::Invalid {
+            reason: reason.to_string(),
+            id: h.get("id").and_then(Value::as_str).map(str::to_string),
+            task: h.get("task").and_then(Value::as_str).map(str::to_string),
+        };
+        let Value::Array(mut parts) = body else {
+            return Err(invalid("body is not [args, kwargs, embed]", &headers));
+        };
+        if parts.len() != 3 && parts.len() != 2 {
+            return Err(invalid("body is not [args, kwargs, embed]", &headers));
+        }
+        let embed = if parts.len() == 3 {
+            Embed::from_value(&parts.pop().unwrap_or(Value::Null))
+        } else {
+            Embed::default()
+        };
+        let Some(Value::Object(kwargs)) = parts.pop() else {
+            return Err(invalid("kwargs is not an object", &headers));
+        };
+        let Some(Value::Array(args)) = parts.pop() else {
+            return Err(invalid("args is not a list", &headers));
+        };
+        let msg = TaskMessage {
+            headers,
+            args,
+            kwargs,
+            embed,
+            protocol: 2,
+        };
+        msg.check_headers()?;
+        Ok(msg)
+    }
+
+    /// Hybrid: v2 headers with a v1-style body (`hybrid_to_proto2`).
+    fn from_hybrid(
+        headers: &Map<String, Value>,
+        body: Map<String, Value>,
+    ) -> Result<TaskMessage, DecodeError> {
+        let mut msg = Self::from_v1(body)?;
+        for (k, v) in headers {
+            if k != "compression" {
+                msg.headers.insert(k.clone(), v.clone());
+            }
+        }
+        msg.protocol = 2;
+        msg.check_headers()?;
+        Ok(msg)
+    }
+
+    /// Protocol v1: everything in the body (`proto1_to_proto2`).
+    fn from_v1(mut body: Map<String, Value>) -> Result<TaskMessage, DecodeError> {
+        let id = body.get("id").and_then(Value::as_str).map(str::to_string);
+        let task = body.get("task").and_then(Value::as_str).map(str::to_string);
+        let invalid = |reason: &str| DecodeError::Invalid {
+            reason: reason.to_string(),
+            id: id.clone(),
+            task: task.clone(),
+        };
+        let args = match body.remove("args") {
+            Some(Value::Array(a)) => a,
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => return Err(invalid("task args must be a list")),
+        };
+        let kwargs = match body.remove("kwargs") {
+            Some(Value::Object(k)) => k,
+            None | Some(Value::Null) => Map::new(),
+            Some(_) => return Err(invalid("task keyword arguments must be a mapping")),
+        };
+        let take = |body: &mut Map<String, Value>, k: &str| body.remove(k).unwrap_or(Value::Null);
+        let group = match take(&mut body, "group") {
+            Value::Null => take(&mut body, "taskset"),
+            g => g,
+        };
+        // `utc: false` marked naive local times in Celery 3; we take naive
+        // times as UTC either way, as Celery 5 does (`maybe_make_aware`).
+        let mut headers = Map::new();
+        headers.insert("lang".into(), take(&mut body, "lang"));
+        headers.insert(
+            "task".into(),
+            task.clone().map_or(Value::Null, Value::String),
+        );
+        headers.insert("id".into(), id.clone().map_or(Value::Null, Value::String));
+        headers.insert("root_id".into(), take(&mut body, "root_id"));
+        headers.insert("parent_id".into(), take(&mut body, "parent_id"));
+        headers.insert("group".into(), group);
+        headers.insert("group_index".into(), take(&mut body, "group_index"));
+        headers.insert("meth".into(), take(&mut body, "meth"));
+        headers.insert("shadow".into(), take(&mut body, "shadow"));
+        headers.insert("eta".into(), take(&mut body, "eta"));
+        headers.insert("expires".into(), take(&mut body, "expires"));
+        let retries = body
+            .remove("retries")
+            .filter(|v| !v.is_null())
+            .unwrap_or(json!(0));
+        headers.insert("retries".into(), retries);
+        let timelimit = body
+            .remove("timelimit")
+            .filter(|v| !v.is_null())
+            .unwrap_or(json!([null, null]));
+        headers.insert("timelimit".into(), timelimit);
+        headers.insert("argsrepr".into(), take(&mut body, "argsrepr"));
+        headers.insert("kwargsrepr".into(), take(&mut body, "kwargsrepr"));
+        headers.insert("origin".into(), take(&mut body, "origin"));
+        let embed = Embed {
+            callbacks: body.get("callbacks").and_then(Value::as_array).cloned(),
+            errbacks: body.get("errbacks").and_then(Value::as_array).cloned(),
+            chain: None,
+            chord: body.get("chord").filter(|c| !c.is_null()).cloned(),
+        };
+        let msg = TaskMessage {
+            headers,
+            args,
+            kwargs,
+            embed,
+            protocol: 1,
+        };
+        msg.check_headers()?;
+        Ok(msg)
+    }
+
+    /// Celery rejects messages whose id/name are missing or whose eta/expires
+    /// don't parse (InvalidTaskError → reject without requeue).
+    fn check_headers(&self) -> Result<(), DecodeError> {
+        let invalid = |reason: String| DecodeError::Invalid {
+            reason,
+            id: self
+                .headers
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            task: self
+                .headers
+                .get("task")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
+        if self.headers.get("id").and_then(Value::as_str).is_none() {
+            return Err(invalid("missing task id".into()));
+        }
+        if self.headers.get("task").and_then(Value::as_str).is_none() {
+            return Err(invalid("missing task name".into()));
+        }
+        for key in ["eta", "expires"] {
+            match self.headers.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if json_tags::parse_header_time(s).is_some() => {}
+                Some(v) => return Err(invalid(format!("invalid {key} value {v}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn header_str(&self, key: &str) -> Option<&str> {
+        self.headers.get(key).and_then(Value::as_str)
+    }
+
+    pub fn id(&self) -> &str {
+        self.header_str("id").unwrap_or_default()
+    }
+
+    pub fn task(&self) -> &str {
+        self.header_str("task").unwrap_or_default()
+    }
+
+    /// The name shown in logs and events (`shadow` wins over `task`).
+    pub fn display_name(&self) -> &str {
+        self.header_str("shadow").unwrap_or_else(|| self.task())
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.headers
+            .get("retries")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32
+    }
+
+    pub fn root_id(&self) -> Option<&str> {
+        self.header_str("root_id")
+    }
+
+    pub fn parent_id(&self) -> Option<&str> {
+        self.header_str("parent_id")
+    }
+
+    pub fn group(&self) -> Option<&str> {
+        self.header_str("group")
+    }
+
+    pub fn group_index(&self) -> Option<i64> {
+        self.headers.get("group_index").and_then(Value::as_i64)
+    }
+
+    pub fn eta(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.header_str("eta")
+            .and_then(json_tags::parse_header_time)
+    }
+
+    pub fn expires(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.header_str("expires")
+            .and_then(json_tags::parse_header_time)
+    }
+
+    /// `ignore_result` header: `None` when the sender left it to the task.
+    pub fn ignore_result(&self) -> Option<bool> {
+        self.headers.get("ignore_result").and_then(Value::as_bool)
+    }
+
+    /// `timelimit: [hard, soft]` in seconds.
+    pub fn timelimit(&self) -> (Option<f64>, Option<f64>) {
+        let tl = self.headers.get("timelimit").and_then(Value::as_array);
+        let at = |i: usize| tl.and_then(|t| t.get(i)).and_then(Value::as_f64);
+        (at(0), at(1))
+    }
+
+    /// `argsrepr` as sent, else computed as Python would show it.
+    pub fn argsrepr(&self) -> String {
+        self.header_str("argsrepr")
+            .map(str::to_string)
+            .unwrap_or_else(|| super::pyrepr::repr_args(&self.args))
+    }
+
+    pub fn kwargsrepr(&self) -> String {
+        self.header_str("kwargsrepr")
+            .map(str::to_string)
+            .unwrap_or_else(|| super::pyrepr::repr(&Value::Object(self.kwargs.clone())))
+    }
+
+    /// The v2 body `[args, kwargs, embed]` as JSON bytes.
+    pub fn encode_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!([self.args, self.kwargs, self.embed.to_value()]))
+            .expect("JSON values always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn decodes_v2() {
+        let h = headers(json!({"task": "t.add", "id": "1", "retries": 2, "timelimit": [30, 20]}));
+        let m = TaskMessage::decode(Some(JSON), &h, br#"[[1, 2], {"z": 1}, {"callbacks": null, "errbacks": null, "chain": [], "chord": null}]"#).unwrap();
+        assert_eq!(m.task(), "t.add");
+        assert_eq!(m.args, vec![json!(1), json!(2)]);
+        assert_eq!(m.kwargs["z"], json!(1));
+        assert_eq!(m.retries(), 2);
+        assert_eq!(m.timelimit(), (Some(30.0), Some(20.0)));
+        assert_eq!(m.embed.chain, Some(vec![]));
+        assert_eq!(m.protocol, 2);
+    }
+
+    #[test]
+    fn refuses_pickle_but_keeps_the_id() {
+        let h = headers(json!({"task": "t.add", "id": "abc"}));
+        let e = TaskMessage::decode(Some("application/x-python-serialize"), &h, b"\x80\x04")
+            .unwrap_err();
+        assert_eq!(e.task_id(), Some("abc"));
+        assert!(
+            e.to_string()
+                .contains("pickle (application/x-python-serialize)")
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        let h = headers(json!({"task": "t", "id": "1"}));
+        for body in [
+            &b"{"[..],
+            b"[1, 2, 3]",
+            b"\"x\"",
+            b"[[], [], {}]",
+            b"[{}, {}, {}]",
+        ] {
+            assert!(
+                TaskMessage::decode(Some(JSON), &h, body).is_err(),
+                "{body:?}"
+            );
+        }
+        let h = headers(json!({"task": "t", "id": "1", "eta": "not a date"}));
+        assert!(matches!(
+            TaskMessage::decode(Some(JSON), &h, b"[[], {}, {}]"),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_hybrid() {
+        let h = headers(json!({"task": "t.add", "id": "9"}));
+        let m = TaskMessage::decode(
+            Some(JSON),
+            &h,
+            br#"{"args": [1], "kwargs": {}, "retries": 1, "task": "t.add", "id": "9"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.args, vec![json!(1)]);
+        assert_eq!(m.retries(), 1);
+    }
+}

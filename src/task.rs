@@ -1,0 +1,471 @@
+//! What a task sees: its request, its bound arguments, `update_state`, and the
+//! error type whose shape Python re-raises.
+//!
+//! Errors are values with a Celery face: a [`TaskError`] is stored exactly as
+//! `{exc_type, exc_message, exc_module}`, so `AsyncResult.get()` in Python
+//! raises `ValueError` for `TaskError::value_error(..)`.
+
+use crate::protocol::pyrepr;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+
+/// The outcome of a task body.
+pub type TaskResult = Result<Value, TaskError>;
+
+/// An exception as Celery stores it (`prepare_exception` in celery/backends/base.py).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    /// Class `__qualname__`, e.g. `ValueError`.
+    pub exc_type: String,
+    /// Module Python imports to find the class, e.g. `builtins`.
+    pub exc_module: String,
+    /// The exception's args (always a list on the wire).
+    pub exc_message: Vec<Value>,
+    /// Text stored as `traceback`; Celery stores Python's formatted traceback.
+    pub traceback: Option<String>,
+}
+
+impl TaskError {
+    pub fn new(
+        exc_type: impl Into<String>,
+        exc_module: impl Into<String>,
+        exc_message: Vec<Value>,
+    ) -> Self {
+        TaskError {
+            exc_type: exc_type.into(),
+            exc_module: exc_module.into(),
+            exc_message,
+            traceback: None,
+        }
+    }
+
+    /// A built-in Python exception with one message argument.
+    pub fn builtin(exc_type: &str, message: impl Into<String>) -> Self {
+        Self::new(exc_type, "builtins", vec![Value::String(message.into())])
+    }
+
+    pub fn value_error(message: impl Into<String>) -> Self {
+        Self::builtin("ValueError", message)
+    }
+
+    pub fn type_error(message: impl Into<String>) -> Self {
+        Self::builtin("TypeError", message)
+    }
+
+    pub fn runtime_error(message: impl Into<String>) -> Self {
+        Self::builtin("RuntimeError", message)
+    }
+
+    /// An `OSError` subclass as `open()` raises it: `(errno, strerror, filename)`.
+    /// Python rebuilds it with the filename, so `str(exc)` names the file.
+    pub fn os_error(exc_type: &str, errno: i32, strerror: &str, filename: &str) -> Self {
+        Self::new(
+            exc_type,
+            "builtins",
+            vec![errno.into(), strerror.into(), filename.into()],
+        )
+    }
+
+    /// Maps an I/O error to the exception Python's `open()` would raise.
+    pub fn from_io(err: &std::io::Error, filename: &str) -> Self {
+        use std::io::ErrorKind::*;
+        let errno = err.raw_os_error().unwrap_or(0);
+        let class = match err.kind() {
+            NotFound => "FileNotFoundError",
+            PermissionDenied => "PermissionError",
+            IsADirectory => "IsADirectoryError",
+            NotADirectory => "NotADirectoryError",
+            _ => "OSError",
+        };
+        let strerror = match errno {
+            0 => err.to_string(),
+            n => std::io::Error::from_raw_os_error(n)
+                .to_string()
+                .split(" (os error")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        Self::os_error(class, errno, &strerror, filename)
+    }
+
+    /// Celery's `NotRegistered` for an unknown task name.
+    pub fn not_registered(task_name: &str) -> Self {
+        Self::new(
+            "NotRegistered",
+            "celery.exceptions",
+            vec![Value::String(task_name.to_string())],
+        )
+    }
+
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.traceback = Some(traceback.into());
+        self
+    }
+
+    /// Python `repr()` of the exception, e.g. `ValueError('boom')`.
+    pub fn repr(&self) -> String {
+        pyrepr::repr_exception(&self.exc_type, &self.exc_message)
+    }
+
+    /// The `result` field of a FAILURE/RETRY meta.
+    pub fn to_meta(&self) -> Value {
+        let mut m = Map::with_capacity(3);
+        m.insert("exc_type".into(), Value::String(self.exc_type.clone()));
+        m.insert("exc_message".into(), Value::Array(self.exc_message.clone()));
+        m.insert("exc_module".into(), Value::String(self.exc_module.clone()));
+        Value::Object(m)
+    }
+
+    /// A traceback-shaped text for the result meta when the task gave none.
+    pub fn traceback_text(&self) -> String {
+        match &self.traceback {
+            Some(t) => t.clone(),
+            None => format!(
+                "Traceback (most recent call last):\n  File \"<rust>\", in task\n{}: {}\n",
+                self.qualified_name(),
+                self.message_text()
+            ),
+        }
+    }
+
+    fn qualified_name(&self) -> String {
+        if self.exc_module == "builtins" {
+            self.exc_type.clone()
+        } else {
+            format!("{}.{}", self.exc_module, self.exc_type)
+        }
+    }
+
+    /// Python `str(exc)` for the common shapes.
+    pub fn message_text(&self) -> String {
+        match self.exc_message.as_slice() {
+            [] => String::new(),
+            [Value::String(s)] => s.clone(),
+            [one] => pyrepr::repr(one),
+            [
+                Value::Number(errno),
+                Value::String(msg),
+                Value::String(file),
+            ] => {
+                format!("[Errno {errno}] {msg}: {}", pyrepr::repr_str(file))
+            }
+            many => pyrepr::repr_args(many),
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.repr())
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl From<serde_json::Error> for TaskError {
+    fn from(e: serde_json::Error) -> Self {
+        TaskError::type_error(e.to_string())
+    }
+}
+
+/// Where a message came from, as `self.request.delivery_info` shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryInfo {
+    pub exchange: String,
+    pub routing_key: String,
+    pub priority: u8,
+    pub redelivered: bool,
+}
+
+/// The request a task runs for (Celery's `Task.request`).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub id: String,
+    pub task: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub retries: u32,
+    pub root_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub group: Option<String>,
+    pub group_index: Option<i64>,
+    pub eta: Option<String>,
+    pub expires: Option<String>,
+    pub hostname: String,
+    pub delivery_info: DeliveryInfo,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// Writes intermediate states (`update_state`) for a running task.
+///
+/// Kept as a trait so the task API does not depend on a backend.
+pub trait StateWriter: Send + Sync {
+    fn write_state(&self, request: &Request, state: &str, meta: Value) -> Result<(), TaskError>;
+}
+
+/// Handed to every task invocation.
+#[derive(Clone)]
+pub struct TaskContext {
+    request: Arc<Request>,
+    states: Arc<dyn StateWriter>,
+}
+
+impl TaskContext {
+    pub fn new(request: Arc<Request>, states: Arc<dyn StateWriter>) -> Self {
+        TaskContext { request, states }
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    pub fn id(&self) -> &str {
+        &self.request.id
+    }
+
+    /// `self.update_state(state=..., meta=...)`: stores and publishes a custom
+    /// state (e.g. `PROGRESS`) that Python sees as `.state` / `.info`.
+    /// Blocks until stored; call it from blocking tasks (async tasks should use
+    /// `tokio::task::spawn_blocking` or keep progress coarse).
+    pub fn update_state(&self, state: &str, meta: Value) -> Result<(), TaskError> {
+        self.states.write_state(&self.request, state, meta)
+    }
+}
+
+/// One parameter of a task's Python-style signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub default: Option<Value>,
+}
+
+/// A task's parameter list, bound the way Python binds a call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Params {
+    pub params: Vec<Param>,
+}
+
+impl Params {
+    /// Parses `["x", "y=2", "source_name=\"documents\""]`: a name, optionally
+    /// `=` and a JSON default.
+    ///
+    /// # Panics
+    /// On a malformed spec — it is written by the programmer, not the sender.
+    pub fn parse(spec: &[&str]) -> Self {
+        let params = spec
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((name, default)) => Param {
+                    name: name.trim().to_string(),
+                    default: Some(serde_json::from_str(default.trim()).unwrap_or_else(|e| {
+                        panic!("bad default for parameter {name:?}: {default:?}: {e}")
+                    })),
+                },
+                None => Param {
+                    name: s.trim().to_string(),
+                    default: None,
+                },
+            })
+            .collect();
+        Params { params }
+    }
+
+    /// Binds positional and keyword arguments to parameters, raising the same
+    /// `TypeError` texts CPython does for a bad call.
+    pub fn bind(
+        &self,
+        func: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+    ) -> Result<Args, TaskError> {
+        let short = func.rsplit('.').next().unwrap_or(func);
+        let n = self.params.len();
+        if args.len() > n {
+            let required = self.params.iter().filter(|p| p.default.is_none()).count();
+            let takes = if required == n {
+                format!("{n}")
+            } else {
+                format!("from {required} to {n}")
+            };
+            let plural = if n == 1 && required == n { "" } else { "s" };
+            let were = if args.len() == 1 { "was" } else { "were" };
+            return Err(TaskError::type_error(format!(
+                "{short}() takes {takes} positional argument{plural} but {} {were} given",
+                args.len()
+            )));
+        }
+        let mut values: Vec<Option<Value>> = vec![None; n];
+        for (slot, a) in values.iter_mut().zip(args) {
+            *slot = Some(a.clone());
+        }
+        for (k, v) in kwargs {
+            match self.params.iter().position(|p| &p.name == k) {
+                Some(i) if values[i].is_some() => {
+                    return Err(TaskError::type_error(format!(
+                        "{short}() got multiple values for argument '{k}'"
+                    )));
+                }
+                Some(i) => values[i] = Some(v.clone()),
+                None => {
+                    return Err(TaskError::type_error(format!(
+                        "{short}() got an unexpected keyword argument '{k}'"
+                    )));
+                }
+            }
+        }
+        let missing: Vec<&str> = self
+            .params
+            .iter()
+            .zip(&values)
+            .filter(|(p, v)| v.is_none() && p.default.is_none())
+            .map(|(p, _)| p.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|m| format!("'{m}'")).collect();
+            let list = match names.len() {
+                1 => names[0].clone(),
+                2 => format!("{} and {}", names[0], names[1]),
+                _ => format!(
+                    "{}, and {}",
+                    names[..names.len() - 1].join(", "),
+                    names[names.len() - 1]
+                ),
+            };
+            let s = if missing.len() == 1 { "" } else { "s" };
+            return Err(TaskError::type_error(format!(
+                "{short}() missing {} required positional argument{s}: {list}",
+                missing.len()
+            )));
+        }
+        let values = values
+            .into_iter()
+            .zip(&self.params)
+            .map(|(v, p)| v.or_else(|| p.default.clone()).unwrap_or(Value::Null))
+            .collect();
+        Ok(Args {
+            func: short.to_string(),
+            names: self.params.iter().map(|p| p.name.clone()).collect(),
+            values,
+        })
+    }
+}
+
+/// Arguments bound to a task's parameters, in parameter order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    func: String,
+    names: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl Args {
+    /// The raw value of parameter `i`.
+    pub fn value(&self, i: usize) -> &Value {
+        &self.values[i]
+    }
+
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// Converts parameter `i` to `T`; a mismatch is the `TypeError` Python
+    /// callers would get from a type check in the task.
+    pub fn get<T: DeserializeOwned>(&self, i: usize) -> Result<T, TaskError> {
+        serde_json::from_value(self.values[i].clone()).map_err(|e| {
+            TaskError::type_error(format!(
+                "{}() argument '{}' has the wrong type: {e}",
+                self.func, self.names[i]
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kw(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn binds_like_python() {
+        let p = Params::parse(&["file_paths", "source_name=\"documents\""]);
+        let a = p.bind("m.f", &[json!(["a"])], &Map::new()).unwrap();
+        assert_eq!(a.values(), &[json!(["a"]), json!("documents")]);
+        let a = p
+            .bind(
+                "m.f",
+                &[],
+                &kw(json!({"source_name": "s", "file_paths": []})),
+            )
+            .unwrap();
+        assert_eq!(a.values(), &[json!([]), json!("s")]);
+    }
+
+    #[test]
+    fn bad_calls_raise_python_type_errors() {
+        let p = Params::parse(&["x", "y"]);
+        let e = p
+            .bind("app.t.example_task", &[json!(1)], &Map::new())
+            .unwrap_err();
+        assert_eq!(
+            e.exc_message,
+            vec![json!(
+                "example_task() missing 1 required positional argument: 'y'"
+            )]
+        );
+        let e = p.bind("t", &[], &Map::new()).unwrap_err();
+        assert_eq!(
+            e.exc_message,
+            vec![json!(
+                "t() missing 2 required positional arguments: 'x' and 'y'"
+            )]
+        );
+        let e = p
+            .bind("t", &[json!(1), json!(2), json!(3)], &Map::new())
+            .unwrap_err();
+        assert_eq!(
+            e.exc_message,
+            vec![json!("t() takes 2 positional arguments but 3 were given")]
+        );
+        let e = p.bind("t", &[json!(1)], &kw(json!({"x": 2}))).unwrap_err();
+        assert_eq!(
+            e.exc_message,
+            vec![json!("t() got multiple values for argument 'x'")]
+        );
+        let e = p
+            .bind("t", &[json!(1), json!(2)], &kw(json!({"z": 2})))
+            .unwrap_err();
+        assert_eq!(
+            e.exc_message,
+            vec![json!("t() got an unexpected keyword argument 'z'")]
+        );
+        assert_eq!(e.exc_type, "TypeError");
+    }
+
+    #[test]
+    fn io_errors_map_to_python_classes() {
+        let err = std::fs::File::open("/definitely/not/here").unwrap_err();
+        let e = TaskError::from_io(&err, "/definitely/not/here");
+        assert_eq!(e.exc_type, "FileNotFoundError");
+        assert_eq!(
+            e.exc_message,
+            vec![
+                json!(2),
+                json!("No such file or directory"),
+                json!("/definitely/not/here")
+            ]
+        );
+        assert_eq!(
+            e.message_text(),
+            "[Errno 2] No such file or directory: '/definitely/not/here'"
+        );
+    }
+}
