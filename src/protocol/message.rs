@@ -431,6 +431,70 @@ impl TaskMessage {
             .unwrap_or_else(|| super::pyrepr::repr(&Value::Object(self.kwargs.clone())))
     }
 
+    /// A fresh v2 message with Celery's default headers, as `send_task` builds it.
+    pub fn new(task: &str, id: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> TaskMessage {
+        let mut headers = Map::new();
+        for (k, v) in [
+            ("lang", json!("py")),
+            ("task", json!(task)),
+            ("id", json!(id)),
+            ("shadow", Value::Null),
+            ("eta", Value::Null),
+            ("expires", Value::Null),
+            ("group", Value::Null),
+            ("group_index", Value::Null),
+            ("retries", json!(0)),
+            ("timelimit", json!([null, null])),
+            ("root_id", json!(id)),
+            ("parent_id", Value::Null),
+            ("argsrepr", json!(super::pyrepr::repr_args(&args))),
+            (
+                "kwargsrepr",
+                json!(super::pyrepr::repr(&Value::Object(kwargs.clone()))),
+            ),
+            ("origin", Value::Null),
+            ("ignore_result", json!(false)),
+            ("replaced_task_nesting", json!(0)),
+            ("stamped_headers", Value::Null),
+            ("stamps", json!({})),
+        ] {
+            headers.insert(k.into(), v);
+        }
+        TaskMessage {
+            headers,
+            args,
+            kwargs,
+            embed: Embed::default(),
+            protocol: 2,
+        }
+    }
+
+    /// The kombu envelope for publishing this message to `queue` through the
+    /// anonymous exchange, with a fresh delivery tag.
+    pub fn to_envelope(&self, queue: &str, priority: u8) -> super::Envelope {
+        let mut props = Map::new();
+        props.insert("correlation_id".into(), json!(self.id()));
+        props.insert("reply_to".into(), Value::Null);
+        props.insert("delivery_mode".into(), json!(2));
+        props.insert(
+            "delivery_info".into(),
+            json!({"exchange": "", "routing_key": queue}),
+        );
+        props.insert("priority".into(), json!(priority));
+        props.insert("body_encoding".into(), json!("base64"));
+        props.insert(
+            "delivery_tag".into(),
+            json!(uuid::Uuid::new_v4().to_string()),
+        );
+        super::Envelope {
+            body: self.encode_body(),
+            content_type: Some(JSON.into()),
+            content_encoding: Some("utf-8".into()),
+            headers: self.headers.clone(),
+            properties: props,
+        }
+    }
+
     /// The v2 body `[args, kwargs, embed]` as JSON bytes.
     pub fn encode_body(&self) -> Vec<u8> {
         serde_json::to_vec(&json!([self.args, self.kwargs, self.embed.to_value()]))

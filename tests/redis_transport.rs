@@ -1,0 +1,343 @@
+//! The Redis transport and result backend against a real, private
+//! `redis-server`: kombu's key layout, pop order, unacked bookkeeping,
+//! restores, key prefixes, and Celery's result writes.
+
+mod support;
+
+use redis::Commands;
+use rust_celery_worker::backend::{ResultBackend, redis::RedisBackend};
+use rust_celery_worker::broker::{Broker, redis::RedisBroker};
+use rust_celery_worker::config::TransportOptions;
+use rust_celery_worker::protocol::result_meta::ResultMeta;
+use rust_celery_worker::protocol::{Envelope, TaskMessage};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use support::RedisServer;
+
+fn envelope(id: &str, queue: &str, priority: u8) -> Envelope {
+    TaskMessage::new("tasks.add", id, vec![json!(1), json!(2)], Map::new())
+        .to_envelope(queue, priority)
+}
+
+async fn broker(server: &RedisServer, queues: &[&str], opts: TransportOptions) -> RedisBroker {
+    let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    let b = RedisBroker::connect(&server.url(), &queues, opts)
+        .await
+        .unwrap();
+    b.start().await.unwrap();
+    b
+}
+
+fn task_id(d: &rust_celery_worker::broker::Delivery) -> String {
+    d.payload.as_ref().unwrap().headers["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Drains with single fetches (the BRPOP path).
+async fn drain_one_by_one(b: &RedisBroker, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = b.fetch(1).await.unwrap();
+        assert_eq!(d.len(), 1);
+        out.push(task_id(&d[0]));
+    }
+    out
+}
+
+#[tokio::test]
+async fn priorities_pop_lowest_bucket_first_across_queues() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["a", "b"], TransportOptions::default()).await;
+    // kombu's buckets: 0-2 → "", 3-5 → 3, 6-8 → 6, 9 → 9; lower first.
+    for (id, q, p) in [
+        ("a9", "a", 9),
+        ("a5", "a", 5),
+        ("b0", "b", 0),
+        ("a3", "a", 3),
+        ("b7", "b", 7),
+    ] {
+        b.publish(q, &envelope(id, q, p)).await.unwrap();
+    }
+    let mut conn = server.conn();
+    assert_eq!(
+        conn.llen::<_, i64>("a\x06\x163").unwrap(),
+        2,
+        "priorities 3 and 5 share bucket 3"
+    );
+    assert_eq!(conn.llen::<_, i64>("a\x06\x169").unwrap(), 1);
+    assert_eq!(conn.llen::<_, i64>("b").unwrap(), 1);
+    assert_eq!(
+        drain_one_by_one(&b, 5).await,
+        ["b0", "a5", "a3", "b7", "a9"]
+    );
+}
+
+#[tokio::test]
+async fn batch_fetch_keeps_the_same_order_and_records_every_message() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    for (i, p) in [9u8, 0, 6, 3, 0].iter().enumerate() {
+        b.publish("celery", &envelope(&format!("m{i}-p{p}"), "celery", *p))
+            .await
+            .unwrap();
+    }
+    let batch = b.fetch(10).await.unwrap();
+    let ids: Vec<String> = batch.iter().map(task_id).collect();
+    assert_eq!(ids, ["m1-p0", "m4-p0", "m3-p3", "m2-p6", "m0-p9"]);
+    let mut conn = server.conn();
+    assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 5);
+    assert_eq!(conn.zcard::<_, i64>("unacked_index").unwrap(), 5);
+    for d in &batch {
+        b.ack(&d.tag).await.unwrap();
+    }
+    assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
+    assert_eq!(conn.zcard::<_, i64>("unacked_index").unwrap(), 0);
+}
+
+#[tokio::test]
+async fn unacked_entry_has_kombus_shape() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    let env = envelope("shape", "celery", 0);
+    b.publish("celery", &env).await.unwrap();
+    let before = now();
+    for max in [1usize] {
+        let d = b.fetch(max).await.unwrap().remove(0);
+        let mut conn = server.conn();
+        let raw: String = conn.hget("unacked", &d.tag).unwrap();
+        let entry: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(entry[1], json!(""), "exchange");
+        assert_eq!(entry[2], json!("celery"), "routing key");
+        assert_eq!(entry[0]["properties"]["delivery_tag"], json!(d.tag));
+        assert_eq!(
+            Envelope::parse(entry[0].to_string().as_bytes()).unwrap(),
+            env
+        );
+        let score: f64 = conn.zscore("unacked_index", &d.tag).unwrap();
+        assert!(
+            score >= before - 1.0 && score <= now() + 1.0,
+            "score {score} is a unix time"
+        );
+        // Binding declared as a Celery worker declares it.
+        let members: Vec<String> = conn.smembers("_kombu.binding.celery").unwrap();
+        assert_eq!(members, ["celery\x06\x16\x06\x16celery"]);
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn visibility_timeout_restores_to_the_front_marked_redelivered() {
+    let server = RedisServer::start();
+    let opts = TransportOptions {
+        visibility_timeout: 1.0,
+        ..Default::default()
+    };
+    let b = broker(&server, &["celery"], opts.clone()).await;
+    b.publish("celery", &envelope("late", "celery", 7))
+        .await
+        .unwrap();
+    b.publish("celery", &envelope("other", "celery", 7))
+        .await
+        .unwrap();
+    let taken = b.fetch(1).await.unwrap().remove(0);
+    assert_eq!(task_id(&taken), "late");
+    assert_eq!(
+        b.restore_visible().await.unwrap(),
+        0,
+        "not yet past the timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A second worker starting up runs the scan (kombu does it at start-up).
+    let _second = broker(&server, &["celery"], opts).await;
+    let mut conn = server.conn();
+    assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
+    // RPUSH: it is the next to be consumed, in its priority bucket.
+    let next: String = conn.rpop("celery\x06\x166", None).unwrap();
+    let env: Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(env["headers"]["id"], json!("late"));
+    assert_eq!(env["headers"]["redelivered"], json!(true));
+    assert_eq!(
+        env["properties"]["delivery_info"]["redelivered"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn reject_with_requeue_goes_to_the_back_and_restore_to_the_front() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["q"], TransportOptions::default()).await;
+    for id in ["one", "two", "three"] {
+        b.publish("q", &envelope(id, "q", 0)).await.unwrap();
+    }
+    let one = b.fetch(1).await.unwrap().remove(0);
+    b.reject(&one.tag, true).await.unwrap();
+    let two = b.fetch(1).await.unwrap().remove(0);
+    b.restore(&two.tag).await.unwrap();
+    assert_eq!(drain_one_by_one(&b, 3).await, ["two", "three", "one"]);
+    let none: i64 = server.conn().llen("q").unwrap();
+    assert_eq!(none, 0);
+}
+
+/// A Python worker's leftover (captured byte-exact from kombu) is restored by us.
+#[tokio::test]
+async fn restores_what_a_python_worker_left_unacked() {
+    let server = RedisServer::start();
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery-wire/redis_unacked_entry_eta_task.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let tag = sample["field"].as_str().unwrap();
+    let raw = sample["raw"].as_str().unwrap();
+    let mut conn = server.conn();
+    let _: () = conn.hset("unacked", tag, raw).unwrap();
+    let _: () = conn.zadd("unacked_index", tag, now() - 7200.0).unwrap();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    let d = b.fetch(1).await.unwrap().remove(0);
+    assert_eq!(d.tag, tag);
+    let env = d.payload.unwrap();
+    assert_eq!(env.headers["redelivered"], json!(true));
+    assert_eq!(
+        env.headers["id"],
+        sample["decoded"]["payload"]["headers"]["id"]
+    );
+}
+
+#[tokio::test]
+async fn global_keyprefix_prefixes_every_key() {
+    let server = RedisServer::start();
+    let opts = TransportOptions {
+        global_keyprefix: "app1:".into(),
+        ..Default::default()
+    };
+    let b = broker(&server, &["celery"], opts).await;
+    b.publish("celery", &envelope("p", "celery", 3))
+        .await
+        .unwrap();
+    let mut conn = server.conn();
+    assert_eq!(conn.llen::<_, i64>("app1:celery\x06\x163").unwrap(), 1);
+    let d = b.fetch(1).await.unwrap().remove(0);
+    assert_eq!(d.queue, "celery");
+    assert_eq!(conn.hlen::<_, i64>("app1:unacked").unwrap(), 1);
+    assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
+    assert!(
+        conn.sismember::<_, _, bool>("app1:_kombu.binding.celery", "celery\x06\x16\x06\x16celery")
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn garbage_in_a_queue_is_delivered_as_an_error_not_a_crash() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    let mut conn = server.conn();
+    let _: () = conn.lpush("celery", "this is not json").unwrap();
+    let _: () = conn.lpush("celery", "also garbage").unwrap();
+    let batch = b.fetch(5).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    assert!(batch.iter().all(|d| d.payload.is_err() && d.tag.is_empty()));
+    let single = {
+        let _: () = conn.lpush("celery", "{\"x\": 1").unwrap();
+        b.fetch(1).await.unwrap()
+    };
+    assert!(single[0].payload.is_err());
+    assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
+}
+
+#[tokio::test]
+async fn backend_writes_setex_and_publish_and_never_overwrites_success() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url(), Some(Duration::from_secs(600)), "")
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_connection().unwrap();
+    let mut pubsub = pubsub.as_pubsub();
+    pubsub.subscribe("celery-task-meta-t1").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    assert!(
+        backend
+            .store(&ResultMeta::new("t1", "SUCCESS", json!(9)))
+            .await
+            .unwrap()
+    );
+    let msg = pubsub.get_message().unwrap();
+    let published: String = msg.get_payload().unwrap();
+    let mut conn = server.conn();
+    let stored: String = conn.get("celery-task-meta-t1").unwrap();
+    assert_eq!(published, stored, "PUBLISH carries exactly the stored JSON");
+    let ttl: i64 = conn.ttl("celery-task-meta-t1").unwrap();
+    assert!((590..=600).contains(&ttl), "ttl {ttl}");
+    let v: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(v["result"], json!(9));
+    assert!(v["date_done"].as_str().unwrap().ends_with("+00:00"));
+
+    // A duplicate execution's FAILURE must not replace the SUCCESS.
+    let failure = ResultMeta::new(
+        "t1",
+        "FAILURE",
+        json!({"exc_type": "ValueError", "exc_message": [], "exc_module": "builtins"}),
+    );
+    assert!(!backend.store(&failure).await.unwrap());
+    let still: Value =
+        serde_json::from_str(&conn.get::<_, String>("celery-task-meta-t1").unwrap()).unwrap();
+    assert_eq!(still["status"], json!("SUCCESS"));
+
+    // A Python-written SUCCESS (spaced JSON) is protected too.
+    let _: () = conn.set("celery-task-meta-t2", r#"{"status": "SUCCESS", "result": 1, "traceback": null, "children": [], "date_done": "2026-01-01T00:00:00+00:00", "task_id": "t2"}"#).unwrap();
+    assert!(
+        !backend
+            .store(&ResultMeta::new("t2", "STARTED", json!({})))
+            .await
+            .unwrap()
+    );
+    // Other states are overwritten in order.
+    assert!(
+        backend
+            .store(&ResultMeta::new("t3", "PROGRESS", json!({"current": 1})))
+            .await
+            .unwrap()
+    );
+    assert!(
+        backend
+            .store(&ResultMeta::new("t3", "SUCCESS", json!(1)))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn backend_key_prefix_follows_celery() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url(), None, "tenant")
+        .await
+        .unwrap();
+    backend
+        .store(&ResultMeta::new("t9", "SUCCESS", json!(null)))
+        .await
+        .unwrap();
+    let mut conn = server.conn();
+    assert!(
+        conn.exists::<_, bool>("tenant_celery-task-meta-t9")
+            .unwrap()
+    );
+    assert_eq!(
+        conn.ttl::<_, i64>("tenant_celery-task-meta-t9").unwrap(),
+        -1,
+        "no expiry configured"
+    );
+}
