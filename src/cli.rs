@@ -121,7 +121,15 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // One runtime thread by default: the pipeline is I/O-bound, and hopping
+    // between threads costs more than it gains (measured: see bench/). Task
+    // bodies that block run on the blocking pool regardless.
+    let threads = std::env::var("RCW_RUNTIME_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
         .enable_all()
         .thread_name("rcw-runtime")
         .build()
