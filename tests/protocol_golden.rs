@@ -105,7 +105,7 @@ fn captured_details_come_through() {
     let get = |file: &str| decode(load(file)["messages"][0]["raw"].as_str().unwrap());
 
     let (_, m) = get("task_message_time_limits_shadow.json");
-    assert_eq!(m.timelimit().0.is_some(), true);
+    assert_eq!(m.timelimit(), (Some(30.0), Some(20.0)), "[hard, soft]");
     assert_eq!(m.headers["x-custom"], json!("hello"));
     assert_ne!(
         m.display_name(),
