@@ -134,8 +134,15 @@ pub fn main() -> std::process::ExitCode {
         .thread_name("rcw-runtime")
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(start(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    // Spawned rather than driven by `block_on`, so the consumer and the
+    // request handlers share the runtime thread instead of waking each other
+    // across threads.
+    match runtime.block_on(async { tokio::spawn(start(config)).await }) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE

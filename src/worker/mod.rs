@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub slots: Arc<Semaphore>,
     /// Messages held unacked at once (kombu's QoS window).
     pub prefetch: Arc<Semaphore>,
+    /// Finished tasks whose outcome is still being written.
+    pub settling: Arc<Semaphore>,
     pub shutdown: Shutdown,
     pub tasks: TaskTracker,
     pub processed: AtomicU64,
@@ -48,6 +50,9 @@ pub struct Worker {
 
 /// Semaphore size standing for "unlimited" prefetch (`worker_prefetch_multiplier = 0`).
 const UNLIMITED_PREFETCH: usize = 1 << 16;
+
+/// Finished tasks allowed to wait for their result write at once.
+const MAX_SETTLING: usize = 256;
 
 impl Worker {
     pub fn new(
@@ -65,6 +70,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 prefetch: Arc::new(Semaphore::new(prefetch)),
+                settling: Arc::new(Semaphore::new(MAX_SETTLING.max(prefetch))),
                 config,
                 registry,
                 broker,

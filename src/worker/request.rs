@@ -96,18 +96,20 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     drop(held);
 
     let delivery_info = delivery_info(&envelope, &queue);
-    run(shared, def, msg, delivery_info, &name).await;
-    drop(slot);
+    run(shared, def, msg, delivery_info, &name, slot).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Runs an accepted request and stores its outcome.
+/// Runs an accepted request and stores its outcome. The concurrency `slot`
+/// covers the task body only: the result write happens outside it, bounded
+/// by `shared.settling`, so a slot never idles through a round trip.
 async fn run(
     shared: &Arc<Shared>,
     def: Arc<TaskDef>,
     msg: TaskMessage,
     delivery_info: DeliveryInfo,
     name: &str,
+    slot: OwnedSemaphorePermit,
 ) {
     let cfg = &shared.config;
     let ignore_result = msg
@@ -156,6 +158,15 @@ async fn run(
         Err(e) => Err(e),
     };
     let runtime = start.elapsed().as_secs_f64();
+    // When results can't be written (backend down), slots stay taken and
+    // consuming stops, instead of finished results piling up in memory.
+    let _settling = shared
+        .settling
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("settling semaphore is never closed");
+    drop(slot);
 
     match outcome {
         Ok(value) => {
