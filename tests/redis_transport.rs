@@ -341,3 +341,34 @@ async fn backend_key_prefix_follows_celery() {
         "no expiry configured"
     );
 }
+
+#[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let server = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/0?ssl_cert_reqs=none", server.port);
+    let queues = vec!["celery".to_string()];
+    let b = RedisBroker::connect(&url, &queues, TransportOptions::default())
+        .await
+        .unwrap();
+    b.start().await.unwrap();
+    b.publish("celery", &envelope("over-tls", "celery", 0))
+        .await
+        .unwrap();
+    let d = b.fetch(1).await.unwrap().remove(0);
+    assert_eq!(task_id(&d), "over-tls");
+    b.ack(&d.tag).await.unwrap();
+    let backend = RedisBackend::connect(&url, None, "").await.unwrap();
+    assert!(
+        backend
+            .store(&ResultMeta::new("over-tls", "SUCCESS", json!(1)))
+            .await
+            .unwrap()
+    );
+    // Plain TCP to a TLS port must fail rather than hang or succeed.
+    let plain = format!("redis://127.0.0.1:{}/0", server.port);
+    assert!(
+        RedisBroker::connect(&plain, &queues, TransportOptions::default())
+            .await
+            .is_err()
+    );
+}

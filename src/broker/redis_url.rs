@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// A redis-rs client for a kombu-style URL.
 pub fn client(url: &str) -> Result<redis::Client> {
+    install_tls_provider();
     redis::Client::open(translate(url).as_str())
         .with_context(|| format!("invalid Redis URL {}", crate::config::mask_url(url)))
 }
@@ -18,6 +19,16 @@ pub fn db_number(url: &str) -> i64 {
     client(url)
         .map(|c| c.get_connection_info().redis_settings().db())
         .unwrap_or(0)
+}
+
+/// rustls needs a process-wide crypto provider before the first `rediss://`
+/// connection; without one it panics at connect time.
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already installed: that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn translate(url: &str) -> String {

@@ -22,6 +22,16 @@ impl Drop for PathGuard {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A TLS-only server (self-signed certificate made on the spot);
+    /// connect with `rediss://…?ssl_cert_reqs=none`.
+    pub fn start_tls() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -29,17 +39,30 @@ impl RedisServer {
             .port();
         let dir = std::env::temp_dir().join(format!("rcw-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
+        let mut cmd = Command::new("redis-server");
+        if tls {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                    .unwrap();
+            std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+            cmd.args([
                 "--port",
+                "0",
+                "--tls-port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "--tls-auth-clients",
                 "no",
             ])
+            .arg("--tls-cert-file")
+            .arg(dir.join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("key.pem"));
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
