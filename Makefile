@@ -1,0 +1,75 @@
+# rust-celery-worker — developer entry points.
+#
+#   make venv     Python venv (.venv) with celery[redis] 5.x, pytest, redis
+#   make build    cargo build (debug binary used by the interop tests)
+#   make release  cargo build --release (binary used by `run` and `bench`)
+#   make run      release worker on $(BROKER) with the example app
+#   make test     cargo test + interop pytest suite
+#   make bench    throughput/RSS comparison against the real celery worker
+#   make lint     rustfmt + clippy
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.stamp-deps
+BROKER ?= $(or $(CELERY_BROKER_URL),redis://127.0.0.1:6379/0)
+PYTEST_ARGS ?=
+
+.PHONY: venv build release run test test-rust test-interop bench lint
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): Makefile
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --disable-pip-version-check -q --upgrade pip
+	$(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]==5.7.*' pytest pytest-timeout redis \
+	  || $(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]>=5,<6' pytest pytest-timeout redis
+	$(VENV_PY) -c 'import celery, kombu, redis, pytest; print("celery", celery.__version__, "kombu", kombu.__version__)'
+	touch $@
+
+build:
+	cargo build
+
+release:
+	cargo build --release
+
+run: release
+	@set -euo pipefail; \
+	broker='$(BROKER)'; \
+	if ! redis-cli -u "$$broker" ping >/dev/null 2>&1; then \
+	  hostport="$${broker#*://}"; hostport="$${hostport#*@}"; hostport="$${hostport%%/*}"; \
+	  host="$${hostport%%:*}"; port="$${hostport##*:}"; \
+	  [ "$$port" = "$$hostport" ] && port=6379; \
+	  case "$$host" in \
+	    localhost|127.0.0.1|::1|"") \
+	      echo "no Redis at $$broker; starting redis-server on port $$port" >&2; \
+	      redis-server --daemonize yes --port "$$port" --save '' --appendonly no >/dev/null; \
+	      for i in $$(seq 50); do redis-cli -p "$$port" ping >/dev/null 2>&1 && break; sleep 0.1; done ;; \
+	    *) echo "Redis at $$broker does not answer" >&2; exit 1 ;; \
+	  esac; \
+	fi; \
+	export CELERY_BROKER_URL="$$broker"; \
+	export CELERY_RESULT_BACKEND="$${CELERY_RESULT_BACKEND:-$$broker}"; \
+	unset RCW_TEST_TASKS; \
+	cd python && exec ../target/release/rust-celery-worker -A app.workers --loglevel=info
+
+test-rust:
+	cargo test
+
+test-interop: venv
+	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS)
+
+# Both halves always run; the target fails if either failed.
+test: venv
+	@rc=0; \
+	cargo test || rc=1; \
+	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
+
+bench: venv release
+	$(VENV_PY) bench/bench.py $(BENCH_ARGS)
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,324 @@
+"""Shared helpers for the interop suite: private redis-server processes, worker
+processes (our Rust binary or a real Python ``celery worker``), log parsing, polling.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_DIR = ROOT / "python"
+INTEROP_DIR = ROOT / "interop"
+INGEST_FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
+
+#: "rust" (default): run our binary; "python": run a real `celery worker` instead,
+#: to prove the suite checks genuine Celery behaviour.
+WORKER_KIND = os.environ.get("INTEROP_WORKER", "rust").strip().lower() or "rust"
+if WORKER_KIND not in ("rust", "python"):
+    raise RuntimeError(f"INTEROP_WORKER must be 'rust' or 'python', not {WORKER_KIND!r}")
+
+SUCCEEDED_RE = re.compile(r"Task (\S+)\[([0-9a-fA-F-]{36})\] succeeded in ")
+RECEIVED_RE = re.compile(r"Task (\S+)\[([0-9a-fA-F-]{36})\] received")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05,
+               what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; return that value.
+    Raises AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # e.g. redis down for a moment
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- redis
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1:<port>, data dir ``workdir``, no unix socket."""
+
+    def __init__(self, workdir: Path, port: Optional[int] = None, persistent: bool = False):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.persistent = persistent
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = self.workdir / f"redis-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def args(self) -> List[str]:
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.workdir), "--daemonize", "no", "--save", "",
+                "--protected-mode", "no", "--logfile", str(self.log_path)]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        return args
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            def up():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+                return client.ping()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if up():
+                        break
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on {self.port} did not start: {self.log_tail()}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        return self
+
+    def shutdown_via_cli(self) -> None:
+        """`redis-cli -p PORT shutdown`, then wait for the process to exit."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def rust_binary_path() -> Path:
+    return Path(os.environ.get("RCW_BIN") or ROOT / "target" / "debug" / "rust-celery-worker")
+
+
+def worker_env(broker_url: str, backend_url: str, extra: Optional[dict] = None) -> dict:
+    env = dict(os.environ)
+    paths = [str(PYTHON_DIR), str(INTEROP_DIR)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CELERY_BROKER_URL"] = broker_url
+    env["CELERY_RESULT_BACKEND"] = backend_url
+    env.pop("RCW_PY_SETTINGS", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """One running worker (ours or Celery's) with its log file."""
+
+    def __init__(self, kind: str, argv: List[str], env: dict, cwd: Path, log_path: Path,
+                 name: str):
+        self.kind = kind
+        self.argv = argv
+        self.name = name
+        self.log_path = log_path
+        self._log_fh = open(log_path, "ab")
+        self._log_fh.write(f"$ {' '.join(argv)}\n".encode())
+        self._log_fh.flush()
+        self.proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
+                                     stdout=self._log_fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log()[-n:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for_log(self, needle, timeout: float = 30.0, what: Optional[str] = None):
+        """Wait until the log contains ``needle`` (str, or compiled regex → match)."""
+        def found():
+            text = self.log()
+            if isinstance(needle, str):
+                return needle in text
+            return needle.search(text)
+        deadline = time.monotonic() + timeout
+        while True:
+            hit = found()
+            if hit:
+                return hit
+            if not self.alive():
+                hit = found()
+                if hit:
+                    return hit
+                raise AssertionError(
+                    f"worker {self.name} exited (rc={self.proc.returncode}) before "
+                    f"{what or needle!r} appeared; log tail:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or needle!r} in the log of "
+                    f"worker {self.name}; log tail:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self.wait_for_log(re.compile(r"\bready\."), timeout=timeout, what="ready.")
+
+    def succeeded_ids(self) -> List[str]:
+        return [m.group(2) for m in SUCCEEDED_RE.finditer(self.log())]
+
+    def received_ids(self) -> List[str]:
+        return [m.group(2) for m in RECEIVED_RE.finditer(self.log())]
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def kill9(self) -> None:
+        """SIGKILL the worker and everything in its process group (prefork children)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """Warm shutdown (SIGTERM); SIGKILL the process group if it does not exit."""
+        if self.alive():
+            self.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        # Children (e.g. prefork pool) left behind by a crash or a killed parent.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if not self._log_fh.closed:
+            self._log_fh.close()
+        return self.proc.returncode
+
+
+def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
+                queues: Optional[Iterable[str]] = None, concurrency: int = 2,
+                prefetch: Optional[int] = None, loglevel: str = "info",
+                settings: Optional[dict] = None, pool: str = "threads",
+                extra_args: Iterable[str] = ()) -> List[str]:
+    if kind == "rust":
+        argv = [str(rust_binary_path()), "-A", "app.workers", "-b", broker_url,
+                "--result-backend", backend_url, "-l", loglevel, "-n", f"{name}@%h",
+                "-c", str(concurrency)]
+        if queues:
+            argv += ["-Q", ",".join(queues)]
+        if prefetch is not None:
+            argv += ["--prefetch-multiplier", str(prefetch)]
+        for key, value in (settings or {}).items():
+            argv += ["--setting", f"{key}={json.dumps(value)}"]
+    else:
+        argv = [sys.executable, "-m", "celery", "-A", "pyworker_app", "worker",
+                "-P", pool, "-c", str(concurrency), "-l", loglevel, "-n", f"{name}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        if queues:
+            argv += ["-Q", ",".join(queues)]
+        if prefetch is not None:
+            argv += ["--prefetch-multiplier", str(prefetch)]
+    return argv + list(extra_args)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def capture_envelope(celery_client, broker: redis.Redis, task_name: str, args=(), kwargs=None,
+                     **options) -> dict:
+    """Publish a task with the real Celery producer to a throw-away queue nobody
+    consumes and pop the raw kombu envelope back (as a dict)."""
+    queue = f"capture-{uuid.uuid4()}"
+    celery_client.send_task(task_name, args=list(args), kwargs=kwargs or {}, queue=queue,
+                            **options)
+    raw = broker.rpop(queue)
+    assert raw is not None, "producer did not LPUSH the envelope"
+    broker.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    return json.loads(raw)
+
+
+def set_body(envelope: dict, body: bytes, content_type: Optional[str] = None,
+             content_encoding: Optional[str] = None) -> dict:
+    envelope["body"] = base64.b64encode(body).decode()
+    envelope["properties"]["body_encoding"] = "base64"
+    if content_type is not None:
+        envelope["content-type"] = content_type
+    if content_encoding is not None:
+        envelope["content-encoding"] = content_encoding
+    return envelope
+
+
+def reidentify(envelope: dict, task_id: Optional[str] = None) -> str:
+    """Give a captured envelope a fresh task id and delivery tag; returns the id."""
+    task_id = task_id or str(uuid.uuid4())
+    envelope["headers"]["id"] = task_id
+    envelope["headers"]["root_id"] = task_id
+    envelope["properties"]["correlation_id"] = task_id
+    envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
+    return task_id
+
+
+def result_meta(backend: redis.Redis, task_id: str) -> Optional[dict]:
+    raw = backend.get(f"celery-task-meta-{task_id}")
+    return None if raw is None else json.loads(raw)
