@@ -48,3 +48,14 @@ def progress(self, steps, delay=0.05):
 @shared_task(name="rcw.testing.echo")
 def echo(value):
     return value
+
+
+@shared_task(name="rcw.testing.spin")
+def spin(seconds):
+    """Busy-loops for ``seconds`` (CPU-bound, never sleeps)."""
+    import time
+    until = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < until:
+        n = (n * 6364136223846793005 + 1) % (1 << 64)
+    return True

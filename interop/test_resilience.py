@@ -131,3 +131,22 @@ def test_redis_restart_while_tasks_flow(worker, tmp_path, monkeypatch):
         w.stop()
     finally:
         server.stop()
+
+
+def test_cpu_bound_tasks_do_not_stall_the_pipeline(celery_client, worker):
+    """Two tasks spinning the CPU for 4 s hold two of three slots; meanwhile the
+    third slot keeps consuming, running, storing and acking quick tasks."""
+    w = worker(concurrency=3)
+    spinners = [celery_client.send_task("rcw.testing.spin", args=[4]) for _ in range(2)]
+    for s in spinners:
+        w.wait_for_log(f"[{s.id}] received", timeout=10)
+    time.sleep(0.3)  # both spinners are running now
+    started = time.monotonic()
+    quick = [celery_client.send_task("app.workers.tasks.example_task", args=[i, i])
+             for i in range(30)]
+    for i, r in enumerate(quick):
+        assert r.get(timeout=10) == 2 * i
+    elapsed = time.monotonic() - started
+    assert all(not s.ready() for s in spinners), "spinners finished early: the test proves nothing"
+    assert elapsed < 3.0, f"quick tasks waited {elapsed:.1f}s behind CPU-bound ones"
+    assert all(s.get(timeout=15) is True for s in spinners)

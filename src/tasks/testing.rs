@@ -1,5 +1,5 @@
 //! Tasks the interop suite drives (registered with `RCW_TEST_TASKS=1`):
-//! a slow one, failing ones, one reporting progress, an echo.
+//! a slow one, a CPU-bound one, failing ones, one reporting progress, an echo.
 
 use crate::registry::Registry;
 use crate::task::TaskError;
@@ -54,6 +54,15 @@ pub fn register(registry: &mut Registry) {
             Ok(json!({"done": steps}))
         },
     );
+    // Burns CPU (no sleeping, no yielding) to show a busy task can't stall the pipeline.
+    registry.blocking("rcw.testing.spin", &["seconds"], |_ctx, args| {
+        let until = std::time::Instant::now() + seconds(args.value(0))?;
+        let mut n: u64 = 0;
+        while std::time::Instant::now() < until {
+            n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        Ok(json!(n % 2 == 0 || n % 2 == 1))
+    });
     registry.asynchronous("rcw.testing.echo", &["value"], |_ctx, args| {
         let v = args.value(0).clone();
         async move { Ok(v) }
