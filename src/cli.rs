@@ -137,7 +137,11 @@ pub fn main() -> std::process::ExitCode {
     // Spawned rather than driven by `block_on`, so the consumer and the
     // request handlers share the runtime thread instead of waking each other
     // across threads.
-    match runtime.block_on(async { tokio::spawn(start(config)).await }) {
+    let outcome = runtime.block_on(async { tokio::spawn(start(config)).await });
+    // Don't wait for blocking task threads: after a warm shutdown none are
+    // left, and after a cold one the point is not to wait for them.
+    runtime.shutdown_background();
+    match outcome {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
             tracing::error!("{e:#}");

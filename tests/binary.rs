@@ -281,3 +281,30 @@ fn warm_shutdown_finishes_running_tasks_and_returns_prefetched_ones() {
     }
     w2.stop();
 }
+
+#[test]
+fn second_signal_or_sigquit_is_a_cold_shutdown() {
+    for signals in [&[libc::SIGTERM, libc::SIGTERM][..], &[libc::SIGQUIT][..]] {
+        let server = RedisServer::start();
+        let mut conn = server.conn();
+        let mut w = Worker::start(&["-b", &server.url(), "-l", "info", "-c", "1"]);
+        let slow = send(&mut conn, "rcw.testing.sleep", vec![json!(30)]);
+        w.wait_for(&format!("rcw.testing.sleep[{slow}] received"));
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        for sig in signals {
+            unsafe { libc::kill(w.child.id() as i32, *sig) };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let status = w.child.wait().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cold shutdown waited for the 30 s task"
+        );
+        assert!(
+            status.code().is_some(),
+            "exited by itself, not killed by the signal: {status:?}"
+        );
+        w.wait_for("Cold shutdown");
+    }
+}
