@@ -61,7 +61,8 @@ pub fn register(registry: &mut Registry) {
         while std::time::Instant::now() < until {
             n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
-        Ok(json!(n % 2 == 0 || n % 2 == 1))
+        std::hint::black_box(n);
+        Ok(Value::Bool(true))
     });
     registry.asynchronous("rcw.testing.echo", &["value"], |_ctx, args| {
         let v = args.value(0).clone();
