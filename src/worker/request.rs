@@ -121,7 +121,7 @@ async fn run(
             .options
             .store_errors_even_if_ignored
             .unwrap_or(cfg.task_store_errors_even_if_ignored);
-    let request = Arc::new(build_request(&msg, delivery_info, &cfg.hostname));
+    let request = Arc::new(build_request(msg, delivery_info, &cfg.hostname));
     let meta = |status: &str, result: Value| {
         let mut m = ResultMeta::new(&request.id, status, result);
         m.group_id = request.group.clone();
@@ -145,7 +145,7 @@ async fn run(
     }
 
     let start = Instant::now();
-    let outcome = match def.params.bind(&def.name, &msg.args, &msg.kwargs) {
+    let outcome = match def.params.bind(&def.name, &request.args, &request.kwargs) {
         Ok(args) => {
             let states = Arc::new(States {
                 shared: Arc::clone(shared),
@@ -219,18 +219,18 @@ fn delivery_info(env: &Envelope, queue: &str) -> DeliveryInfo {
     }
 }
 
-fn build_request(msg: &TaskMessage, delivery_info: DeliveryInfo, hostname: &str) -> Request {
+fn build_request(msg: TaskMessage, delivery_info: DeliveryInfo, hostname: &str) -> Request {
     let h = |k: &str| {
         msg.headers
             .get(k)
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    Request {
+    let mut request = Request {
         id: msg.id().to_string(),
         task: msg.task().to_string(),
-        args: msg.args.clone(),
-        kwargs: msg.kwargs.clone(),
+        args: Vec::new(),
+        kwargs: Default::default(),
         retries: msg.retries(),
         root_id: h("root_id"),
         parent_id: h("parent_id"),
@@ -243,7 +243,11 @@ fn build_request(msg: &TaskMessage, delivery_info: DeliveryInfo, hostname: &str)
         correlation_id: h("id"),
         reply_to: None,
         origin: h("origin"),
-    }
+    };
+    // Moved, not copied: the message is done with once the request exists.
+    request.args = msg.args;
+    request.kwargs = msg.kwargs;
+    request
 }
 
 /// Celery's `on_unknown_task`: log, store `NotRegistered` so the caller is
