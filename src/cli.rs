@@ -42,6 +42,12 @@ pub struct Cli {
     /// `broker_transport_options={"visibility_timeout": 60}` (repeatable).
     #[arg(long = "setting", value_name = "NAME=VALUE")]
     pub settings: Vec<String>,
+    /// Hard time limit in seconds for tasks that set none (`task_time_limit`).
+    #[arg(long = "time-limit")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds (`task_soft_time_limit`).
+    #[arg(long = "soft-time-limit")]
+    pub soft_time_limit: Option<f64>,
     /// Pool implementation; Rust tasks always run on the worker's own pool.
     #[arg(short = 'P', long = "pool")]
     pub pool: Option<String>,
@@ -91,6 +97,12 @@ impl Cli {
         }
         if let Some(p) = self.prefetch_multiplier {
             cfg.prefetch_multiplier = p;
+        }
+        if let Some(t) = self.time_limit {
+            cfg.apply_setting("task_time_limit", serde_json::json!(t))?;
+        }
+        if let Some(t) = self.soft_time_limit {
+            cfg.apply_setting("task_soft_time_limit", serde_json::json!(t))?;
         }
         crate::logging::parse_level(&self.loglevel).map_err(anyhow::Error::msg)?;
         cfg.loglevel = self.loglevel.to_ascii_uppercase();
@@ -187,7 +199,7 @@ pub async fn start(config: Config) -> Result<()> {
     };
 
     println!("{}", crate::banner::render(&config, &registry));
-    Worker::new(config, registry, broker, backend, shutdown)
+    Worker::new(config, registry, broker, backend, shutdown)?
         .run()
         .await
 }

@@ -102,6 +102,15 @@ pub struct Config {
     pub transport: TransportOptions,
     /// `result_backend_transport_options.global_keyprefix`.
     pub result_keyprefix: String,
+    pub task_acks_late: bool,
+    pub task_reject_on_worker_lost: bool,
+    pub task_acks_on_failure_or_timeout: bool,
+    /// Hard / soft time limits in seconds for tasks that set none.
+    pub task_time_limit: Option<f64>,
+    pub task_soft_time_limit: Option<f64>,
+    pub task_default_rate_limit: Option<String>,
+    /// Where follow-up messages (callbacks, chains) go when they name no queue.
+    pub task_default_queue: String,
 }
 
 impl Default for Config {
@@ -122,6 +131,13 @@ impl Default for Config {
             result_extended: false,
             transport: TransportOptions::default(),
             result_keyprefix: String::new(),
+            task_acks_late: false,
+            task_reject_on_worker_lost: false,
+            task_acks_on_failure_or_timeout: true,
+            task_time_limit: None,
+            task_soft_time_limit: None,
+            task_default_rate_limit: None,
+            task_default_queue: "celery".into(),
         }
     }
 }
@@ -186,7 +202,27 @@ impl Config {
                     .with_context(|| "worker_concurrency expects a positive int")?
                     as usize
             }
-            "task_default_queue" => self.queues = vec![text(&value)?],
+            "task_default_queue" => {
+                self.task_default_queue = text(&value)?;
+                self.queues = vec![self.task_default_queue.clone()];
+            }
+            "task_acks_late" => self.task_acks_late = flag(&value)?,
+            "task_reject_on_worker_lost" => self.task_reject_on_worker_lost = flag(&value)?,
+            "task_acks_on_failure_or_timeout" => {
+                self.task_acks_on_failure_or_timeout = flag(&value)?
+            }
+            "task_time_limit" => self.task_time_limit = seconds(name, &value)?,
+            "task_soft_time_limit" => self.task_soft_time_limit = seconds(name, &value)?,
+            "task_default_rate_limit" => {
+                self.task_default_rate_limit = match &value {
+                    Value::Null => None,
+                    v => {
+                        let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        crate::worker::rate_limit::parse(&text).map_err(anyhow::Error::msg)?;
+                        Some(text)
+                    }
+                }
+            }
             "broker_transport_options" => self.transport.apply(&value)?,
             "result_backend_transport_options" => {
                 if let Some(p) = value.get("global_keyprefix").and_then(Value::as_str) {
@@ -205,6 +241,19 @@ impl Config {
             .with_context(|| format!("--setting expects NAME=VALUE, got {assignment:?}"))?;
         let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
         self.apply_setting(name.trim(), value)
+    }
+}
+
+/// A number of seconds, or `null` for none.
+fn seconds(name: &str, v: &Value) -> Result<Option<f64>> {
+    match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|s| *s > 0.0)
+            .map(Some)
+            .with_context(|| format!("{name} expects positive seconds, got {v}")),
     }
 }
 

@@ -42,6 +42,7 @@
 pub mod backend;
 pub mod banner;
 pub mod broker;
+pub mod canvas;
 pub mod cli;
 pub mod config;
 pub mod logging;

@@ -23,12 +23,32 @@ pub enum Handler {
 }
 
 /// Per-task options, as on a Python `@task(...)` decorator. `None` defers to
-/// the worker-wide setting.
+/// the worker-wide setting or Celery's default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     pub ignore_result: Option<bool>,
     pub track_started: Option<bool>,
     pub store_errors_even_if_ignored: Option<bool>,
+    /// `Some(None)` = retry forever; `None` = Celery's default of 3.
+    pub max_retries: Option<Option<u32>>,
+    /// Seconds before a retry without countdown/eta runs (Celery: 180).
+    pub default_retry_delay: Option<f64>,
+    /// Exception class names (`exc_type`) that trigger an automatic retry.
+    pub autoretry_for: Vec<String>,
+    /// Exponential backoff factor in seconds for autoretries (`retry_backoff`).
+    pub retry_backoff: Option<f64>,
+    /// Cap on the backoff (Celery: 600 s).
+    pub retry_backoff_max: Option<f64>,
+    /// Full jitter on the backoff (Celery: true).
+    pub retry_jitter: Option<bool>,
+    pub acks_late: Option<bool>,
+    pub reject_on_worker_lost: Option<bool>,
+    pub acks_on_failure_or_timeout: Option<bool>,
+    /// Hard time limit in seconds.
+    pub time_limit: Option<f64>,
+    pub soft_time_limit: Option<f64>,
+    /// `"10/s"`, `"100/m"`, `"1000/h"`.
+    pub rate_limit: Option<String>,
 }
 
 /// A registered task.
@@ -41,14 +61,18 @@ pub struct TaskDef {
 }
 
 impl TaskDef {
-    pub fn ignore_result(mut self, yes: bool) -> Self {
-        self.options.ignore_result = Some(yes);
+    /// Adjusts the options in place: `def.with(|o| o.acks_late = Some(true))`.
+    pub fn with(mut self, f: impl FnOnce(&mut TaskOptions)) -> Self {
+        f(&mut self.options);
         self
     }
 
-    pub fn track_started(mut self, yes: bool) -> Self {
-        self.options.track_started = Some(yes);
-        self
+    pub fn ignore_result(self, yes: bool) -> Self {
+        self.with(|o| o.ignore_result = Some(yes))
+    }
+
+    pub fn track_started(self, yes: bool) -> Self {
+        self.with(|o| o.track_started = Some(yes))
     }
 }
 

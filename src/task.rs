@@ -25,6 +25,51 @@ pub struct TaskError {
     pub exc_message: Vec<Value>,
     /// Text stored as `traceback`; Celery stores Python's formatted traceback.
     pub traceback: Option<String>,
+    /// Set when this error is a request to retry (Celery's `Retry`).
+    pub retry: Option<Box<RetryRequest>>,
+}
+
+/// What `self.retry(...)` asks for. Unset fields fall back to the task's
+/// options (`default_retry_delay`, `max_retries`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetryRequest {
+    /// The exception that caused the retry, stored as the RETRY state and, once
+    /// retries are exhausted, as the FAILURE.
+    pub exc: Option<Box<TaskError>>,
+    pub countdown: Option<f64>,
+    pub eta: Option<chrono::DateTime<chrono::Utc>>,
+    /// Overrides the task's `max_retries`; `Some(None)` = unlimited.
+    pub max_retries: Option<Option<u32>>,
+}
+
+impl RetryRequest {
+    pub fn exc(mut self, exc: TaskError) -> Self {
+        self.exc = Some(Box::new(exc));
+        self
+    }
+
+    pub fn countdown(mut self, seconds: f64) -> Self {
+        self.countdown = Some(seconds);
+        self
+    }
+
+    pub fn eta(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.eta = Some(at);
+        self
+    }
+
+    pub fn max_retries(mut self, max: Option<u32>) -> Self {
+        self.max_retries = Some(max);
+        self
+    }
+}
+
+impl From<RetryRequest> for TaskError {
+    fn from(r: RetryRequest) -> TaskError {
+        let mut e = TaskError::new("Retry", "celery.exceptions", Vec::new());
+        e.retry = Some(Box::new(r));
+        e
+    }
 }
 
 impl TaskError {
@@ -38,6 +83,7 @@ impl TaskError {
             exc_module: exc_module.into(),
             exc_message,
             traceback: None,
+            retry: None,
         }
     }
 
@@ -199,6 +245,12 @@ pub struct Request {
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     pub origin: Option<String>,
+    /// `[hard, soft]` time limits in seconds, as they apply to this run.
+    pub timelimit: (Option<f64>, Option<f64>),
+    /// Callbacks, errbacks, remaining chain and chord of this message.
+    pub embed: crate::protocol::Embed,
+    /// All headers as received, unknown ones included (kept on retry).
+    pub headers: Map<String, Value>,
 }
 
 /// Writes intermediate states (`update_state`) for a running task.
@@ -208,16 +260,81 @@ pub trait StateWriter: Send + Sync {
     fn write_state(&self, request: &Request, state: &str, meta: Value) -> Result<(), TaskError>;
 }
 
+/// The soft time limit as a task sees it: a flag the worker raises, and a
+/// note of whether the task looked (a task that never looks is treated as
+/// Python treats an uncaught `SoftTimeLimitExceeded`).
+#[derive(Debug, Default)]
+pub struct SoftLimit {
+    exceeded: std::sync::atomic::AtomicBool,
+    observed: std::sync::atomic::AtomicBool,
+}
+
+impl SoftLimit {
+    pub fn raise_flag(&self) {
+        self.exceeded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Exceeded, and the task never checked.
+    pub fn ignored(&self) -> bool {
+        self.exceeded() && !self.observed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// billiard's `SoftTimeLimitExceeded`, as Python tasks see it.
+pub fn soft_time_limit_exceeded() -> TaskError {
+    TaskError::new("SoftTimeLimitExceeded", "billiard.exceptions", Vec::new())
+}
+
 /// Handed to every task invocation.
 #[derive(Clone)]
 pub struct TaskContext {
     request: Arc<Request>,
     states: Arc<dyn StateWriter>,
+    soft_limit: Arc<SoftLimit>,
 }
 
 impl TaskContext {
-    pub fn new(request: Arc<Request>, states: Arc<dyn StateWriter>) -> Self {
-        TaskContext { request, states }
+    pub fn new(
+        request: Arc<Request>,
+        states: Arc<dyn StateWriter>,
+        soft_limit: Arc<SoftLimit>,
+    ) -> Self {
+        TaskContext {
+            request,
+            states,
+            soft_limit,
+        }
+    }
+
+    /// `self.retry(...)`: return `Err(ctx.retry().exc(e).countdown(5.0).into())`.
+    pub fn retry(&self) -> RetryRequest {
+        RetryRequest::default()
+    }
+
+    /// Has the soft time limit passed? Checking counts as handling it, as
+    /// catching `SoftTimeLimitExceeded` does in Python.
+    pub fn soft_time_limit_exceeded(&self) -> bool {
+        let hit = self.soft_limit.exceeded();
+        if hit {
+            self.soft_limit
+                .observed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        hit
+    }
+
+    /// `Err(SoftTimeLimitExceeded)` once the soft limit has passed, for `?`.
+    pub fn check_soft_time_limit(&self) -> Result<(), TaskError> {
+        if self.soft_time_limit_exceeded() {
+            Err(soft_time_limit_exceeded())
+        } else {
+            Ok(())
+        }
     }
 
     pub fn request(&self) -> &Request {

@@ -1,5 +1,6 @@
 //! Result backends: where task states go so `AsyncResult` can read them.
 
+mod chord_lua;
 pub mod redis;
 
 use crate::protocol::result_meta::ResultMeta;
@@ -21,12 +22,37 @@ impl BackendError {
     }
 }
 
+/// One finished header task of a chord.
+#[derive(Debug, Clone)]
+pub struct ChordPart {
+    pub group_id: String,
+    pub task_id: String,
+    pub group_index: Option<i64>,
+    pub state: String,
+    pub result: serde_json::Value,
+    /// `options.chord_size` of the chord body, when the client sent one.
+    pub chord_size: Option<u64>,
+}
+
+/// All header results of a chord, handed to the worker that won the claim.
+#[derive(Debug, Clone)]
+pub struct ChordJoin {
+    pub token: String,
+    /// `(task_id, state, result)` in header order.
+    pub results: Vec<(String, String, serde_json::Value)>,
+}
+
 /// Stores task states in Celery's format.
 #[async_trait]
 pub trait ResultBackend: Send + Sync {
     /// Stores and announces a state. Never overwrites a stored SUCCESS
     /// (returns `Ok(false)` then).
     async fn store(&self, meta: &ResultMeta) -> Result<bool, BackendError>;
+    /// Records a chord header part (Celery's `on_chord_part_return`); returns
+    /// the joined results if this part completed the chord and we won the claim.
+    async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError>;
+    /// After the callback was sent: clear the join state, mark the chord done.
+    async fn chord_done(&self, group_id: &str, token: &str) -> Result<(), BackendError>;
     /// The backend URL with the password masked.
     fn url(&self) -> String;
 }

@@ -2,7 +2,8 @@
 //! SETEX and announced with PUBLISH on the channel of the same name, which
 //! `AsyncResult.get()` subscribes to.
 
-use super::{BackendError, ResultBackend};
+use super::chord_lua;
+use super::{BackendError, ChordJoin, ChordPart, ResultBackend};
 use crate::broker::redis_url::{self, is_connection_error};
 use crate::config::mask_url;
 use crate::protocol::result_meta::ResultMeta;
@@ -33,6 +34,23 @@ pub struct RedisBackend {
     /// `result_backend_transport_options.global_keyprefix`, normalised.
     prefix: String,
     store: redis::Script,
+    chord_part: redis::Script,
+    chord_extend: redis::Script,
+    chord_cleanup: redis::Script,
+}
+
+/// Seconds a chord claim is held (`max(5, 2 * result_chord_join_timeout)`),
+/// how far it is extended while the callback is sent, and how long `done` stays.
+const CLAIM_EXPIRES: u64 = 6;
+const CLAIM_EXTEND: u64 = 21;
+const DONE_EXPIRES: u64 = 300;
+
+fn backend_err(e: redis::RedisError) -> BackendError {
+    if is_connection_error(&e) {
+        BackendError::Connection(e.to_string())
+    } else {
+        BackendError::Command(e.to_string())
+    }
 }
 
 impl RedisBackend {
@@ -49,12 +67,19 @@ impl RedisBackend {
             expires,
             prefix: normalize_prefix(keyprefix),
             store: redis::Script::new(STORE_LUA),
+            chord_part: redis::Script::new(chord_lua::CHORD_PART_RETURN_LUA),
+            chord_extend: redis::Script::new(chord_lua::CHORD_EXTEND_CLAIM_LUA),
+            chord_cleanup: redis::Script::new(chord_lua::CHORD_CLEANUP_LUA),
         })
     }
 
     /// `celery-task-meta-<id>`, with the backend's key prefix.
     pub fn task_key(&self, task_id: &str) -> String {
         format!("{}celery-task-meta-{task_id}", self.prefix)
+    }
+
+    fn group_key(&self, group_id: &str) -> String {
+        format!("{}celery-taskset-meta-{group_id}", self.prefix)
     }
 
     /// A connection for other writers that share this Redis (e.g. tasks that
@@ -81,14 +106,90 @@ impl ResultBackend for RedisBackend {
         let mut conn = self.conn.clone();
         let mut inv = self.store.prepare_invoke();
         inv.key(self.task_key(&meta.task_id)).arg(value).arg(ttl);
-        let stored: i64 = inv.invoke_async(&mut conn).await.map_err(|e| {
-            if is_connection_error(&e) {
-                BackendError::Connection(e.to_string())
-            } else {
-                BackendError::Command(e.to_string())
-            }
-        })?;
+        let stored: i64 = inv.invoke_async(&mut conn).await.map_err(backend_err)?;
         Ok(stored == 1)
+    }
+
+    async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError> {
+        let g = self.group_key(&part.group_id);
+        let (jkey, tkey, skey, dkey, ckey) = (
+            format!("{g}.j"),
+            format!("{g}.t"),
+            format!("{g}.s"),
+            format!("{g}.d"),
+            format!("{g}.c"),
+        );
+        let expires = self.expires.map_or(86400, |d| d.as_secs().max(1));
+        let mut conn = self.conn.clone();
+        if let Some(size) = part.chord_size {
+            let _: () = redis::cmd("SET")
+                .arg(&skey)
+                .arg(size)
+                .arg("EX")
+                .arg(expires)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend_err)?;
+        }
+        let encoded = serde_json::json!([1, part.task_id, part.state, part.result]).to_string();
+        let score = part
+            .group_index
+            .map_or_else(|| "+inf".to_string(), |i| i.to_string());
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut inv = self.chord_part.prepare_invoke();
+        inv.key(&jkey)
+            .key(&tkey)
+            .key(&skey)
+            .key(&dkey)
+            .key(&g)
+            .key(&ckey);
+        inv.arg(&part.task_id)
+            .arg(&encoded)
+            .arg("1")
+            .arg(&score)
+            .arg(expires)
+            .arg(expires)
+            .arg(CLAIM_EXPIRES)
+            .arg(&token);
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(backend_err)?;
+        let claimed = matches!(reply.get(3), Some(redis::Value::Int(1)));
+        if !claimed {
+            return Ok(None);
+        }
+        let raw: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&jkey)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_err)?;
+        let results = raw
+            .iter()
+            .filter_map(|r| {
+                let v: serde_json::Value = serde_json::from_str(r).ok()?;
+                Some((
+                    v.get(1)?.as_str()?.to_string(),
+                    v.get(2)?.as_str()?.to_string(),
+                    v.get(3).cloned().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let mut extend = self.chord_extend.prepare_invoke();
+        extend.key(&ckey).key(&skey).arg(&token).arg(CLAIM_EXTEND);
+        let _: i64 = extend.invoke_async(&mut conn).await.map_err(backend_err)?;
+        Ok(Some(ChordJoin { token, results }))
+    }
+
+    async fn chord_done(&self, group_id: &str, token: &str) -> Result<(), BackendError> {
+        let g = self.group_key(group_id);
+        let mut inv = self.chord_cleanup.prepare_invoke();
+        for suffix in ["c", "j", "t", "s", "d"] {
+            inv.key(format!("{g}.{suffix}"));
+        }
+        inv.arg(token).arg(DONE_EXPIRES);
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend_err)?;
+        Ok(())
     }
 
     fn url(&self) -> String {

@@ -10,9 +10,11 @@
 
 mod consumer;
 mod execute;
+pub mod rate_limit;
 mod request;
 pub mod shutdown;
 mod store;
+mod trace;
 
 pub use store::backoff;
 
@@ -41,6 +43,10 @@ pub(crate) struct Shared {
     pub shutdown: Shutdown,
     pub tasks: TaskTracker,
     pub processed: AtomicU64,
+    /// Per-task rate limits.
+    pub limits: rate_limit::Limits,
+    /// `gen<pid>@<host>`: the origin of messages this worker publishes.
+    pub origin: String,
 }
 
 /// A configured worker, ready to [`Worker::run`].
@@ -61,13 +67,17 @@ impl Worker {
         broker: Arc<dyn Broker>,
         backend: Option<Arc<dyn ResultBackend>>,
         shutdown: Shutdown,
-    ) -> Worker {
+    ) -> anyhow::Result<Worker> {
+        let limits = rate_limit::Limits::new(&registry, config.task_default_rate_limit.as_deref())
+            .map_err(anyhow::Error::msg)?;
         let prefetch = match config.prefetch_count() {
             0 => UNLIMITED_PREFETCH,
             n => n,
         };
-        Worker {
+        Ok(Worker {
             shared: Arc::new(Shared {
+                limits,
+                origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 prefetch: Arc::new(Semaphore::new(prefetch)),
                 settling: Arc::new(Semaphore::new(MAX_SETTLING.max(prefetch))),
@@ -79,7 +89,7 @@ impl Worker {
                 tasks: TaskTracker::new(),
                 processed: AtomicU64::new(0),
             }),
-        }
+        })
     }
 
     /// Consumes until a warm shutdown has drained running tasks, or a cold

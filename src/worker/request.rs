@@ -3,17 +3,17 @@
 //! early, run, store the outcome.
 
 use super::Shared;
-use super::execute::{self, States};
+use super::trace::Verdict;
 use crate::broker::Delivery;
+use crate::config::Config;
 use crate::protocol::pyrepr;
-use crate::protocol::result_meta::{Extended, ResultMeta};
+use crate::protocol::result_meta::ResultMeta;
 use crate::protocol::{DecodeError, Envelope, TaskMessage};
 use crate::registry::TaskDef;
-use crate::task::{DeliveryInfo, Request, TaskContext, TaskError};
+use crate::task::{DeliveryInfo, Request, TaskError};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Handles one delivery; `held` is its place in the prefetch window, freed
@@ -84,6 +84,16 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         }
     }
 
+    if let Some(bucket) = shared.limits.get(&def.name) {
+        // Waiting for a rate-limit token doesn't hold up other task types:
+        // the message leaves the prefetch window (as Celery's QoS bump).
+        held = None;
+        tokio::select! {
+            _ = bucket.acquire() => {}
+            _ = shared.shutdown.warm() => return shared.restore(&tag).await,
+        }
+    }
+
     let slot = tokio::select! {
         s = shared.slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
         _ = shared.shutdown.warm() => {
@@ -91,118 +101,26 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             return shared.restore(&tag).await;
         }
     };
-    // Early ack (Celery's default): before user code runs.
-    shared.ack(&tag).await;
+    let acks_late = def
+        .options
+        .acks_late
+        .unwrap_or(shared.config.task_acks_late);
+    if !acks_late {
+        // Early ack (Celery's default): before user code runs.
+        shared.ack(&tag).await;
+        drop(held.take());
+    }
+
+    let request = Arc::new(build_request(&shared.config, &def, msg, &envelope, &queue));
+    let verdict = super::trace::trace(shared, def, request, slot).await;
+    if acks_late {
+        match verdict {
+            Verdict::Ack => shared.ack(&tag).await,
+            Verdict::Reject { requeue } => shared.reject(&tag, requeue).await,
+        }
+    }
     drop(held);
-
-    let delivery_info = delivery_info(&envelope, &queue);
-    run(shared, def, msg, delivery_info, &name, slot).await;
     shared.processed.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Runs an accepted request and stores its outcome. The concurrency `slot`
-/// covers the task body only: the result write happens outside it, bounded
-/// by `shared.settling`, so a slot never idles through a round trip.
-async fn run(
-    shared: &Arc<Shared>,
-    def: Arc<TaskDef>,
-    msg: TaskMessage,
-    delivery_info: DeliveryInfo,
-    name: &str,
-    slot: OwnedSemaphorePermit,
-) {
-    let cfg = &shared.config;
-    let ignore_result = msg
-        .ignore_result()
-        .or(def.options.ignore_result)
-        .unwrap_or(cfg.task_ignore_result);
-    let store_errors = !ignore_result
-        || def
-            .options
-            .store_errors_even_if_ignored
-            .unwrap_or(cfg.task_store_errors_even_if_ignored);
-    let request = Arc::new(build_request(msg, delivery_info, &cfg.hostname));
-    let meta = |status: &str, result: Value| {
-        let mut m = ResultMeta::new(&request.id, status, result);
-        m.group_id = request.group.clone();
-        m.parent_id = request.parent_id.clone();
-        if cfg.result_extended {
-            m.extended = Some(Extended {
-                name: request.task.clone(),
-                args: request.args.clone(),
-                kwargs: request.kwargs.clone(),
-                worker: cfg.hostname.clone(),
-                retries: request.retries,
-                queue: request.delivery_info.routing_key.clone(),
-            });
-        }
-        m
-    };
-
-    if !ignore_result && def.options.track_started.unwrap_or(cfg.task_track_started) {
-        let started = serde_json::json!({"pid": std::process::id(), "hostname": cfg.hostname});
-        shared.store_state(&meta("STARTED", started)).await;
-    }
-
-    let start = Instant::now();
-    let outcome = match def.params.bind(&def.name, &request.args, &request.kwargs) {
-        Ok(args) => {
-            let states = Arc::new(States {
-                shared: Arc::clone(shared),
-                handle: tokio::runtime::Handle::current(),
-                ignore_result,
-            });
-            let ctx = TaskContext::new(Arc::clone(&request), states);
-            execute::run(&def, ctx, args).await
-        }
-        Err(e) => Err(e),
-    };
-    let runtime = start.elapsed().as_secs_f64();
-    // When results can't be written (backend down), slots stay taken and
-    // consuming stops, instead of finished results piling up in memory.
-    let _settling = shared
-        .settling
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("settling semaphore is never closed");
-    drop(slot);
-
-    match outcome {
-        Ok(value) => {
-            let shown = pyrepr::repr(&value);
-            if !ignore_result {
-                shared.store_state(&meta("SUCCESS", value)).await;
-            }
-            tracing::info!(
-                "Task {name}[{}] succeeded in {}s: {}",
-                request.id,
-                pyrepr::repr_float(runtime),
-                truncate(&shown, 1024)
-            );
-        }
-        Err(err) => {
-            let traceback = err.traceback_text();
-            if store_errors {
-                let mut m = meta("FAILURE", err.to_meta());
-                m.traceback = Some(traceback.clone());
-                shared.store_state(&m).await;
-            }
-            tracing::error!(
-                "Task {name}[{}] raised unexpected: {}\n{}",
-                request.id,
-                err.repr(),
-                traceback.trim_end()
-            );
-        }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 fn delivery_info(env: &Envelope, queue: &str) -> DeliveryInfo {
@@ -219,18 +137,30 @@ fn delivery_info(env: &Envelope, queue: &str) -> DeliveryInfo {
     }
 }
 
-fn build_request(msg: TaskMessage, delivery_info: DeliveryInfo, hostname: &str) -> Request {
+/// The request a task runs for; time limits resolved as Celery does:
+/// message header, else the task's own, else the worker's.
+fn build_request(
+    cfg: &Config,
+    def: &TaskDef,
+    msg: TaskMessage,
+    env: &Envelope,
+    queue: &str,
+) -> Request {
     let h = |k: &str| {
         msg.headers
             .get(k)
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let mut request = Request {
+    let (hard, soft) = msg.timelimit();
+    let timelimit = (
+        hard.or(def.options.time_limit).or(cfg.task_time_limit),
+        soft.or(def.options.soft_time_limit)
+            .or(cfg.task_soft_time_limit),
+    );
+    Request {
         id: msg.id().to_string(),
         task: msg.task().to_string(),
-        args: Vec::new(),
-        kwargs: Default::default(),
         retries: msg.retries(),
         root_id: h("root_id"),
         parent_id: h("parent_id"),
@@ -238,16 +168,22 @@ fn build_request(msg: TaskMessage, delivery_info: DeliveryInfo, hostname: &str) 
         group_index: msg.group_index(),
         eta: h("eta"),
         expires: h("expires"),
-        hostname: hostname.to_string(),
-        delivery_info,
+        hostname: cfg.hostname.clone(),
+        delivery_info: delivery_info(env, queue),
         correlation_id: h("id"),
-        reply_to: None,
+        reply_to: env
+            .properties
+            .get("reply_to")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         origin: h("origin"),
-    };
-    // Moved, not copied: the message is done with once the request exists.
-    request.args = msg.args;
-    request.kwargs = msg.kwargs;
-    request
+        timelimit,
+        // Moved, not copied: the message is done with once the request exists.
+        args: msg.args,
+        kwargs: msg.kwargs,
+        embed: msg.embed,
+        headers: msg.headers,
+    }
 }
 
 /// Celery's `on_unknown_task`: log, store `NotRegistered` so the caller is

@@ -1,0 +1,355 @@
+//! Signatures, chains, links, groups, chords: turning an outcome into the
+//! follow-up messages Celery's worker would publish (`_dispatch_callbacks_and_chain`,
+//! `handle_failure` errbacks, the chord callback). Builds messages; never talks
+//! to Redis itself.
+
+use crate::protocol::{Embed, Envelope, TaskMessage, pyrepr};
+use crate::task::Request;
+use serde_json::{Map, Value, json};
+
+/// A Celery signature dict (`{"task", "args", "kwargs", "options", "subtask_type", "immutable"}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub task: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub options: Map<String, Value>,
+    pub subtask_type: Option<String>,
+    pub immutable: bool,
+}
+
+impl Signature {
+    pub fn from_value(v: &Value) -> Option<Signature> {
+        let obj = v.as_object()?;
+        Some(Signature {
+            task: obj.get("task")?.as_str().unwrap_or_default().to_string(),
+            args: obj
+                .get("args")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            kwargs: obj
+                .get("kwargs")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            options: obj
+                .get("options")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            subtask_type: obj
+                .get("subtask_type")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            immutable: obj
+                .get("immutable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    /// The pre-assigned id (`options.task_id`), if the client froze one.
+    pub fn id(&self) -> Option<&str> {
+        self.options.get("task_id").and_then(Value::as_str)
+    }
+
+    fn opt_str(&self, k: &str) -> Option<&str> {
+        self.options.get(k).and_then(Value::as_str)
+    }
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: String,
+    pub queue: String,
+    pub envelope: Envelope,
+}
+
+/// Who is sending follow-ups: the request that just finished.
+pub struct Sender<'a> {
+    pub request: &'a Request,
+    /// `gen<pid>@<host>`, Celery's producer origin.
+    pub origin: &'a str,
+    /// Where to send when a signature names no queue.
+    pub default_queue: &'a str,
+}
+
+impl Sender<'_> {
+    fn root_id(&self) -> &str {
+        self.request.root_id.as_deref().unwrap_or(&self.request.id)
+    }
+}
+
+/// Where a follow-up goes: `options.queue` (name or `{"name": …}`), else the
+/// routing key, else the default queue.
+fn queue_of(sig: &Signature, default: &str) -> String {
+    match sig.options.get("queue") {
+        Some(Value::String(q)) => q.clone(),
+        Some(Value::Object(q)) => q
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string(),
+        _ => sig.opt_str("routing_key").unwrap_or(default).to_string(),
+    }
+}
+
+fn iso_in(seconds: f64) -> String {
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    at.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+/// Builds the message for `sig` as `apply_async` would: `prepend` goes before
+/// its args unless the signature is immutable; `group` sets group id/index.
+pub fn message(
+    sig: &Signature,
+    prepend: &[Value],
+    sender: &Sender<'_>,
+    group: Option<(&str, Option<i64>)>,
+    chain: Option<Vec<Value>>,
+) -> Outgoing {
+    let id = sig
+        .id()
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let mut args = Vec::with_capacity(prepend.len() + sig.args.len());
+    if !sig.immutable {
+        args.extend_from_slice(prepend);
+    }
+    args.extend(sig.args.iter().cloned());
+    let mut msg = TaskMessage::new(&sig.task, &id, args, sig.kwargs.clone());
+    let h = &mut msg.headers;
+    h.insert("root_id".into(), json!(sender.root_id()));
+    h.insert("parent_id".into(), json!(sender.request.id));
+    h.insert("origin".into(), json!(sender.origin));
+    if let Some(shadow) = sig.opt_str("shadow") {
+        h.insert("shadow".into(), json!(shadow));
+    }
+    let eta = match (
+        sig.options.get("eta"),
+        sig.options.get("countdown").and_then(Value::as_f64),
+    ) {
+        (Some(Value::String(e)), _) => Some(e.clone()),
+        (_, Some(cd)) => Some(iso_in(cd)),
+        _ => None,
+    };
+    if let Some(eta) = eta {
+        h.insert("eta".into(), json!(eta));
+    }
+    match sig.options.get("expires") {
+        Some(Value::String(e)) => {
+            h.insert("expires".into(), json!(e));
+        }
+        Some(Value::Number(n)) => {
+            h.insert("expires".into(), json!(iso_in(n.as_f64().unwrap_or(0.0))));
+        }
+        _ => {}
+    }
+    let (gid, gidx) = match group {
+        Some((g, i)) => (Some(g.to_string()), i),
+        None => (
+            sig.opt_str("group_id").map(str::to_string),
+            sig.options.get("group_index").and_then(Value::as_i64),
+        ),
+    };
+    h.insert("group".into(), gid.map_or(Value::Null, Value::String));
+    h.insert("group_index".into(), gidx.map_or(Value::Null, Value::from));
+    let limit = |k: &str| sig.options.get(k).cloned().unwrap_or(Value::Null);
+    h.insert(
+        "timelimit".into(),
+        json!([limit("time_limit"), limit("soft_time_limit")]),
+    );
+    if let Some(ir) = sig.options.get("ignore_result").filter(|v| !v.is_null()) {
+        h.insert("ignore_result".into(), ir.clone());
+    }
+    if let Some(Value::Object(custom)) = sig.options.get("headers") {
+        for (k, v) in custom {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    let as_list = |k: &str| match sig.options.get(k) {
+        Some(Value::Array(a)) => Some(a.clone()),
+        Some(v @ Value::Object(_)) => Some(vec![v.clone()]),
+        _ => None,
+    };
+    msg.embed = Embed {
+        callbacks: as_list("link"),
+        errbacks: as_list("link_error"),
+        chain,
+        chord: sig.options.get("chord").filter(|c| !c.is_null()).cloned(),
+    };
+    let queue = queue_of(sig, sender.default_queue);
+    let priority = sig
+        .options
+        .get("priority")
+        .and_then(Value::as_u64)
+        .map_or(sender.request.delivery_info.priority, |p| p.min(255) as u8);
+    let mut envelope = msg.to_envelope(&queue, priority);
+    let reply_to = sig
+        .opt_str("reply_to")
+        .map(str::to_string)
+        .or_else(|| sender.request.reply_to.clone());
+    envelope.properties.insert(
+        "reply_to".into(),
+        reply_to.map_or(Value::Null, Value::String),
+    );
+    Outgoing {
+        id,
+        queue,
+        envelope,
+    }
+}
+
+/// A result tuple for `children`: `[[id, null], null]`.
+pub fn child_ref(id: &str) -> Value {
+    json!([[id, null], null])
+}
+
+/// A group's result tuple: `[[gid, null], [members…]]`.
+pub fn group_ref(gid: &str, members: &[String]) -> Value {
+    json!([
+        [gid, null],
+        members.iter().map(|m| child_ref(m)).collect::<Vec<_>>()
+    ])
+}
+
+/// Follow-ups of a success: link callbacks (several plain ones go out as one
+/// group), then the next chain step with the remaining chain. Returns the
+/// messages and the `children` entries for the result meta.
+pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Value>) {
+    let embed = &sender.request.embed;
+    let mut out = Vec::new();
+    let mut children = Vec::new();
+    let callbacks: Vec<Signature> = embed
+        .callbacks
+        .iter()
+        .flatten()
+        .filter_map(Signature::from_value)
+        .collect();
+    let prepend = std::slice::from_ref(retval);
+    match callbacks.len() {
+        0 => {}
+        1 => {
+            let m = expand(&callbacks[0], prepend, sender, None);
+            children.extend(m.iter().map(|o| child_ref(&o.id)));
+            out.extend(m);
+        }
+        _ => {
+            let gid = uuid::Uuid::new_v4().to_string();
+            let mut ids = Vec::new();
+            for (i, cb) in callbacks.iter().enumerate() {
+                for o in expand(cb, prepend, sender, Some((&gid, Some(i as i64)))) {
+                    ids.push(o.id.clone());
+                    out.push(o);
+                }
+            }
+            children.push(group_ref(&gid, &ids));
+        }
+    }
+    if let Some(chain) = &embed.chain
+        && let Some((next, rest)) = chain.split_last()
+        && let Some(sig) = Signature::from_value(next)
+    {
+        let o = message(&sig, prepend, sender, None, Some(rest.to_vec()));
+        children.push(child_ref(&o.id));
+        out.push(o);
+    }
+    (out, children)
+}
+
+/// Expands nested canvas in a callback: a chain starts with its first task
+/// carrying the rest; a group sends every member; a plain task is one message.
+fn expand(
+    sig: &Signature,
+    prepend: &[Value],
+    sender: &Sender<'_>,
+    group: Option<(&str, Option<i64>)>,
+) -> Vec<Outgoing> {
+    let tasks = || -> Vec<Signature> {
+        sig.kwargs
+            .get("tasks")
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(Signature::from_value).collect())
+            .unwrap_or_default()
+    };
+    match sig.subtask_type.as_deref() {
+        Some("chain") => {
+            let steps = tasks();
+            let Some((first, rest)) = steps.split_first() else {
+                return Vec::new();
+            };
+            let rest: Vec<Value> = rest.iter().rev().map(signature_value).collect();
+            vec![message(first, prepend, sender, group, Some(rest))]
+        }
+        Some("group") => {
+            let gid = sig
+                .opt_str("task_id")
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            tasks()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| message(t, prepend, sender, Some((&gid, Some(i as i64))), None))
+                .collect()
+        }
+        Some(other) if other != "" => {
+            tracing::error!(
+                "callback {} of type {other:?} is not supported by this worker; not sent",
+                sig.task
+            );
+            Vec::new()
+        }
+        _ => vec![message(sig, prepend, sender, group, None)],
+    }
+}
+
+/// A signature back to its dict form.
+pub fn signature_value(sig: &Signature) -> Value {
+    json!({
+        "task": sig.task, "args": sig.args, "kwargs": sig.kwargs, "options": sig.options,
+        "subtask_type": sig.subtask_type, "immutable": sig.immutable,
+    })
+}
+
+/// Errbacks of a failure, published as Celery publishes the ones it can't
+/// call in-process: one group, each with `[failed_task_id]` prepended.
+pub fn on_failure(failed_id: &str, errbacks: &[Value], sender: &Sender<'_>) -> Vec<Outgoing> {
+    let sigs: Vec<Signature> = errbacks.iter().filter_map(Signature::from_value).collect();
+    if sigs.is_empty() {
+        return Vec::new();
+    }
+    let gid = uuid::Uuid::new_v4().to_string();
+    let prepend = [Value::String(failed_id.to_string())];
+    sigs.iter()
+        .enumerate()
+        .flat_map(|(i, s)| expand(s, &prepend, sender, Some((&gid, Some(i as i64)))))
+        .collect()
+}
+
+/// Ids of the chain steps still to run: they get the failure stored too.
+pub fn pending_chain_ids(embed: &Embed) -> Vec<String> {
+    embed
+        .chain
+        .iter()
+        .flatten()
+        .filter_map(Signature::from_value)
+        .filter_map(|s| s.id().map(str::to_string))
+        .collect()
+}
+
+/// Python's `repr()` of a header result in a `ChordError` message.
+pub fn chord_error_message(failed_id: &str, exc: &Value) -> String {
+    let exc_type = exc
+        .get("exc_type")
+        .and_then(Value::as_str)
+        .unwrap_or("Exception");
+    let args = exc
+        .get("exc_message")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    format!(
+        "Dependency {failed_id} raised {}",
+        pyrepr::repr_exception(exc_type, &args)
+    )
+}

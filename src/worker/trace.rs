@@ -1,0 +1,515 @@
+//! Celery's `trace`: run an accepted request under its time limits, then
+//! turn the outcome into stored states, follow-up messages (callbacks, chain,
+//! retry, errbacks, chord callback) and a verdict for the message.
+
+use super::Shared;
+use super::execute::{self, States};
+use crate::backend::ChordPart;
+use crate::canvas::{self, Outgoing, Sender, Signature};
+use crate::protocol::pyrepr;
+use crate::protocol::result_meta::{Extended, ResultMeta};
+use crate::registry::TaskDef;
+use crate::task::{
+    Request, RetryRequest, SoftLimit, TaskContext, TaskError, soft_time_limit_exceeded,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What to do with the message once the outcome is stored (matters under
+/// `acks_late`; early-acked messages are settled already).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Verdict {
+    Ack,
+    Reject { requeue: bool },
+}
+
+/// How a run ended.
+enum Ending {
+    Returned(Value),
+    Raised(TaskError),
+    /// The hard time limit (seconds) passed first.
+    TimedOut(f64),
+}
+
+/// Runs `request` and settles its outcome. `slot` is released as soon as the
+/// task body is done.
+pub(crate) async fn trace(
+    shared: &Arc<Shared>,
+    def: Arc<TaskDef>,
+    request: Arc<Request>,
+    slot: OwnedSemaphorePermit,
+) -> Verdict {
+    let cfg = &shared.config;
+    let ignore_result = request
+        .headers
+        .get("ignore_result")
+        .and_then(Value::as_bool)
+        .or(def.options.ignore_result)
+        .unwrap_or(cfg.task_ignore_result);
+    let store_errors = !ignore_result
+        || def
+            .options
+            .store_errors_even_if_ignored
+            .unwrap_or(cfg.task_store_errors_even_if_ignored);
+    let t = Tracer {
+        shared,
+        def: &def,
+        request: &request,
+        ignore_result,
+        store_errors,
+    };
+    let name = request
+        .headers
+        .get("shadow")
+        .and_then(Value::as_str)
+        .unwrap_or(&request.task)
+        .to_string();
+
+    if !ignore_result && def.options.track_started.unwrap_or(cfg.task_track_started) {
+        let started = json!({"pid": std::process::id(), "hostname": cfg.hostname});
+        shared.store_state(&t.meta("STARTED", started)).await;
+    }
+
+    let start = Instant::now();
+    let ending = t.run_limited(&name).await;
+    let runtime = start.elapsed().as_secs_f64();
+    // When results can't be written (backend down), slots stay taken and
+    // consuming stops, instead of finished results piling up in memory.
+    let _settling = shared
+        .settling
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("settling semaphore is never closed");
+    drop(slot);
+
+    match ending {
+        Ending::Returned(value) => {
+            t.succeeded(&name, value, runtime).await;
+            Verdict::Ack
+        }
+        Ending::Raised(err) => match t.retry_plan(err) {
+            Ok((exc, countdown)) => {
+                if t.republish(&name, exc, countdown).await {
+                    Verdict::Ack
+                } else {
+                    Verdict::Reject { requeue: false }
+                }
+            }
+            Err(err) => t.failed(&name, err).await,
+        },
+        Ending::TimedOut(hard) => {
+            tracing::error!(
+                "Hard time limit ({}s) exceeded for {name}[{}]",
+                fmt_secs(hard),
+                request.id
+            );
+            let err = TaskError::new(
+                "TimeLimitExceeded",
+                "billiard.exceptions",
+                vec![secs_value(hard)],
+            );
+            t.failed(&name, err).await
+        }
+    }
+}
+
+/// `2` for whole seconds, `0.5` otherwise, as Python prints what was configured.
+fn fmt_secs(s: f64) -> String {
+    if s.fract() == 0.0 && s.abs() < 1e15 {
+        format!("{}", s as i64)
+    } else {
+        pyrepr::repr_float(s)
+    }
+}
+
+fn secs_value(s: f64) -> Value {
+    if s.fract() == 0.0 && s.abs() < 1e15 {
+        json!(s as i64)
+    } else {
+        json!(s)
+    }
+}
+
+struct Tracer<'a> {
+    shared: &'a Arc<Shared>,
+    def: &'a TaskDef,
+    request: &'a Arc<Request>,
+    ignore_result: bool,
+    store_errors: bool,
+}
+
+impl Tracer<'_> {
+    fn meta(&self, status: &str, result: Value) -> ResultMeta {
+        let cfg = &self.shared.config;
+        let r = self.request;
+        let mut m = ResultMeta::new(&r.id, status, result);
+        m.group_id = r.group.clone();
+        m.parent_id = r.parent_id.clone();
+        if cfg.result_extended {
+            m.extended = Some(Extended {
+                name: r.task.clone(),
+                args: r.args.clone(),
+                kwargs: r.kwargs.clone(),
+                worker: cfg.hostname.clone(),
+                retries: r.retries,
+                queue: r.delivery_info.routing_key.clone(),
+            });
+        }
+        m
+    }
+
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            request: self.request,
+            origin: &self.shared.origin,
+            default_queue: &self.shared.config.task_default_queue,
+        }
+    }
+
+    /// Binds arguments and runs the body; the soft limit raises the task's
+    /// flag, the hard limit abandons it (a blocking thread finishes in the
+    /// background, its result discarded) and frees the slot.
+    async fn run_limited(&self, name: &str) -> Ending {
+        let args =
+            match self
+                .def
+                .params
+                .bind(&self.def.name, &self.request.args, &self.request.kwargs)
+            {
+                Ok(a) => a,
+                Err(e) => return Ending::Raised(e),
+            };
+        let soft_limit = Arc::new(SoftLimit::default());
+        let states = Arc::new(States {
+            shared: Arc::clone(self.shared),
+            handle: tokio::runtime::Handle::current(),
+            ignore_result: self.ignore_result,
+        });
+        let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit));
+        let (hard, soft) = self.request.timelimit;
+        let soft_timer = soft.map(|s| {
+            let flag = Arc::clone(&soft_limit);
+            let label = format!("{name}[{}]", self.request.id);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                tracing::warn!("Soft time limit ({}s) exceeded for {label}", fmt_secs(s));
+                flag.raise_flag();
+            })
+        });
+        let body = execute::run(self.def, ctx, args);
+        let ending = match hard {
+            Some(h) => match tokio::time::timeout(Duration::from_secs_f64(h), body).await {
+                Ok(r) => r.into(),
+                Err(_) => Ending::TimedOut(h),
+            },
+            None => body.await.into(),
+        };
+        if let Some(t) = soft_timer {
+            t.abort();
+        }
+        match ending {
+            // A task that never looked at the soft limit gets what an
+            // uncaught SoftTimeLimitExceeded gives in Python.
+            Ending::Returned(_) if soft_limit.ignored() => {
+                Ending::Raised(soft_time_limit_exceeded())
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_all(&self, messages: Vec<Outgoing>) {
+        for m in messages {
+            let what = format!("publish {}[{}] to {}", task_of(&m), m.id, m.queue);
+            super::store::until_ok(&what, &self.shared.shutdown, || {
+                self.shared.broker.publish(&m.queue, &m.envelope)
+            })
+            .await;
+        }
+    }
+
+    async fn succeeded(&self, name: &str, value: Value, runtime: f64) {
+        let (follow_ups, children) = canvas::on_success(&value, &self.sender());
+        self.publish_all(follow_ups).await;
+        let shown = pyrepr::repr(&value);
+        if !self.ignore_result {
+            let mut m = self.meta("SUCCESS", value.clone());
+            m.children = Some(children);
+            self.shared.store_state(&m).await;
+        }
+        self.chord_part("SUCCESS", value).await;
+        tracing::info!(
+            "Task {name}[{}] succeeded in {}s: {}",
+            self.request.id,
+            pyrepr::repr_float(runtime),
+            truncate(&shown, 1024)
+        );
+    }
+
+    /// FAILURE: stored for this task and every chain step that won't run,
+    /// chord notified, errbacks sent.
+    async fn failed(&self, name: &str, err: TaskError) -> Verdict {
+        let traceback = err.traceback_text();
+        let exc = err.to_meta();
+        if self.store_errors {
+            let mut m = self.meta("FAILURE", exc.clone());
+            m.traceback = Some(traceback.clone());
+            self.shared.store_state(&m).await;
+            for id in canvas::pending_chain_ids(&self.request.embed) {
+                let mut m = ResultMeta::new(&id, "FAILURE", exc.clone());
+                m.traceback = Some(traceback.clone());
+                self.shared.store_state(&m).await;
+            }
+        }
+        self.chord_part("FAILURE", exc).await;
+        let errbacks = self.request.embed.errbacks.clone().unwrap_or_default();
+        self.publish_all(canvas::on_failure(
+            &self.request.id,
+            &errbacks,
+            &self.sender(),
+        ))
+        .await;
+        tracing::error!(
+            "Task {name}[{}] raised unexpected: {}\n{}",
+            self.request.id,
+            err.repr(),
+            traceback.trim_end()
+        );
+        let ack = self
+            .def
+            .options
+            .acks_on_failure_or_timeout
+            .unwrap_or(self.shared.config.task_acks_on_failure_or_timeout);
+        if ack {
+            Verdict::Ack
+        } else {
+            Verdict::Reject { requeue: false }
+        }
+    }
+
+    /// Decides whether an error becomes a retry: an explicit `ctx.retry()`, or
+    /// an `autoretry_for` match. `Ok((cause, countdown))` to retry; `Err` with
+    /// the exception to store as FAILURE when retries are exhausted (or none
+    /// was asked for).
+    fn retry_plan(&self, err: TaskError) -> Result<(Option<TaskError>, f64), TaskError> {
+        let opts = &self.def.options;
+        let req = match err.retry {
+            Some(r) => *r,
+            None if opts
+                .autoretry_for
+                .iter()
+                .any(|t| t == &err.exc_type || t == "Exception") =>
+            {
+                let countdown = opts.retry_backoff.filter(|f| *f > 0.0).map(|factor| {
+                    let cap = opts.retry_backoff_max.unwrap_or(600.0);
+                    let d = (factor * 2f64.powi(self.request.retries as i32)).min(cap);
+                    if opts.retry_jitter.unwrap_or(true) {
+                        // Full jitter, as Celery: a whole number of seconds in [0, d].
+                        (uuid::Uuid::new_v4().as_u128() % (d as u128 + 1)) as f64
+                    } else {
+                        d
+                    }
+                });
+                RetryRequest {
+                    exc: Some(Box::new(err)),
+                    countdown,
+                    ..Default::default()
+                }
+            }
+            None => return Err(err),
+        };
+        let max = req
+            .max_retries
+            .unwrap_or(opts.max_retries.unwrap_or(Some(3)));
+        let exc = req.exc.map(|e| *e);
+        if let Some(max) = max
+            && self.request.retries + 1 > max
+        {
+            return Err(exc.unwrap_or_else(|| {
+                TaskError::new(
+                    "MaxRetriesExceededError",
+                    "celery.exceptions",
+                    vec![json!(format!(
+                        "Can't retry {}[{}] args:{} kwargs:{}",
+                        self.request.task,
+                        self.request.id,
+                        pyrepr::repr_args(&self.request.args),
+                        pyrepr::repr(&Value::Object(self.request.kwargs.clone()))
+                    ))],
+                )
+            }));
+        }
+        let countdown = match (req.eta, req.countdown) {
+            (Some(eta), _) => (eta - chrono::Utc::now()).num_milliseconds().max(0) as f64 / 1000.0,
+            (None, Some(c)) => c,
+            (None, None) => opts.default_retry_delay.unwrap_or(180.0),
+        };
+        Ok((exc, countdown))
+    }
+
+    /// Celery's `Task.retry`: the same message again with `retries + 1`, an
+    /// eta, and `parent_id` = its own id; RETRY stored with the cause.
+    async fn republish(&self, name: &str, exc: Option<TaskError>, countdown: f64) -> bool {
+        let r = self.request;
+        let mut headers = r.headers.clone();
+        let eta = chrono::Utc::now() + chrono::Duration::milliseconds((countdown * 1000.0) as i64);
+        headers.insert("retries".into(), json!(r.retries + 1));
+        headers.insert(
+            "eta".into(),
+            json!(eta.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()),
+        );
+        headers.insert("parent_id".into(), json!(r.id));
+        let mut msg =
+            crate::protocol::TaskMessage::new(&r.task, &r.id, r.args.clone(), r.kwargs.clone());
+        msg.headers = headers;
+        msg.embed = r.embed.clone();
+        let queue = if r.delivery_info.routing_key.is_empty() {
+            self.shared.config.task_default_queue.clone()
+        } else {
+            r.delivery_info.routing_key.clone()
+        };
+        let mut env = msg.to_envelope(&queue, r.delivery_info.priority);
+        env.properties.insert(
+            "reply_to".into(),
+            r.reply_to.clone().map_or(Value::Null, Value::String),
+        );
+        if let Some(origin) = &r.origin {
+            env.properties.insert("origin".into(), json!(origin));
+        }
+        let what = format!("republish {name}[{}] for retry", r.id);
+        let published = super::store::until_ok(&what, &self.shared.shutdown, || {
+            self.shared.broker.publish(&queue, &env)
+        })
+        .await
+        .is_some();
+        if !published {
+            return false;
+        }
+        let when = format!("in {}s", fmt_secs(countdown));
+        let reason = match &exc {
+            Some(e) => format!("Retry {when}: {}", e.repr()),
+            None => format!("Retry {when}"),
+        };
+        if self.store_errors {
+            let cause = exc.unwrap_or_else(|| {
+                TaskError::new(
+                    "Retry",
+                    "celery.exceptions",
+                    vec![json!(reason), Value::Null, secs_value(countdown)],
+                )
+            });
+            let mut m = self.meta("RETRY", cause.to_meta());
+            m.traceback = Some(cause.traceback_text());
+            self.shared.store_state(&m).await;
+        }
+        tracing::info!("Task {name}[{}] retry: {reason}", r.id);
+        true
+    }
+
+    /// A chord header part finished: record it and, if it completed the chord
+    /// and this worker won the claim, send (or fail) the callback.
+    async fn chord_part(&self, state: &str, result: Value) {
+        let r = self.request;
+        let (Some(chord), Some(group)) = (&r.embed.chord, &r.group) else {
+            return;
+        };
+        let Some(backend) = &self.shared.backend else {
+            return;
+        };
+        let Some(body) = Signature::from_value(chord) else {
+            tracing::error!("chord body of {} is not a signature: {chord}", r.id);
+            return;
+        };
+        let part = ChordPart {
+            group_id: group.clone(),
+            task_id: r.id.clone(),
+            group_index: r.group_index,
+            state: state.to_string(),
+            result,
+            chord_size: body.options.get("chord_size").and_then(Value::as_u64),
+        };
+        let what = format!("chord part {} of {group}", r.id);
+        let Some(Some(join)) = super::store::until_ok(&what, &self.shared.shutdown, || {
+            backend.chord_part_return(&part)
+        })
+        .await
+        else {
+            return;
+        };
+        let sender = self.sender();
+        let group_opt = body
+            .options
+            .get("group_id")
+            .and_then(Value::as_str)
+            .unwrap_or(group);
+        if let Some((id, _, exc)) = join
+            .results
+            .iter()
+            .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
+        {
+            let err = TaskError::new(
+                "ChordError",
+                "celery.exceptions",
+                vec![json!(canvas::chord_error_message(id, exc))],
+            );
+            let callback_id = body
+                .id()
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let mut m = ResultMeta::new(&callback_id, "FAILURE", err.to_meta());
+            m.traceback = Some(err.traceback_text());
+            self.shared.store_state(&m).await;
+            let errbacks = match body.options.get("link_error") {
+                Some(Value::Array(a)) => a.clone(),
+                Some(v @ Value::Object(_)) => vec![v.clone()],
+                _ => Vec::new(),
+            };
+            self.publish_all(canvas::on_failure(&callback_id, &errbacks, &sender))
+                .await;
+            tracing::error!(
+                "Chord callback {}[{callback_id}] failed: {}",
+                body.task,
+                err.repr()
+            );
+        } else {
+            let values: Vec<Value> = join.results.into_iter().map(|(_, _, v)| v).collect();
+            let m = canvas::message(
+                &body,
+                &[Value::Array(values)],
+                &sender,
+                Some((group_opt, None)),
+                None,
+            );
+            self.publish_all(vec![m]).await;
+        }
+        super::store::until_ok("chord cleanup", &self.shared.shutdown, || {
+            backend.chord_done(group, &join.token)
+        })
+        .await;
+    }
+}
+
+impl From<crate::task::TaskResult> for Ending {
+    fn from(r: crate::task::TaskResult) -> Ending {
+        match r {
+            Ok(v) => Ending::Returned(v),
+            Err(e) => Ending::Raised(e),
+        }
+    }
+}
+
+fn task_of(m: &Outgoing) -> &str {
+    m.envelope
+        .headers
+        .get("task")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
