@@ -292,7 +292,7 @@ fn expand(
                 .map(|(i, t)| message(t, prepend, sender, Some((&gid, Some(i as i64))), None))
                 .collect()
         }
-        Some(other) if other != "" => {
+        Some(other) if !other.is_empty() => {
             tracing::error!(
                 "callback {} of type {other:?} is not supported by this worker; not sent",
                 sig.task
