@@ -353,3 +353,35 @@ pub fn chord_error_message(failed_id: &str, exc: &Value) -> String {
         pyrepr::repr_exception(exc_type, &args)
     )
 }
+
+/// Celery's `Task.retry` message: the request again, same id, with
+/// `retries + 1`, an eta `countdown` seconds away and `parent_id` = its own id;
+/// every other header (custom ones included), the embed, `reply_to` and the
+/// priority kept; `origin` repeated in the properties as Celery does.
+pub fn retry_message(request: &Request, countdown: f64, default_queue: &str) -> Outgoing {
+    let r = request;
+    let mut msg = TaskMessage::new(&r.task, &r.id, r.args.clone(), r.kwargs.clone());
+    msg.headers = r.headers.clone();
+    msg.headers.insert("retries".into(), json!(r.retries + 1));
+    msg.headers.insert("eta".into(), json!(iso_in(countdown)));
+    msg.headers.insert("parent_id".into(), json!(r.id));
+    msg.embed = r.embed.clone();
+    let queue = if r.delivery_info.routing_key.is_empty() {
+        default_queue.to_string()
+    } else {
+        r.delivery_info.routing_key.clone()
+    };
+    let mut envelope = msg.to_envelope(&queue, r.delivery_info.priority);
+    envelope.properties.insert(
+        "reply_to".into(),
+        r.reply_to.clone().map_or(Value::Null, Value::String),
+    );
+    if let Some(origin) = &r.origin {
+        envelope.properties.insert("origin".into(), json!(origin));
+    }
+    Outgoing {
+        id: r.id.clone(),
+        queue,
+        envelope,
+    }
+}

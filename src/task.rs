@@ -253,6 +253,59 @@ pub struct Request {
     pub headers: Map<String, Value>,
 }
 
+impl Request {
+    /// The request for a decoded message consumed from `queue` by node `hostname`.
+    pub fn from_message(
+        msg: crate::protocol::TaskMessage,
+        env: &crate::protocol::Envelope,
+        queue: &str,
+        hostname: &str,
+    ) -> Request {
+        let h = |k: &str| {
+            msg.headers
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let (exchange, routing_key) = env.delivery_info();
+        Request {
+            id: msg.id().to_string(),
+            task: msg.task().to_string(),
+            retries: msg.retries(),
+            root_id: h("root_id"),
+            parent_id: h("parent_id"),
+            group: h("group"),
+            group_index: msg.group_index(),
+            eta: h("eta"),
+            expires: h("expires"),
+            hostname: hostname.to_string(),
+            delivery_info: DeliveryInfo {
+                exchange,
+                routing_key: if routing_key.is_empty() {
+                    queue.to_string()
+                } else {
+                    routing_key
+                },
+                priority: env.priority().clamp(0, 255) as u8,
+                redelivered: env.redelivered(),
+            },
+            correlation_id: h("id"),
+            reply_to: env
+                .properties
+                .get("reply_to")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            origin: h("origin"),
+            timelimit: msg.timelimit(),
+            // Moved, not copied: the message is done with once the request exists.
+            args: msg.args,
+            kwargs: msg.kwargs,
+            embed: msg.embed,
+            headers: msg.headers,
+        }
+    }
+}
+
 /// Writes intermediate states (`update_state`) for a running task.
 ///
 /// Kept as a trait so the task API does not depend on a backend.

@@ -10,7 +10,7 @@ use crate::protocol::pyrepr;
 use crate::protocol::result_meta::ResultMeta;
 use crate::protocol::{DecodeError, Envelope, TaskMessage};
 use crate::registry::TaskDef;
-use crate::task::{DeliveryInfo, Request, TaskError};
+use crate::task::{Request, TaskError};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -123,20 +123,6 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     shared.processed.fetch_add(1, Ordering::Relaxed);
 }
 
-fn delivery_info(env: &Envelope, queue: &str) -> DeliveryInfo {
-    let (exchange, routing_key) = env.delivery_info();
-    DeliveryInfo {
-        exchange,
-        routing_key: if routing_key.is_empty() {
-            queue.to_string()
-        } else {
-            routing_key
-        },
-        priority: env.priority().clamp(0, 255) as u8,
-        redelivered: env.redelivered(),
-    }
-}
-
 /// The request a task runs for; time limits resolved as Celery does:
 /// message header, else the task's own, else the worker's.
 fn build_request(
@@ -146,44 +132,14 @@ fn build_request(
     env: &Envelope,
     queue: &str,
 ) -> Request {
-    let h = |k: &str| {
-        msg.headers
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let (hard, soft) = msg.timelimit();
-    let timelimit = (
+    let mut request = Request::from_message(msg, env, queue, &cfg.hostname);
+    let (hard, soft) = request.timelimit;
+    request.timelimit = (
         hard.or(def.options.time_limit).or(cfg.task_time_limit),
         soft.or(def.options.soft_time_limit)
             .or(cfg.task_soft_time_limit),
     );
-    Request {
-        id: msg.id().to_string(),
-        task: msg.task().to_string(),
-        retries: msg.retries(),
-        root_id: h("root_id"),
-        parent_id: h("parent_id"),
-        group: h("group"),
-        group_index: msg.group_index(),
-        eta: h("eta"),
-        expires: h("expires"),
-        hostname: cfg.hostname.clone(),
-        delivery_info: delivery_info(env, queue),
-        correlation_id: h("id"),
-        reply_to: env
-            .properties
-            .get("reply_to")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        origin: h("origin"),
-        timelimit,
-        // Moved, not copied: the message is done with once the request exists.
-        args: msg.args,
-        kwargs: msg.kwargs,
-        embed: msg.embed,
-        headers: msg.headers,
-    }
+    request
 }
 
 /// Celery's `on_unknown_task`: log, store `NotRegistered` so the caller is

@@ -353,31 +353,11 @@ impl Tracer<'_> {
     /// eta, and `parent_id` = its own id; RETRY stored with the cause.
     async fn republish(&self, name: &str, exc: Option<TaskError>, countdown: f64) -> bool {
         let r = self.request;
-        let mut headers = r.headers.clone();
-        let eta = chrono::Utc::now() + chrono::Duration::milliseconds((countdown * 1000.0) as i64);
-        headers.insert("retries".into(), json!(r.retries + 1));
-        headers.insert(
-            "eta".into(),
-            json!(eta.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()),
-        );
-        headers.insert("parent_id".into(), json!(r.id));
-        let mut msg =
-            crate::protocol::TaskMessage::new(&r.task, &r.id, r.args.clone(), r.kwargs.clone());
-        msg.headers = headers;
-        msg.embed = r.embed.clone();
-        let queue = if r.delivery_info.routing_key.is_empty() {
-            self.shared.config.task_default_queue.clone()
-        } else {
-            r.delivery_info.routing_key.clone()
-        };
-        let mut env = msg.to_envelope(&queue, r.delivery_info.priority);
-        env.properties.insert(
-            "reply_to".into(),
-            r.reply_to.clone().map_or(Value::Null, Value::String),
-        );
-        if let Some(origin) = &r.origin {
-            env.properties.insert("origin".into(), json!(origin));
-        }
+        let Outgoing {
+            queue,
+            envelope: env,
+            ..
+        } = canvas::retry_message(r, countdown, &self.shared.config.task_default_queue);
         let what = format!("republish {name}[{}] for retry", r.id);
         let published = super::store::until_ok(&what, &self.shared.shutdown, || {
             self.shared.broker.publish(&queue, &env)
