@@ -15,7 +15,12 @@ pub(crate) async fn run(def: &TaskDef, ctx: TaskContext, args: Args) -> TaskResu
             let f = Arc::clone(f);
             tokio::task::spawn_blocking(move || f(&ctx, args)).await
         }
-        Handler::Async(f) => tokio::spawn(f(ctx, args)).await,
+        Handler::Async(f) => {
+            let task = tokio::spawn(f(ctx, args));
+            // If the caller stops waiting (hard time limit), the task stops too.
+            let _abort = AbortOnDrop(task.abort_handle());
+            task.await
+        }
     };
     match joined {
         Ok(result) => result,
@@ -24,6 +29,17 @@ pub(crate) async fn run(def: &TaskDef, ctx: TaskContext, args: Args) -> TaskResu
             panic_message(e.into_panic())
         ))),
         Err(e) => Err(TaskError::runtime_error(format!("task was cancelled: {e}"))),
+    }
+}
+
+/// Aborts an async task body when its runner is dropped. Blocking bodies
+/// can't be stopped from outside: past the hard limit their thread finishes
+/// in the background and its result is discarded.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -63,5 +79,64 @@ impl StateWriter for States {
                 .block_on(async move { shared.store_state(&m).await })
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::task::{Params, SoftLimit};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    struct NoStates;
+    impl StateWriter for NoStates {
+        fn write_state(&self, _: &Request, _: &str, _: serde_json::Value) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+
+    fn ctx() -> TaskContext {
+        TaskContext::new(
+            Arc::new(Request::default()),
+            Arc::new(NoStates),
+            Arc::new(SoftLimit::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn async_body_stops_when_its_runner_is_dropped() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&finished);
+        let def = Registry::async_def("t.slow", &[], move |_ctx, _args| {
+            let flag = Arc::clone(&flag);
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                flag.store(true, Ordering::SeqCst);
+                Ok(serde_json::Value::Null)
+            }
+        });
+        let args = Params::default()
+            .bind("t.slow", &[], &Default::default())
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(50), run(&def, ctx(), args)).await;
+        assert!(r.is_err(), "timed out");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "the aborted body kept running"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_body_is_a_runtime_error() {
+        let def = Registry::blocking_def("t.boom", &[], |_ctx, _args| panic!("kaboom"));
+        let args = Params::default()
+            .bind("t.boom", &[], &Default::default())
+            .unwrap();
+        let err = run(&def, ctx(), args).await.unwrap_err();
+        assert_eq!(err.exc_type, "RuntimeError");
+        assert!(err.message_text().contains("kaboom"));
     }
 }
