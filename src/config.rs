@@ -106,8 +106,8 @@ pub struct Config {
     pub task_reject_on_worker_lost: bool,
     pub task_acks_on_failure_or_timeout: bool,
     /// Hard / soft time limits in seconds for tasks that set none.
-    pub task_time_limit: Option<f64>,
-    pub task_soft_time_limit: Option<f64>,
+    pub task_time_limit: Option<serde_json::Number>,
+    pub task_soft_time_limit: Option<serde_json::Number>,
     pub task_default_rate_limit: Option<String>,
     /// Where follow-up messages (callbacks, chains) go when they name no queue.
     pub task_default_queue: String,
@@ -244,17 +244,18 @@ impl Config {
     }
 }
 
-/// A number of seconds, or `null` for none.
-fn seconds(name: &str, v: &Value) -> Result<Option<f64>> {
-    match v {
-        Value::Null => Ok(None),
-        v => v
-            .as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .filter(|s| *s > 0.0)
-            .map(Some)
-            .with_context(|| format!("{name} expects positive seconds, got {v}")),
-    }
+/// A number of seconds (int or float kept as given), or `null` for none.
+fn seconds(name: &str, v: &Value) -> Result<Option<serde_json::Number>> {
+    let parsed = match v {
+        Value::Null => return Ok(None),
+        Value::Number(n) => Some(n.clone()),
+        Value::String(s) => serde_json::from_str::<serde_json::Number>(s.trim()).ok(),
+        _ => None,
+    };
+    parsed
+        .filter(|n| n.as_f64().is_some_and(|f| f > 0.0))
+        .map(Some)
+        .with_context(|| format!("{name} expects positive seconds, got {v}"))
 }
 
 /// `disabled`/`none`/empty switch results off.

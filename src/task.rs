@@ -245,8 +245,9 @@ pub struct Request {
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     pub origin: Option<String>,
-    /// `[hard, soft]` time limits in seconds, as they apply to this run.
-    pub timelimit: (Option<f64>, Option<f64>),
+    /// `[hard, soft]` time limits in seconds, as they apply to this run; kept
+    /// as numbers so logs and errors show `1` or `1.0` as they were given.
+    pub timelimit: (Option<serde_json::Number>, Option<serde_json::Number>),
     /// Callbacks, errbacks, remaining chain and chord of this message.
     pub embed: crate::protocol::Embed,
     /// All headers as received, unknown ones included (kept on retry).
@@ -296,7 +297,7 @@ impl Request {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             origin: h("origin"),
-            timelimit: msg.timelimit(),
+            timelimit: msg.timelimit_numbers(),
             // Moved, not copied: the message is done with once the request exists.
             args: msg.args,
             kwargs: msg.kwargs,
@@ -335,6 +336,16 @@ impl SoftLimit {
     /// Exceeded, and the task never checked.
     pub fn ignored(&self) -> bool {
         self.exceeded() && !self.observed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Seconds as a JSON number: whole values become ints (as a Python user
+/// writing `time_limit=3` would have it), others stay floats.
+pub fn seconds_number(s: f64) -> serde_json::Number {
+    if s.fract() == 0.0 && s.abs() < 1e15 {
+        serde_json::Number::from(s as i64)
+    } else {
+        serde_json::Number::from_f64(s).unwrap_or_else(|| serde_json::Number::from(0))
     }
 }
 

@@ -418,6 +418,16 @@ impl TaskMessage {
         (at(0), at(1))
     }
 
+    /// `timelimit: [hard, soft]` as the numbers sent (int or float kept).
+    pub fn timelimit_numbers(&self) -> (Option<serde_json::Number>, Option<serde_json::Number>) {
+        let tl = self.headers.get("timelimit").and_then(Value::as_array);
+        let at = |i: usize| match tl.and_then(|t| t.get(i)) {
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f > 0.0) => Some(n.clone()),
+            _ => None,
+        };
+        (at(0), at(1))
+    }
+
     /// `argsrepr` as sent, else computed as Python would show it.
     pub fn argsrepr(&self) -> String {
         self.header_str("argsrepr")

@@ -27,8 +27,13 @@ pub fn register(registry: &mut Registry) {
             })
         },
     );
+    // Like Python's ValueError(message): any value is accepted as the argument.
     registry.blocking("rcw.testing.fail", &["message=\"boom\""], |_ctx, args| {
-        Err(TaskError::value_error(args.get::<String>(0)?))
+        Err(TaskError::new(
+            "ValueError",
+            "builtins",
+            vec![args.value(0).clone()],
+        ))
     });
     registry.blocking(
         "rcw.testing.fail_custom",

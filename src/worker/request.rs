@@ -134,10 +134,12 @@ fn build_request(
 ) -> Request {
     let mut request = Request::from_message(msg, env, queue, &cfg.hostname);
     let (hard, soft) = request.timelimit;
+    let option = |s: Option<f64>| s.map(crate::task::seconds_number);
     request.timelimit = (
-        hard.or(def.options.time_limit).or(cfg.task_time_limit),
-        soft.or(def.options.soft_time_limit)
-            .or(cfg.task_soft_time_limit),
+        hard.or(option(def.options.time_limit))
+            .or(cfg.task_time_limit.clone()),
+        soft.or(option(def.options.soft_time_limit))
+            .or(cfg.task_soft_time_limit.clone()),
     );
     request
 }

@@ -30,7 +30,7 @@ enum Ending {
     Returned(Value),
     Raised(TaskError),
     /// The hard time limit (seconds) passed first.
-    TimedOut(f64),
+    TimedOut(serde_json::Number),
 }
 
 /// Runs `request` and settles its outcome. `slot` is released as soon as the
@@ -101,15 +101,15 @@ pub(crate) async fn trace(
             Err(err) => t.failed(&name, err).await,
         },
         Ending::TimedOut(hard) => {
+            let shown = pyrepr::repr(&serde_json::Value::Number(hard.clone()));
             tracing::error!(
-                "Hard time limit ({}s) exceeded for {name}[{}]",
-                fmt_secs(hard),
+                "Hard time limit ({shown}s) exceeded for {name}[{}]",
                 request.id
             );
             let err = TaskError::new(
                 "TimeLimitExceeded",
                 "billiard.exceptions",
-                vec![secs_value(hard)],
+                vec![hard.into()],
             );
             t.failed(&name, err).await
         }
@@ -189,19 +189,23 @@ impl Tracer<'_> {
             ignore_result: self.ignore_result,
         });
         let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit));
-        let (hard, soft) = self.request.timelimit;
+        let (hard, soft) = self.request.timelimit.clone();
+        let secs =
+            |n: &serde_json::Number| Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).max(0.0));
         let soft_timer = soft.map(|s| {
             let flag = Arc::clone(&soft_limit);
             let label = format!("{name}[{}]", self.request.id);
+            let wait = secs(&s);
+            let shown = pyrepr::repr(&serde_json::Value::Number(s));
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs_f64(s)).await;
-                tracing::warn!("Soft time limit ({}s) exceeded for {label}", fmt_secs(s));
+                tokio::time::sleep(wait).await;
+                tracing::warn!("Soft time limit ({shown}s) exceeded for {label}");
                 flag.raise_flag();
             })
         });
         let body = execute::run(self.def, ctx, args);
         let ending = match hard {
-            Some(h) => match tokio::time::timeout(Duration::from_secs_f64(h), body).await {
+            Some(h) => match tokio::time::timeout(secs(&h), body).await {
                 Ok(r) => r.into(),
                 Err(_) => Ending::TimedOut(h),
             },
@@ -447,11 +451,7 @@ impl Tracer<'_> {
             };
             self.publish_all(canvas::on_failure(&callback_id, &errbacks, &sender))
                 .await;
-            tracing::error!(
-                "Chord callback {}[{callback_id}] failed: {}",
-                body.task,
-                err.repr()
-            );
+            tracing::error!("Chord {} raised: {}", pyrepr::repr_str(group), err.repr());
         } else {
             let values: Vec<Value> = join.results.into_iter().map(|(_, _, v)| v).collect();
             let m = canvas::message(
