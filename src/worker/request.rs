@@ -57,13 +57,13 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     };
     let name = msg.display_name().to_string();
     let id = msg.id().to_string();
-    tracing::info!("Task {name}[{id}] received");
-
+    // Celery checks expiry before announcing the task (strategy.py).
     if let Some(expires) = msg.expires()
         && expires <= chrono::Utc::now()
     {
         return expired(shared, &tag, &msg).await;
     }
+    tracing::info!("Task {name}[{id}] received");
 
     let mut held = Some(held);
     if let Some(eta) = msg.eta() {
@@ -215,7 +215,7 @@ async fn refuse(shared: &Shared, tag: &str, err: &DecodeError) {
 /// An expired request is not run: REVOKED with reason `expired`, then acked.
 async fn expired(shared: &Shared, tag: &str, msg: &TaskMessage) {
     tracing::info!(
-        "Discarding revoked task: {}[{}] (expired)",
+        "Discarding revoked task: {}[{}]",
         msg.display_name(),
         msg.id()
     );
