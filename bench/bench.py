@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Throughput and memory: rust-celery-worker vs the real `celery worker` (prefork).
 
-For each worker:
+Three scenarios, each measured for both workers in the same run, on the same private
+redis-server (broker in db 0, results alone in db 1):
+
+plain (the original benchmark). For each worker:
 
 1. idle phase: start it on an empty queue, wait until it is blocked in BRPOP,
    let it settle, sample the RSS of its whole process tree (parent + children,
@@ -13,10 +16,33 @@ For each worker:
    so DBSIZE counts them), sampling the process-tree RSS for the peak; then check
    the stored results.
 
-Everything runs against a private redis-server on a free port; no process is left
-behind (workers are stopped with SIGTERM, their process groups SIGKILLed if needed).
+canvas: with the worker stopped, a publisher subprocess (the real Celery producer)
+publishes `--chains` chains `chain(example_task.s(i, i), example_task.s(1),
+example_task.s(1))` and `--chords` chords `chord(group(example_task.s(i, j) for j in
+range(10)), tsum.s())`, where `tsum` is `rcw.testing.tsum(numbers)` (our worker's test
+task, enabled with RCW_TEST_TASKS=1; for Celery its Python twin from
+interop/pyworker_tasks.py, worker run as `celery -A pyworker_app`). Then the worker
+is started and the result keys of every chain's last step and every chord callback
+(ids known up front) are polled until all are stored. Checks: chain result == 2i+2,
+chord result == 10i+45 (mismatches must be 0). Reports workflows/s and tasks/s
+(a chain is 3 tasks, a chord 11).
 
-    python bench/bench.py [--tasks 20000] [--concurrency N] [--skip-rust] [--skip-celery]
+eta: a publisher subprocess sends `--eta-tasks` `example_task(i, i)` with
+`apply_async(eta=due)`, one explicit UTC datetime `due = publish start + --eta-delay`
+for all of them; the worker is started right after publishing. Measured from the due
+moment until every result is stored (drain time after due); then every result's
+`date_done` is compared with the eta (tasks that ran early must be 0). Held ETA
+messages stay in kombu's `unacked` hash (default visibility_timeout, 1 h, so nothing
+is restored); the queue length and `unacked` size at the due moment are reported.
+
+Publishers run in a subprocess so that the Celery client's result subscriptions
+(chords subscribe to their header results) never touch the measured Redis traffic.
+No process is left behind: workers are stopped with SIGTERM and their process groups
+SIGKILLed; redis-server is stopped in a finally block.
+
+    python bench/bench.py [--scenario all|plain|canvas|eta] [--tasks 20000]
+        [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
+        [--concurrency N] [--skip-rust] [--skip-celery]
 """
 from __future__ import annotations
 
@@ -249,6 +275,291 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
     return out
 
 
+# --------------------------------------------------------------------------- canvas / eta
+
+POLL_S = 0.05  # result polling period of the canvas and eta scenarios
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def publisher_main(args) -> int:
+    """Child-process entry (`bench.py --publish canvas|eta --publish-out FILE`): publish
+    with the real Celery producer, write the ids and expected results as JSON."""
+    # Plain apply_async then skips subscribing to each result's pubsub channel
+    # (as inside a worker); group/chord headers still subscribe, which is why this
+    # runs in a throwaway process.
+    from celery._state import _set_task_join_will_block
+    _set_task_join_will_block(True)
+    from celery import chain, chord, group
+    from app.workers.celery_app import celery_app
+    from app.workers.tasks import example_task
+    from pyworker_tasks import tsum  # rcw.testing.tsum, same name as our test task
+
+    keep = []  # AsyncResults stay referenced until os._exit (no __del__ unsubscribes)
+    out: dict = {}
+    t0 = time.monotonic()
+    if args.publish == "canvas":
+        chains, chords = [], []
+        for i in range(args.chains):
+            res = chain(example_task.s(i, i), example_task.s(1), example_task.s(1)).apply_async()
+            keep.append(res)
+            chains.append([res.id, 2 * i + 2])
+        for i in range(args.chords):
+            res = chord(group(example_task.s(i, j) for j in range(10)), tsum.s()).apply_async()
+            keep.append(res)
+            chords.append([res.id, sum(i + j for j in range(10))])
+        out.update(chains=chains, chords=chords)
+    elif args.publish == "eta":
+        eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=args.eta_delay)
+        tasks = []
+        for i in range(args.eta_tasks):
+            res = example_task.apply_async((i, i), eta=eta)
+            keep.append(res)
+            tasks.append([res.id, 2 * i])
+        out.update(eta=eta.isoformat(), tasks=tasks)
+    else:
+        raise SystemExit(f"unknown --publish {args.publish!r}")
+    out["publish_s"] = time.monotonic() - t0
+    Path(args.publish_out).write_text(json.dumps(out))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown (result consumers unsubscribing, pools)
+
+
+def run_publisher(kind: str, args, env: dict, workdir: Path, label: str) -> dict:
+    out_path = workdir / f"publish-{kind}-{uuid.uuid4().hex[:8]}.json"
+    log_path = workdir / f"{label}-{kind}-publisher.log"
+    argv = [sys.executable, str(Path(__file__).resolve()), "--publish", kind,
+            "--publish-out", str(out_path), "--chains", str(args.chains),
+            "--chords", str(args.chords), "--eta-tasks", str(args.eta_tasks),
+            "--eta-delay", repr(args.eta_delay)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=str(ROOT / "python"),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait(timeout=10)
+    if rc != 0 or not out_path.is_file():
+        raise RuntimeError(f"{kind} publisher failed (exit {rc}):\n"
+                           f"{log_path.read_text(errors='replace')[-3000:]}")
+    return json.loads(out_path.read_text())
+
+
+def result_metas(r1: redis.Redis, ids: list[str], chunk: int = 1000) -> list:
+    """The decoded result meta of each id (None if missing), in order."""
+    out = []
+    for k in range(0, len(ids), chunk):
+        vals = r1.mget([f"celery-task-meta-{t}" for t in ids[k:k + chunk]])
+        out.extend(None if v is None else json.loads(v) for v in vals)
+    return out
+
+
+def count_existing(r1: redis.Redis, keys: list[str], chunk: int = 5000) -> int:
+    return sum(r1.exists(*keys[k:k + chunk]) for k in range(0, len(keys), chunk))
+
+
+def backend_census(r1: redis.Redis) -> dict:
+    """All task results in db 1 by status, plus any other keys (chord join leftovers)."""
+    statuses: dict = {}
+    keys = [k for k in r1.scan_iter(count=5000)]
+    metas = [k for k in keys if k.startswith(b"celery-task-meta-")]
+    other: dict = {}  # e.g. chord join keys `celery-taskset-meta-<group>.<suffix>`
+    for k in keys:
+        if not k.startswith(b"celery-task-meta-"):
+            kind = k.decode(errors="replace").rsplit("-", 1)[-1].split(".", 1)[-1]
+            other[kind] = other.get(kind, 0) + 1
+    for k in range(0, len(metas), 1000):
+        for v in r1.mget(metas[k:k + 1000]):
+            if v is not None:
+                st = json.loads(v).get("status")
+                statuses[st] = statuses.get(st, 0) + 1
+    return {"results_stored": len(metas), "statuses": statuses, "other_keys": other}
+
+
+def measure_canvas(label: str, argv: list[str], env: dict, server: RedisServer, args,
+                   workdir: Path) -> dict:
+    r0, r1 = server.client(0), server.client(1)
+    n_chains, n_chords = args.chains, args.chords
+    n_tasks = 3 * n_chains + 11 * n_chords
+    out: dict = {"worker": label, "argv": argv, "chains": n_chains, "chords": n_chords,
+                 "workflows": n_chains + n_chords, "tasks": n_tasks,
+                 "loadavg_before": loadavg()}
+    try:
+        r0.flushall()
+        pub = run_publisher("canvas", args, env, workdir, label)
+        out["publish_s"] = pub["publish_s"]
+        queued = r0.llen("celery")
+        if queued != n_chains + 10 * n_chords:
+            raise RuntimeError(f"published {queued} messages, wanted {n_chains + 10 * n_chords}")
+        # (db 1 already holds each chord's size key, `celery-taskset-meta-<group>.s`)
+        if next(r1.scan_iter(match="celery-task-meta-*", count=5000), None) is not None:
+            raise RuntimeError("results stored before the worker started")
+        out["chord_keys_at_publish"] = r1.dbsize()
+        finals = pub["chains"] + pub["chords"]
+        keys = [f"celery-task-meta-{tid}" for tid, _ in finals]
+
+        peak, done = 0, 0
+        first = None  # when the first task result (any step) was seen
+        t0 = time.monotonic()
+        w = Worker(label, argv, env, workdir / f"{label}-canvas.log")
+        try:
+            while True:
+                done = count_existing(r1, keys)
+                now = time.monotonic()
+                peak = max(peak, tree_rss_kib(w.proc.pid)[0])
+                if first is None and r1.dbsize() > out["chord_keys_at_publish"]:
+                    first = now
+                if done >= len(keys):
+                    t1 = now
+                    break
+                if not w.alive():
+                    raise RuntimeError(f"{label} exited with {w.proc.returncode} after "
+                                       f"{done}/{len(keys)} workflows:\n{w.log_tail()}")
+                if now - t0 > args.timeout:
+                    raise RuntimeError(f"{label}: only {done}/{len(keys)} workflows done after "
+                                       f"{args.timeout}s:\n{w.log_tail()}")
+                time.sleep(POLL_S)
+        finally:
+            w.stop()
+
+        out["wall_s"] = t1 - t0
+        out["workflows_per_s"] = out["workflows"] / out["wall_s"]
+        out["tasks_per_s"] = n_tasks / out["wall_s"]
+        out["first_result_s"] = first - t0
+        # Only meaningful when the first result was seen before the last poll.
+        out["steady_workflows_per_s"] = out["workflows"] / (t1 - first) if t1 > first else None
+        out["peak_rss_kib"] = peak
+
+        def mismatches(pairs):
+            bad = 0
+            for (tid, want), meta in zip(pairs, result_metas(r1, [t for t, _ in pairs])):
+                if meta is None or meta.get("status") != "SUCCESS" or meta.get("result") != want:
+                    bad += 1
+            return bad
+
+        out["chain_mismatches"] = mismatches(pub["chains"])
+        out["chord_mismatches"] = mismatches(pub["chords"])
+        out.update(backend_census(r1))
+        out["loadavg_after"] = loadavg()
+        return out
+    finally:
+        r0.close()
+        r1.close()
+
+
+def parse_date(s: str) -> dt.datetime:
+    d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+
+
+def measure_eta(label: str, argv: list[str], env: dict, server: RedisServer, args,
+                workdir: Path) -> dict:
+    r0, r1 = server.client(0), server.client(1)
+    n = args.eta_tasks
+    out: dict = {"worker": label, "argv": argv, "tasks": n, "eta_delay_s": args.eta_delay,
+                 "loadavg_before": loadavg()}
+    try:
+        r0.flushall()
+        pub = run_publisher("eta", args, env, workdir, label)
+        eta = parse_date(pub["eta"])
+        # The due moment on our monotonic clock.
+        t_due = time.monotonic() + (eta.timestamp() - time.time())
+        out["publish_s"] = pub["publish_s"]
+        out["eta"] = pub["eta"]
+        queued = r0.llen("celery")
+        if queued != n:
+            raise RuntimeError(f"published {queued} messages, wanted {n}")
+        t0 = time.monotonic()
+        out["slack_s"] = t_due - t0  # worker start -> due
+        if out["slack_s"] <= 0:
+            raise RuntimeError(f"publishing {n} ETA tasks took {pub['publish_s']:.1f}s, past "
+                               f"the due moment; raise --eta-delay")
+
+        peak, done, done_before_due = 0, 0, 0
+        at_due = None
+        first = None
+        fetched_all = None  # worker start -> queue empty (all ETA messages held)
+        w = Worker(label, argv, env, workdir / f"{label}-eta.log")
+        try:
+            while True:
+                now = time.monotonic()
+                done = r1.dbsize()
+                peak = max(peak, tree_rss_kib(w.proc.pid)[0])
+                if now < t_due:
+                    done_before_due = max(done_before_due, done)
+                    if fetched_all is None and r0.llen("celery") == 0:
+                        fetched_all = now - t0
+                elif at_due is None:
+                    at_due = {"queued_at_due": r0.llen("celery"),
+                              "held_unacked_at_due": r0.hlen("unacked"),
+                              "done_at_due": done, "sampled_after_due_s": now - t_due}
+                if done and first is None and now >= t_due:
+                    first = now
+                if done >= n:
+                    t1 = now
+                    break
+                if not w.alive():
+                    raise RuntimeError(f"{label} exited with {w.proc.returncode} after "
+                                       f"{done}/{n} results:\n{w.log_tail()}")
+                if now - t0 > args.timeout:
+                    raise RuntimeError(f"{label}: only {done}/{n} results after "
+                                       f"{args.timeout}s:\n{w.log_tail()}")
+                time.sleep(POLL_S if now >= t_due else min(0.1, t_due - now))
+        finally:
+            w.stop()
+
+        if at_due is None:  # everything was stored before the due moment
+            at_due = {"queued_at_due": None, "held_unacked_at_due": None, "done_at_due": n,
+                      "sampled_after_due_s": None}
+        out.update(at_due)
+        out["done_before_due"] = done_before_due
+        out["fetched_all_s"] = fetched_all
+        out["drain_s"] = t1 - t_due
+        out["tasks_per_s"] = n / out["drain_s"] if out["drain_s"] > 0 else float("nan")
+        out["first_result_after_due_s"] = None if first is None else first - t_due
+        out["peak_rss_kib"] = peak
+
+        early = bad = missing = 0
+        dones = []
+        for (tid, want), meta in zip(pub["tasks"], result_metas(r1, [t for t, _ in pub["tasks"]])):
+            if meta is None:
+                missing += 1
+                continue
+            if meta.get("status") != "SUCCESS" or meta.get("result") != want:
+                bad += 1
+            if meta.get("date_done"):
+                done_at = parse_date(meta["date_done"])
+                dones.append(done_at)
+                if done_at < eta:
+                    early += 1
+            else:
+                bad += 1
+        out["early"] = early
+        out["mismatches"] = bad
+        out["missing"] = missing
+        # From the stored date_done (the worker's clock, same machine).
+        out["date_done_min_after_eta_s"] = (min(dones) - eta).total_seconds() if dones else None
+        out["date_done_max_after_eta_s"] = (max(dones) - eta).total_seconds() if dones else None
+        out.update(backend_census(r1))
+        out["loadavg_after"] = loadavg()
+        return out
+    finally:
+        r0.close()
+        r1.close()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -256,9 +567,130 @@ def fmt_mib(kib) -> str:
     return "-" if kib is None else f"{kib / 1024:.1f}"
 
 
+def fmt_opt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def fmt_load(la) -> str:
+    return " ".join(f"{x:.2f}" for x in la) if la else "?"
+
+
+def ratio(a, b) -> str:
+    try:
+        return f"x{a / b:.2f}"
+    except (TypeError, ZeroDivisionError):
+        return "-"
+
+
+def print_plain(results: list, n: int, failures: list) -> None:
+    print()
+    head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
+            f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['worker']:<28} {r['tasks']:>7} {r['wall_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
+              f"{r['steady_tasks_per_s']:>9.0f} {fmt_mib(r['idle_rss_kib']):>13} "
+              f"{fmt_mib(r['peak_rss_kib']):>13} {r['idle_processes']:>6} "
+              f"{r['results_stored']:>7}")
+    print("(wall = from worker start until the last result is stored; steady = from the "
+          "first stored result to the last)")
+    if len(results) == 2:
+        ours, theirs = results
+        print(f"\nrust / celery: throughput x{ours['tasks_per_s'] / theirs['tasks_per_s']:.2f} "
+              f"(steady x{ours['steady_tasks_per_s'] / theirs['steady_tasks_per_s']:.2f}), "
+              f"idle RSS x{ours['idle_rss_kib'] / max(theirs['idle_rss_kib'], 1):.3f}, "
+              f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
+    for r in results:
+        if r["results_stored"] != n or r["bad_results_in_sample"]:
+            print(f"WARNING: {r['worker']}: {r['results_stored']} results stored, "
+                  f"{r['bad_results_in_sample']} wrong in a sample of 200")
+            failures.append(r["worker"])
+
+
+def print_canvas(results: list, failures: list) -> None:
+    r0 = results[0]
+    print(f"\ncanvas: {r0['chains']} chains (3 tasks) + {r0['chords']} chords (10 + 1 tasks) "
+          f"= {r0['workflows']} workflows, {r0['tasks']} tasks")
+    head = (f"{'worker':<28} {'wall s':>8} {'workflows/s':>12} {'tasks/s':>9} "
+            f"{'steady wf/s':>12} {'peak RSS MiB':>13} {'chain bad':>10} {'chord bad':>10} {'stored':>7} "
+            f"{'not OK':>7} {'publish s':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        not_ok = r["results_stored"] - r["statuses"].get("SUCCESS", 0)
+        print(f"{r['worker']:<28} {r['wall_s']:>8.2f} {r['workflows_per_s']:>12.0f} "
+              f"{r['tasks_per_s']:>9.0f} {fmt_opt(r['steady_workflows_per_s'], '.0f'):>12} "
+              f"{fmt_mib(r['peak_rss_kib']):>13} {r['chain_mismatches']:>10} {r['chord_mismatches']:>10} "
+              f"{r['results_stored']:>7} {not_ok:>7} {r['publish_s']:>10.1f}")
+    print("(wall = from worker start until the last chain result and chord callback result "
+          "are stored, polled every 50 ms; steady = from the first stored task result; bad = missing, failed or "
+          "wrong final results; stored = all task results in db 1)")
+    if len(results) == 2:
+        ours, theirs = results
+        print(f"\nrust / celery (canvas): workflows/s "
+              f"{ratio(ours['workflows_per_s'], theirs['workflows_per_s'])} "
+              f"(steady {ratio(ours['steady_workflows_per_s'], theirs['steady_workflows_per_s'])}), "
+              f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
+    for r in results:
+        bad = r["chain_mismatches"] + r["chord_mismatches"]
+        if bad or r["results_stored"] != r["tasks"] or r["statuses"].get("SUCCESS", 0) != r["tasks"]:
+            print(f"WARNING: {r['worker']}: canvas {r['chain_mismatches']} chain and "
+                  f"{r['chord_mismatches']} chord mismatches, {r['results_stored']} task results "
+                  f"stored (wanted {r['tasks']}), statuses {r['statuses']}")
+            failures.append(f"{r['worker']} (canvas)")
+
+
+def print_eta(results: list, failures: list) -> None:
+    r0 = results[0]
+    print(f"\neta: {r0['tasks']} x {TASK} with apply_async(eta=publish start + "
+          f"{r0['eta_delay_s']:g}s), all due at once")
+    head = (f"{'worker':<28} {'publish s':>10} {'slack s':>8} {'fetched s':>10} "
+            f"{'queued@due':>11} {'held@due':>9} {'drain s':>8} {'tasks/s':>9} {'1st s':>6} {'last done s':>12} "
+            f"{'peak RSS MiB':>13} {'early':>6} {'bad':>5} {'missing':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['worker']:<28} {r['publish_s']:>10.1f} {r['slack_s']:>8.1f} "
+              f"{fmt_opt(r['fetched_all_s'], '.2f'):>10} "
+              f"{fmt_opt(r['queued_at_due'], 'd'):>11} {fmt_opt(r['held_unacked_at_due'], 'd'):>9} "
+              f"{r['drain_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
+              f"{fmt_opt(r['first_result_after_due_s'], '.2f'):>6} "
+              f"{fmt_opt(r['date_done_max_after_eta_s'], '.2f'):>12} "
+              f"{fmt_mib(r['peak_rss_kib']):>13} {r['early']:>6} {r['mismatches']:>5} "
+              f"{r['missing']:>8}")
+    print("(slack = worker start -> due; fetched = worker start -> queue empty; "
+          "queued/held@due = messages still in the queue / in kombu's unacked hash at the "
+          "due moment; drain = due -> last result stored (polled every 50 ms); 1st = due -> "
+          "first result seen; last done = latest stored date_done - eta; early = date_done "
+          "before the eta)")
+    if len(results) == 2:
+        ours, theirs = results
+        print(f"\nrust / celery (eta): drain tasks/s {ratio(ours['tasks_per_s'], theirs['tasks_per_s'])}"
+              f" (drain {ours['drain_s']:.2f}s vs {theirs['drain_s']:.2f}s; by date_done "
+              f"{fmt_opt(ours['date_done_max_after_eta_s'], '.2f')}s vs "
+              f"{fmt_opt(theirs['date_done_max_after_eta_s'], '.2f')}s), "
+              f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
+    for r in results:
+        if r["early"] or r["mismatches"] or r["missing"] or r["done_before_due"]:
+            print(f"WARNING: {r['worker']}: eta {r['early']} early, {r['mismatches']} wrong, "
+                  f"{r['missing']} missing, {r['done_before_due']} results seen before the due moment")
+            failures.append(f"{r['worker']} (eta)")
+        if r["queued_at_due"]:
+            print(f"note: {r['worker']} had not fetched {r['queued_at_due']} of the ETA messages "
+                  f"by the due moment (drain includes fetching them)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=int, default=20000)
+    ap.add_argument("--scenario", choices=["all", "plain", "canvas", "eta"], default="all")
+    ap.add_argument("--tasks", type=int, default=20000, help="plain scenario (default 20000)")
+    ap.add_argument("--chains", type=int, default=2000, help="canvas scenario (default 2000)")
+    ap.add_argument("--chords", type=int, default=200, help="canvas scenario (default 200)")
+    ap.add_argument("--eta-tasks", type=int, default=10000, help="eta scenario (default 10000)")
+    ap.add_argument("--eta-delay", type=float, default=None,
+                    help="eta scenario: seconds from publish start to the due moment "
+                    "(default max(8, 4 + eta_tasks/1000))")
     ap.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--bin", default=os.environ.get("RCW_RELEASE_BIN")
                     or str(ROOT / "target" / "release" / "rust-celery-worker"))
@@ -267,96 +699,146 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per worker run, seconds")
     ap.add_argument("--json", help="also write the results to this file "
                     "(default bench/results/<timestamp>.json)")
+    ap.add_argument("--publish", choices=["canvas", "eta"], help=argparse.SUPPRESS)
+    ap.add_argument("--publish-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.eta_delay is None:
+        args.eta_delay = max(8.0, 4.0 + args.eta_tasks / 1000)
+    if args.publish:
+        return publisher_main(args)
 
     # Turn SIGTERM into an exception so the finally blocks clean up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
+    scenarios = ["plain", "canvas", "eta"] if args.scenario == "all" else [args.scenario]
     import celery
     workdir = Path(tempfile.mkdtemp(prefix="rcw-bench-"))
     server = RedisServer(workdir / "redis").start()
     broker_url, backend_url = f"{server.url}/0", f"{server.url}/1"
     n, c = args.tasks, args.concurrency
+    load_start = loadavg()
     print(f"bench: {n} x {TASK}, concurrency {c}, redis {server.url}, logs in {workdir}",
           flush=True)
+    print(f"scenarios: {', '.join(scenarios)}; {os.cpu_count()} CPUs, load average "
+          f"{fmt_load(load_start)}", flush=True)
 
     env = dict(os.environ)
     env.pop("RCW_TEST_TASKS", None)
+    env.pop("RCW_PY_SETTINGS", None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["CELERY_BROKER_URL"] = broker_url
     env["CELERY_RESULT_BACKEND"] = backend_url
+    # canvas: our worker with its rcw.testing.* tasks, Celery with their Python twins.
+    canvas_env = dict(env, RCW_TEST_TASKS="1", PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "python"), str(ROOT / "interop")]
+        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 
-    results = []
-    failures = []
-    try:
-        template = capture_template(broker_url, backend_url)
-        runs = []
+    def runs(app: str, run_env: dict) -> list:
+        out = []
         if args.skip_rust:
             print("rust-celery-worker: skipped (--skip-rust)")
         elif not Path(args.bin).is_file():
             print(f"rust-celery-worker: SKIPPED, binary {args.bin} not found "
                   f"(build it with `make release` / `cargo build --release`)")
         else:
-            runs.append(("rust-celery-worker", [
+            out.append(("rust-celery-worker", [
                 args.bin, "-A", "app.workers", "-b", broker_url, "--result-backend", backend_url,
-                "-c", str(c), "-l", "warning", "-n", "bench-rust@%h"]))
+                "-c", str(c), "-l", "warning", "-n", "bench-rust@%h"], run_env))
         if args.skip_celery:
             print("celery: skipped (--skip-celery)")
         else:
-            runs.append((f"celery-{celery.__version__}-prefork", [
-                sys.executable, "-m", "celery", "-A", "app.workers", "worker", "-P", "prefork",
+            out.append((f"celery-{celery.__version__}-prefork", [
+                sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork",
                 "-c", str(c), "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-l", "warning", "-n", "bench-celery@%h"]))
-        for label, argv in runs:
-            print(f"-- {label}: measuring ...", flush=True)
-            try:
-                res = measure(label, argv, env, server, template, n, workdir, args.timeout)
-            except RuntimeError as exc:
-                print(f"-- {label}: FAILED: {exc}", flush=True)
-                failures.append(label)
-                continue
-            results.append(res)
-            print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s "
-                  f"(preload {res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), "
-                  f"idle RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak {fmt_mib(res['peak_rss_kib'])} MiB",
-                  flush=True)
+                "-l", "warning", "-n", "bench-celery@%h"], run_env))
+        return out
+
+    results = []
+    canvas_results = []
+    eta_results = []
+    failures = []
+    try:
+        if "plain" in scenarios:
+            print("== plain", flush=True)
+            template = capture_template(broker_url, backend_url)
+            for label, argv, run_env in runs("app.workers", env):
+                print(f"-- {label}: measuring ...", flush=True)
+                try:
+                    res = measure(label, argv, run_env, server, template, n, workdir,
+                                  args.timeout)
+                except RuntimeError as exc:
+                    print(f"-- {label}: FAILED: {exc}", flush=True)
+                    failures.append(label)
+                    continue
+                results.append(res)
+                print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s "
+                      f"(preload {res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), "
+                      f"idle RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak {fmt_mib(res['peak_rss_kib'])} MiB",
+                      flush=True)
+        if "canvas" in scenarios:
+            print(f"== canvas: {args.chains} chains + {args.chords} chords "
+                  f"(load average {fmt_load(loadavg())})", flush=True)
+            for label, argv, run_env in runs("pyworker_app", canvas_env):
+                print(f"-- {label}: publishing, then measuring ...", flush=True)
+                try:
+                    res = measure_canvas(label, argv, run_env, server, args, workdir)
+                except RuntimeError as exc:
+                    print(f"-- {label}: FAILED: {exc}", flush=True)
+                    failures.append(f"{label} (canvas)")
+                    continue
+                canvas_results.append(res)
+                print(f"   {res['workflows_per_s']:.0f} workflows/s, {res['tasks_per_s']:.0f} "
+                      f"tasks/s over {res['wall_s']:.2f}s (publish {res['publish_s']:.1f}s), "
+                      f"mismatches {res['chain_mismatches']} chain / {res['chord_mismatches']} "
+                      f"chord, peak {fmt_mib(res['peak_rss_kib'])} MiB", flush=True)
+        if "eta" in scenarios:
+            print(f"== eta: {args.eta_tasks} tasks due {args.eta_delay:g}s after publish start "
+                  f"(load average {fmt_load(loadavg())})", flush=True)
+            for label, argv, run_env in runs("app.workers", env):
+                print(f"-- {label}: publishing, then measuring ...", flush=True)
+                try:
+                    res = measure_eta(label, argv, run_env, server, args, workdir)
+                except RuntimeError as exc:
+                    print(f"-- {label}: FAILED: {exc}", flush=True)
+                    failures.append(f"{label} (eta)")
+                    continue
+                eta_results.append(res)
+                print(f"   drained in {res['drain_s']:.2f}s after due = {res['tasks_per_s']:.0f} "
+                      f"tasks/s (publish {res['publish_s']:.1f}s, slack {res['slack_s']:.1f}s, "
+                      f"queued/held at due {res['queued_at_due']}/{res['held_unacked_at_due']}), "
+                      f"early {res['early']}, peak {fmt_mib(res['peak_rss_kib'])} MiB", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         server.stop()
 
+    load_end = loadavg()
     if results:
-        print()
-        head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
-                f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}")
-        print(head)
-        print("-" * len(head))
-        for r in results:
-            print(f"{r['worker']:<28} {r['tasks']:>7} {r['wall_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
-                  f"{r['steady_tasks_per_s']:>9.0f} {fmt_mib(r['idle_rss_kib']):>13} "
-                  f"{fmt_mib(r['peak_rss_kib']):>13} {r['idle_processes']:>6} "
-                  f"{r['results_stored']:>7}")
-        print("(wall = from worker start until the last result is stored; steady = from the "
-              "first stored result to the last)")
-        if len(results) == 2:
-            ours, theirs = results
-            print(f"\nrust / celery: throughput x{ours['tasks_per_s'] / theirs['tasks_per_s']:.2f} "
-                  f"(steady x{ours['steady_tasks_per_s'] / theirs['steady_tasks_per_s']:.2f}), "
-                  f"idle RSS x{ours['idle_rss_kib'] / max(theirs['idle_rss_kib'], 1):.3f}, "
-                  f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
-        for r in results:
-            if r["results_stored"] != n or r["bad_results_in_sample"]:
-                print(f"WARNING: {r['worker']}: {r['results_stored']} results stored, "
-                      f"{r['bad_results_in_sample']} wrong in a sample of 200")
-                failures.append(r["worker"])
+        print_plain(results, n, failures)
+    if canvas_results:
+        print_canvas(canvas_results, failures)
+    if eta_results:
+        print_eta(eta_results, failures)
+    if results or canvas_results or eta_results:
+        print(f"\nload average: start {fmt_load(load_start)}, end {fmt_load(load_end)} "
+              f"({os.cpu_count()} CPUs)")
         out_path = Path(args.json) if args.json else \
             ROOT / "bench" / "results" / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json"
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps({"tasks": n, "concurrency": c, "results": results},
-                                       indent=2))
+        doc = {"tasks": n, "concurrency": c, "results": results, "scenarios": scenarios,
+               "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end}
+        if "canvas" in scenarios:
+            doc["canvas"] = {"chains": args.chains, "chords": args.chords,
+                             "results": canvas_results}
+        if "eta" in scenarios:
+            doc["eta"] = {"tasks": args.eta_tasks, "delay_s": args.eta_delay,
+                          "results": eta_results}
+        out_path.write_text(json.dumps(doc, indent=2))
         print(f"results written to {out_path}")
+    if failures:
+        print(f"FAILED: {', '.join(failures)}")
     return 1 if failures else 0
 
 

@@ -36,9 +36,9 @@ pub(crate) async fn consume(shared: &Arc<Shared>) {
                 }
                 for delivery in deliveries {
                     let permit = permits.pop().expect("never fetch more than permitted");
-                    let shared = Arc::clone(shared);
+                    let owned = Arc::clone(shared);
                     shared.tasks.clone().spawn(async move {
-                        super::request::handle(&shared, delivery, permit).await
+                        super::request::handle(&owned, delivery, permit).await
                     });
                 }
             }

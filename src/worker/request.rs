@@ -31,7 +31,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
                 "Received a message that is not a kombu envelope from queue {queue:?}: {err}. \
                  The message has been ignored and discarded."
             );
-            return refuse(shared, &tag, &err).await;
+            return Box::pin(refuse(shared, &tag, &err)).await;
         }
     };
     // Celery looks the name up before decoding the body, so an unknown task
@@ -39,7 +39,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if let Some(name) = envelope.headers.get("task").and_then(Value::as_str)
         && shared.registry.get(name).is_none()
     {
-        return unknown_task(shared, &tag, &envelope, name).await;
+        return Box::pin(unknown_task(shared, &tag, &envelope, name)).await;
     }
     let msg = match TaskMessage::decode(
         envelope.content_type.as_deref(),
@@ -49,24 +49,30 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         Ok(m) => m,
         Err(err) => {
             log_invalid(&envelope, &err);
-            return refuse(shared, &tag, &err).await;
+            return Box::pin(refuse(shared, &tag, &err)).await;
         }
     };
     let Some(def) = shared.registry.get(msg.task()).cloned() else {
-        return unknown_task(shared, &tag, &envelope, msg.task()).await;
+        return Box::pin(unknown_task(shared, &tag, &envelope, msg.task())).await;
     };
     let name = msg.display_name().to_string();
     let id = msg.id().to_string();
     // Celery checks expiry before announcing the task (strategy.py).
-    if let Some(expires) = msg.expires()
+    let (eta, expires) = (msg.eta(), msg.expires());
+    if let Some(expires) = expires
         && expires <= chrono::Utc::now()
     {
-        return expired(shared, &tag, &msg).await;
+        let request = build_request(&shared.config, &def, msg, &envelope, &queue);
+        return Box::pin(expired(shared, &tag, &name, &request)).await;
     }
     tracing::info!("Task {name}[{id}] received");
+    // From here on only the request is kept: a held ETA message costs its
+    // arguments and headers, not a second copy inside the envelope.
+    let request = build_request(&shared.config, &def, msg, &envelope, &queue);
+    drop(envelope);
 
     let mut held = Some(held);
-    if let Some(eta) = msg.eta() {
+    if let Some(eta) = eta {
         let wait = (eta - chrono::Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
             // Like Celery's QoS bump: a held ETA task doesn't use up the
@@ -74,12 +80,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             held = None;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shared.shutdown.warm() => return shared.restore(&tag).await,
+                _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
             }
-            if let Some(expires) = msg.expires()
+            if let Some(expires) = expires
                 && expires <= chrono::Utc::now()
             {
-                return expired(shared, &tag, &msg).await;
+                return Box::pin(expired(shared, &tag, &name, &request)).await;
             }
         }
     }
@@ -90,7 +96,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         held = None;
         tokio::select! {
             _ = bucket.acquire() => {}
-            _ = shared.shutdown.warm() => return shared.restore(&tag).await,
+            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
     }
 
@@ -98,7 +104,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         s = shared.slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
-            return shared.restore(&tag).await;
+            return Box::pin(shared.restore(&tag)).await;
         }
     };
     let acks_late = def
@@ -107,16 +113,17 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         .unwrap_or(shared.config.task_acks_late);
     if !acks_late {
         // Early ack (Celery's default): before user code runs.
-        shared.ack(&tag).await;
+        Box::pin(shared.ack(&tag)).await;
         drop(held.take());
     }
 
-    let request = Arc::new(build_request(&shared.config, &def, msg, &envelope, &queue));
-    let verdict = super::trace::trace(shared, def, request, slot).await;
+    // Boxed: a handler waiting on an ETA or a slot shouldn't carry the
+    // (large) state of the run inline.
+    let verdict = Box::pin(super::trace::trace(shared, def, Arc::new(request), slot)).await;
     if acks_late {
         match verdict {
-            Verdict::Ack => shared.ack(&tag).await,
-            Verdict::Reject { requeue } => shared.reject(&tag, requeue).await,
+            Verdict::Ack => Box::pin(shared.ack(&tag)).await,
+            Verdict::Reject { requeue } => Box::pin(shared.reject(&tag, requeue)).await,
         }
     }
     drop(held);
@@ -213,20 +220,16 @@ async fn refuse(shared: &Shared, tag: &str, err: &DecodeError) {
 }
 
 /// An expired request is not run: REVOKED with reason `expired`, then acked.
-async fn expired(shared: &Shared, tag: &str, msg: &TaskMessage) {
-    tracing::info!(
-        "Discarding revoked task: {}[{}]",
-        msg.display_name(),
-        msg.id()
-    );
+async fn expired(shared: &Shared, tag: &str, name: &str, request: &Request) {
+    tracing::info!("Discarding revoked task: {name}[{}]", request.id);
     let err = TaskError::new(
         "TaskRevokedError",
         "celery.exceptions",
         vec!["expired".into()],
     );
-    let mut m = ResultMeta::new(msg.id(), "REVOKED", err.to_meta());
-    m.group_id = msg.group().map(str::to_string);
-    m.parent_id = msg.parent_id().map(str::to_string);
+    let mut m = ResultMeta::new(&request.id, "REVOKED", err.to_meta());
+    m.group_id = request.group.clone();
+    m.parent_id = request.parent_id.clone();
     shared.store_state(&m).await;
     shared.ack(tag).await;
 }
