@@ -322,3 +322,61 @@ def reidentify(envelope: dict, task_id: Optional[str] = None) -> str:
 def result_meta(backend: redis.Redis, task_id: str) -> Optional[dict]:
     raw = backend.get(f"celery-task-meta-{task_id}")
     return None if raw is None else json.loads(raw)
+
+
+class MetaRecorder:
+    """Records every result meta PUBLISHed on ``celery-task-meta-<id>`` for the given
+    task ids (subscribe *before* sending). ``states(id)`` → list of statuses in order."""
+
+    def __init__(self, backend: redis.Redis, task_ids: Iterable[str]):
+        import threading
+        self.task_ids = list(task_ids)
+        self._pubsub = backend.pubsub()
+        self._pubsub.subscribe(*[f"celery-task-meta-{t}" for t in self.task_ids])
+        self._lock = threading.Lock()
+        self._metas: dict = {t: [] for t in self.task_ids}
+        self._stop = threading.Event()
+        # Wait for the subscriptions to be confirmed before anything is published.
+        confirmed = 0
+        deadline = time.monotonic() + 5
+        while confirmed < len(self.task_ids) and time.monotonic() < deadline:
+            msg = self._pubsub.get_message(timeout=0.5)
+            if msg and msg["type"] == "subscribe":
+                confirmed += 1
+        if confirmed < len(self.task_ids):
+            raise RuntimeError("pub/sub subscriptions not confirmed")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._pubsub.get_message(timeout=0.1)
+            except Exception:
+                return
+            if msg and msg["type"] == "message":
+                channel = msg["channel"].decode()
+                task_id = channel[len("celery-task-meta-"):]
+                with self._lock:
+                    self._metas.setdefault(task_id, []).append(json.loads(msg["data"]))
+
+    def metas(self, task_id: str) -> List[dict]:
+        with self._lock:
+            return list(self._metas.get(task_id, []))
+
+    def states(self, task_id: str) -> List[str]:
+        return [m["status"] for m in self.metas(task_id)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        try:
+            self._pubsub.close()
+        except Exception:
+            pass
+
+
+def log_count(worker_or_text, needle: str) -> int:
+    """Occurrences of ``needle`` in a worker's log (or in a text)."""
+    text = worker_or_text if isinstance(worker_or_text, str) else worker_or_text.log()
+    return text.count(needle)

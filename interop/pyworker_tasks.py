@@ -59,3 +59,98 @@ def spin(seconds):
     while time.monotonic() < until:
         n = (n * 6364136223846793005 + 1) % (1 << 64)
     return True
+
+
+# --------------------------------------------------------------------------
+# Retries, time limits, acks_late, rate limits, canvas helpers.
+#
+# * ``rcw.testing.flaky(failures, countdown=0.2)``: bind, max_retries=3; while
+#   ``retries < failures`` raises ``self.retry(exc=ConnectionError("attempt N"),
+#   countdown=countdown)``; returns ``{"attempts": retries + 1}``.
+# * ``rcw.testing.retry_plain(failures)``: bind, max_retries=2,
+#   default_retry_delay=0.2; ``raise self.retry()`` (no exc); returns retries.
+# * ``rcw.testing.autoretry(failures)``: autoretry_for=(ConnectionError,),
+#   max_retries=3, default_retry_delay=0.2; returns retries.
+# * ``rcw.testing.autoretry_backoff(failures)``: autoretry_for=(ConnectionError,),
+#   retry_backoff=1, retry_backoff_max=4, retry_jitter=False, max_retries=5.
+# * ``rcw.testing.tsum(numbers)`` → sum; ``rcw.testing.mul(x, y)`` → x * y.
+# * ``rcw.testing.rate_limited(i)``: rate_limit="5/s"; returns i.
+# * ``rcw.testing.late_sleep(seconds, result=None)``: acks_late=True; as sleep.
+# * ``rcw.testing.soft_limited(seconds)``: soft_time_limit=1, time_limit=3;
+#   "soft limit observed" if the soft limit hits, else "done".
+# * ``rcw.testing.ignores_soft(seconds)``: soft_time_limit=1; just sleeps
+#   (the soft limit fails it with SoftTimeLimitExceeded).
+# --------------------------------------------------------------------------
+
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
+
+
+@shared_task(name="rcw.testing.flaky", bind=True, max_retries=3)
+def flaky(self, failures, countdown=0.2):
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"),
+                         countdown=countdown)
+    return {"attempts": self.request.retries + 1}
+
+
+@shared_task(name="rcw.testing.retry_plain", bind=True, max_retries=2,
+             default_retry_delay=0.2)
+def retry_plain(self, failures):
+    if self.request.retries < failures:
+        raise self.retry()
+    return self.request.retries
+
+
+@shared_task(name="rcw.testing.autoretry", bind=True, autoretry_for=(ConnectionError,),
+             max_retries=3, default_retry_delay=0.2)
+def autoretry(self, failures):
+    if self.request.retries < failures:
+        raise ConnectionError(f"attempt {self.request.retries}")
+    return self.request.retries
+
+
+@shared_task(name="rcw.testing.autoretry_backoff", bind=True,
+             autoretry_for=(ConnectionError,), retry_backoff=1, retry_backoff_max=4,
+             retry_jitter=False, max_retries=5)
+def autoretry_backoff(self, failures):
+    if self.request.retries < failures:
+        raise ConnectionError(f"attempt {self.request.retries}")
+    return self.request.retries
+
+
+@shared_task(name="rcw.testing.tsum")
+def tsum(numbers):
+    return sum(numbers)
+
+
+@shared_task(name="rcw.testing.mul")
+def mul(x, y):
+    return x * y
+
+
+@shared_task(name="rcw.testing.rate_limited", rate_limit="5/s")
+def rate_limited(i):
+    return i
+
+
+@shared_task(name="rcw.testing.late_sleep", acks_late=True)
+def late_sleep(seconds, result=None):
+    time.sleep(seconds)
+    return seconds if result is None else result
+
+
+@shared_task(name="rcw.testing.soft_limited", soft_time_limit=1, time_limit=3)
+def soft_limited(seconds):
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            time.sleep(0.05)
+    except SoftTimeLimitExceeded:
+        return "soft limit observed"
+    return "done"
+
+
+@shared_task(name="rcw.testing.ignores_soft", soft_time_limit=1)
+def ignores_soft(seconds):
+    time.sleep(seconds)
+    return seconds

@@ -14,8 +14,9 @@ from helpers import result_meta
 def test_protocol_v1_producer(celery_client, worker):
     """A producer still on `task_protocol=1` (Celery 3 style messages)."""
     worker()
+    # set_as_current=False: @shared_task proxies must keep using the suite's app.
     old = Celery("legacy", broker=celery_client.conf.broker_url,
-                 backend=celery_client.conf.result_backend)
+                 backend=celery_client.conf.result_backend, set_as_current=False)
     old.conf.task_protocol = 1
     try:
         r = old.send_task("app.workers.tasks.example_task", args=[20, 22])

@@ -86,7 +86,7 @@ def test_redis_restart_while_tasks_flow(worker, tmp_path, monkeypatch):
         # session Redis) precedence over the constructor arguments.
         monkeypatch.setenv("CELERY_BROKER_URL", url0)
         monkeypatch.setenv("CELERY_RESULT_BACKEND", url1)
-        client = Celery("restart-client", broker=url0, backend=url1)
+        client = Celery("restart-client", broker=url0, backend=url1, set_as_current=False)
         client.conf.update(task_serializer="json", result_serializer="json",
                            accept_content=["json"], enable_utc=True, timezone="UTC")
         n = 100

@@ -98,7 +98,7 @@ pub(crate) async fn trace(
                     Verdict::Reject { requeue: false }
                 }
             }
-            Err(err) => t.failed(&name, err).await,
+            Err(err) => t.failed(&name, err, true).await,
         },
         Ending::TimedOut(hard) => {
             let shown = pyrepr::repr(&serde_json::Value::Number(hard.clone()));
@@ -111,7 +111,7 @@ pub(crate) async fn trace(
                 "billiard.exceptions",
                 vec![hard.into()],
             );
-            t.failed(&name, err).await
+            t.failed(&name, err, false).await
         }
     }
 }
@@ -254,16 +254,19 @@ impl Tracer<'_> {
 
     /// FAILURE: stored for this task and every chain step that won't run,
     /// chord notified, errbacks sent.
-    async fn failed(&self, name: &str, err: TaskError) -> Verdict {
+    /// `raised`: the error came out of the task body (it has a traceback);
+    /// a hard time limit comes from outside, and Celery stores none then.
+    async fn failed(&self, name: &str, err: TaskError, raised: bool) -> Verdict {
         let traceback = err.traceback_text();
+        let stored_tb = raised.then(|| traceback.clone());
         let exc = err.to_meta();
         if self.store_errors {
             let mut m = self.meta("FAILURE", exc.clone());
-            m.traceback = Some(traceback.clone());
+            m.traceback = stored_tb.clone();
             self.shared.store_state(&m).await;
             for id in canvas::pending_chain_ids(&self.request.embed) {
                 let mut m = ResultMeta::new(&id, "FAILURE", exc.clone());
-                m.traceback = Some(traceback.clone());
+                m.traceback = stored_tb.clone();
                 self.shared.store_state(&m).await;
             }
         }
@@ -386,6 +389,8 @@ impl Tracer<'_> {
             });
             let mut m = self.meta("RETRY", cause.to_meta());
             m.traceback = Some(cause.traceback_text());
+            // Celery lists the republished message as the retry's child.
+            m.children = Some(vec![canvas::child_ref(&r.id)]);
             self.shared.store_state(&m).await;
         }
         tracing::info!("Task {name}[{}] retry: {reason}", r.id);
