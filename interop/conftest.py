@@ -63,6 +63,14 @@ def pytest_report_header(config):
 # --------------------------------------------------------------------------- redis
 
 
+@pytest.fixture(autouse=True)
+def _client_app_is_current():
+    """``@shared_task`` proxies bind to Celery's *current* app; a test that builds its
+    own ``Celery(...)`` without ``set_as_current=False`` must not leak into the next."""
+    from app.workers.celery_app import celery_app
+    celery_app.set_current()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"), port=REDIS_PORT).start()

@@ -15,12 +15,6 @@ from helpers import log_count, result_meta, wait_until
 GET_TIMEOUT = 20
 
 
-@pytest.fixture(autouse=True)
-def _client_app_is_current(celery_client):
-    """``example_task`` is a ``@shared_task``: it binds to Celery's *current* app. A test
-    elsewhere that builds its own ``Celery(...)`` (test_protocol's protocol-1 producer,
-    test_resilience's restart client) leaves that app current, so make ours current."""
-    celery_client.set_current()
 
 
 def _child(task_id):

@@ -15,17 +15,20 @@ fn seconds(v: &Value) -> Result<Duration, TaskError> {
         })
 }
 
+/// Sleeps `seconds`, then returns `result` (or the seconds when it is null).
+fn sleep_then_return(_ctx: &TaskContext, args: crate::task::Args) -> crate::task::TaskResult {
+    std::thread::sleep(seconds(args.value(0))?);
+    Ok(match args.value(1) {
+        Value::Null => args.value(0).clone(),
+        r => r.clone(),
+    })
+}
+
 pub fn register(registry: &mut Registry) {
     registry.blocking(
         "rcw.testing.sleep",
         &["seconds", "result=null"],
-        |_ctx, args| {
-            std::thread::sleep(seconds(args.value(0))?);
-            Ok(match args.value(1) {
-                Value::Null => args.value(0).clone(),
-                r => r.clone(),
-            })
-        },
+        sleep_then_return,
     );
     // Like Python's ValueError(message): any value is accepted as the argument.
     registry.blocking("rcw.testing.fail", &["message=\"boom\""], |_ctx, args| {
@@ -174,13 +177,7 @@ fn register_issue3(registry: &mut Registry) {
         Registry::blocking_def(
             "rcw.testing.late_sleep",
             &["seconds", "result=null"],
-            |_ctx, args| {
-                std::thread::sleep(seconds(args.value(0))?);
-                Ok(match args.value(1) {
-                    Value::Null => args.value(0).clone(),
-                    r => r.clone(),
-                })
-            },
+            sleep_then_return,
         )
         .with(|o| o.acks_late = Some(true)),
     );
