@@ -34,7 +34,7 @@ build:
 release:
 	cargo build --release
 
-run: release
+run: release venv
 	@set -euo pipefail; \
 	broker='$(BROKER)'; \
 	if ! redis-cli -u "$$broker" ping >/dev/null 2>&1; then \
@@ -52,6 +52,7 @@ run: release
 	export CELERY_BROKER_URL="$$broker"; \
 	export CELERY_RESULT_BACKEND="$${CELERY_RESULT_BACKEND:-$$broker}"; \
 	unset RCW_TEST_TASKS; \
+	export VIRTUAL_ENV="$(CURDIR)/$(VENV)"; \
 	cd python && exec ../target/release/rust-celery-worker -A app.workers --loglevel=info
 
 test-rust:

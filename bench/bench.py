@@ -729,6 +729,8 @@ def main() -> int:
         [str(ROOT / "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["CELERY_BROKER_URL"] = broker_url
     env["CELERY_RESULT_BACKEND"] = backend_url
+    if sys.prefix != sys.base_prefix:  # our worker imports the -A app from this venv
+        env.setdefault("VIRTUAL_ENV", sys.prefix)
     # canvas: our worker with its rcw.testing.* tasks, Celery with their Python twins.
     canvas_env = dict(env, RCW_TEST_TASKS="1", PYTHONPATH=os.pathsep.join(
         [str(ROOT / "python"), str(ROOT / "interop")]

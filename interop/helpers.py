@@ -156,6 +156,10 @@ def worker_env(broker_url: str, backend_url: str, extra: Optional[dict] = None) 
     env["PYTHONUNBUFFERED"] = "1"
     env["CELERY_BROKER_URL"] = broker_url
     env["CELERY_RESULT_BACKEND"] = backend_url
+    # Our worker imports the -A app in its embedded interpreter: point it at
+    # the venv that has celery, as an activated venv would.
+    if sys.prefix != sys.base_prefix:
+        env.setdefault("VIRTUAL_ENV", sys.prefix)
     env.pop("RCW_PY_SETTINGS", None)
     if extra:
         env.update(extra)

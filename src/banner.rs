@@ -33,6 +33,9 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
     let _ = writeln!(out, "- *** --- * --- ");
     let _ = writeln!(out, "- ** ---------- [config]");
     let _ = writeln!(out, "- ** ---------- .> app:         {app}");
+    if let Some(src) = &cfg.app_source {
+        let _ = writeln!(out, "- ** ---------- .>              {src}");
+    }
     let _ = writeln!(
         out,
         "- ** ---------- .> transport:   {}",

@@ -63,15 +63,22 @@ pub struct Cli {
 impl Cli {
     /// Flags > env (via clap) > `--setting` > Celery's defaults.
     pub fn into_config(self) -> Result<Config> {
-        let mut cfg = Config::default();
+        self.into_config_over(Config::default())
+    }
+
+    /// The same over `base` (Celery's defaults with the app's conf applied).
+    pub fn into_config_over(self, base: Config) -> Result<Config> {
+        let mut cfg = base;
         for s in &self.settings {
             cfg.apply_setting_str(s)?;
         }
         cfg.app = self.app;
         if let Some(b) = self.broker {
-            // Celery's result backend is separate; ours follows the broker
-            // unless told otherwise, as the example app configures it.
-            cfg.result_backend = Some(b.clone());
+            // Without an app conf naming one, results follow the broker, as
+            // the example app configures them.
+            if !cfg.result_backend_explicit {
+                cfg.result_backend = Some(b.clone());
+            }
             cfg.broker_url = b;
         }
         if let Some(r) = self.result_backend {
@@ -126,7 +133,11 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = crate::logging::parse_level(&cli.loglevel);
     crate::logging::init(level.unwrap_or(tracing::Level::WARN));
-    let config = match cli.into_config() {
+    let (base, app) = match load_app(cli.app.as_deref()) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let config = match cli.into_config_over(base) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -149,7 +160,7 @@ pub fn main() -> std::process::ExitCode {
     // Spawned rather than driven by `block_on`, so the consumer and the
     // request handlers share the runtime thread instead of waking each other
     // across threads.
-    let outcome = runtime.block_on(async { tokio::spawn(start(config)).await });
+    let outcome = runtime.block_on(async { tokio::spawn(start(config, app)).await });
     // Don't wait for blocking task threads: after a warm shutdown none are
     // left, and after a cold one the point is not to wait for them.
     runtime.shutdown_background();
@@ -166,8 +177,46 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+#[cfg(feature = "python")]
+type App = Option<crate::python::PythonApp>;
+#[cfg(not(feature = "python"))]
+type App = Option<()>;
+
+/// Imports the `-A` app (feature `python`) and returns Celery's defaults with
+/// its conf applied. An app that won't import stops the worker, as `celery`
+/// does: its traceback, then a one-line reason, exit code 1.
+fn load_app(name: Option<&str>) -> std::result::Result<(Config, App), std::process::ExitCode> {
+    let mut base = Config::default();
+    let Some(name) = name else {
+        return Ok((base, None));
+    };
+    #[cfg(feature = "python")]
+    {
+        let app = match crate::python::PythonApp::load(name) {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("{}", e.traceback.trim_end());
+                eprintln!("Error: {e}");
+                return Err(std::process::ExitCode::FAILURE);
+            }
+        };
+        let applied = app.conf().and_then(|conf| base.apply_app_conf(&conf));
+        if let Err(e) = applied {
+            eprintln!("Error: reading the conf of {name}: {e:#}");
+            return Err(std::process::ExitCode::from(2));
+        }
+        base.app_source = Some(app.description.clone());
+        Ok((base, Some(app)))
+    }
+    #[cfg(not(feature = "python"))]
+    {
+        tracing::warn!("built without the `python` feature: -A {name} is shown, not imported");
+        Ok((base, None))
+    }
+}
+
 /// Connects, prints the banner and runs until shutdown.
-pub async fn start(config: Config) -> Result<()> {
+pub async fn start(config: Config, app: App) -> Result<()> {
     let shutdown = Shutdown::new();
     shutdown
         .listen_for_signals()
@@ -181,6 +230,13 @@ pub async fn start(config: Config) -> Result<()> {
             testing: std::env::var("RCW_TEST_TASKS").is_ok_and(|v| v == "1"),
         },
     );
+    #[cfg(feature = "python")]
+    if let Some(app) = &app {
+        let n = app.register_tasks(&mut registry)?;
+        tracing::debug!("{n} task(s) run as Python bodies");
+    }
+    #[cfg(not(feature = "python"))]
+    let _ = app;
 
     let broker = connect_retrying("broker", &config.broker_url, &shutdown, || {
         RedisBroker::connect(&config.broker_url, &config.queues, config.transport.clone())

@@ -111,6 +111,11 @@ pub struct Config {
     pub task_default_rate_limit: Option<String>,
     /// Where follow-up messages (callbacks, chains) go when they name no queue.
     pub task_default_queue: String,
+    /// Set once a result backend was configured explicitly (app conf or
+    /// setting), so `-b` alone no longer moves it.
+    pub result_backend_explicit: bool,
+    /// What `-A` loaded, from where (for the banner).
+    pub app_source: Option<String>,
 }
 
 impl Default for Config {
@@ -138,6 +143,8 @@ impl Default for Config {
             task_soft_time_limit: None,
             task_default_rate_limit: None,
             task_default_queue: "celery".into(),
+            result_backend_explicit: false,
+            app_source: None,
         }
     }
 }
@@ -170,7 +177,32 @@ impl Config {
         };
         match name {
             "broker_url" => self.broker_url = text(&value)?,
-            "result_backend" => self.result_backend = normalize_backend(&text(&value)?),
+            "result_backend" => {
+                self.result_backend = normalize_backend(&text(&value)?);
+                self.result_backend_explicit = true;
+            }
+            "task_queues" => {
+                let names: Vec<String> = serde_json::from_value(value.clone())
+                    .with_context(|| format!("task_queues expects queue names, got {value}"))?;
+                if !names.is_empty() {
+                    self.queues = names;
+                }
+            }
+            // Python-side serialisation settings: we consume JSON and say so
+            // when the app expects something else.
+            "task_serializer" | "result_serializer" => {
+                if value.as_str() != Some("json") {
+                    tracing::warn!("{name}={value}: this worker reads and writes JSON only");
+                }
+            }
+            "accept_content" => {
+                let accepts_json = value
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|c| c == "json" || c == "application/json"));
+                if !accepts_json {
+                    tracing::warn!("accept_content={value}: this worker accepts JSON only");
+                }
+            }
             "task_track_started" => self.task_track_started = flag(&value)?,
             "task_ignore_result" => self.task_ignore_result = flag(&value)?,
             "task_store_errors_even_if_ignored" => {
@@ -230,6 +262,16 @@ impl Config {
                 }
             }
             _ => bail!("unknown or unsupported setting {name:?}"),
+        }
+        Ok(())
+    }
+
+    /// Applies an app's conf: every setting this worker understands, the
+    /// rest ignored (each Celery app carries dozens we have no use for).
+    pub fn apply_app_conf(&mut self, conf: &serde_json::Map<String, Value>) -> Result<()> {
+        for (name, value) in conf {
+            self.apply_setting(name, value.clone())
+                .with_context(|| format!("app conf {name}"))?;
         }
         Ok(())
     }

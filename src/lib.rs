@@ -25,6 +25,8 @@
 //! * [`worker`] — the pipeline: consume, execute with bounded concurrency,
 //!   store, ack; warm and cold shutdown.
 //! * [`tasks`] — Rust-native tasks of the example app (`app.workers.tasks.*`).
+//! * `python` (feature `python`, default) — the `-A` app through an embedded
+//!   CPython: its conf as config, its tasks as handlers.
 //! * [`config`], [`cli`] — one resolved [`config::Config`] from flags, env and
 //!   Celery's defaults; [`logging`] prints Celery's log format.
 //!
@@ -47,6 +49,8 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod protocol;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod registry;
 pub mod task;
 pub mod tasks;

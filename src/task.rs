@@ -429,6 +429,9 @@ pub struct Param {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Params {
     pub params: Vec<Param>,
+    /// Accept any call and bind nothing: the body binds `request.args` /
+    /// `request.kwargs` itself (Python task bodies do).
+    pub passthrough: bool,
 }
 
 impl Params {
@@ -453,7 +456,18 @@ impl Params {
                 },
             })
             .collect();
-        Params { params }
+        Params {
+            params,
+            passthrough: false,
+        }
+    }
+
+    /// Parameters the task body binds itself.
+    pub fn passthrough() -> Self {
+        Params {
+            params: Vec::new(),
+            passthrough: true,
+        }
     }
 
     /// Binds positional and keyword arguments to parameters, raising the same
@@ -465,6 +479,13 @@ impl Params {
         kwargs: &Map<String, Value>,
     ) -> Result<Args, TaskError> {
         let short = func.rsplit('.').next().unwrap_or(func);
+        if self.passthrough {
+            return Ok(Args {
+                func: short.to_string(),
+                names: Vec::new(),
+                values: Vec::new(),
+            });
+        }
         let n = self.params.len();
         if args.len() > n {
             let required = self.params.iter().filter(|p| p.default.is_none()).count();

@@ -151,18 +151,7 @@ fn banner_and_logs_never_show_the_password() {
         .query(&mut admin)
         .unwrap();
     let url = format!("redis://:s3cret-pw@127.0.0.1:{}/3", server.port);
-    let mut w = Worker::start(&[
-        "-A",
-        "app.workers",
-        "-b",
-        &url,
-        "-l",
-        "DEBUG",
-        "-c",
-        "2",
-        "-n",
-        "banner@%h",
-    ]);
+    let mut w = Worker::start(&["-b", &url, "-l", "DEBUG", "-c", "2", "-n", "banner@%h"]);
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
@@ -307,4 +296,27 @@ fn second_signal_or_sigquit_is_a_cold_shutdown() {
         );
         w.wait_for("Cold shutdown");
     }
+}
+
+/// `-A` names a module that won't import: Python's traceback, a one-line
+/// reason, exit code 1 — as `celery -A` fails.
+#[test]
+#[cfg(feature = "python")]
+fn an_app_that_does_not_import_stops_the_worker() {
+    let out = Command::new(BIN)
+        .args([
+            "-A",
+            "definitely_not_a_module_rcw",
+            "-b",
+            "redis://127.0.0.1:1/0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Traceback (most recent call last)"), "{err}");
+    assert!(
+        err.contains("Error: Unable to load celery application \"definitely_not_a_module_rcw\""),
+        "{err}"
+    );
 }

@@ -263,3 +263,61 @@ def task_file_ingestion(self, file_paths: List[str], source_name: str = "documen
             self.update_state(state="PROGRESS", meta={"current": i + 1, "total": total,
                                                       "file": path, "chunks": len(chunks)})
     return True
+
+
+# --------------------------------------------------------------------------------
+# Pure-Python tasks in the style of the seed services. No Rust handler exists for
+# these names, so rust-celery-worker runs these very functions (through its
+# embedded interpreter), with Celery's request, retry, hooks and signals.
+
+import logging  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SENT_EMAILS_KEY = "app:sent_emails"
+
+
+@shared_task(name="app.workers.tasks.send_email_task", bind=True, max_retries=3,
+             default_retry_delay=1, rate_limit="100/m")
+def send_email_task(self, to, subject, body=""):
+    """Simulates sending an e-mail; returns a receipt."""
+    if "@" not in to:
+        raise ValueError(f"invalid recipient {to!r}")
+    time.sleep(0.01)
+    return {"to": to, "subject": subject, "message_id": f"<{self.request.id}@example>",
+            "attempt": self.request.retries + 1}
+
+
+@shared_task(name="app.workers.tasks.cleanup_old_sessions_task")
+def cleanup_old_sessions_task(days=30):
+    """Pretends to delete sessions older than ``days``; returns how many."""
+    return {"deleted": max(0, 100 - days), "older_than_days": days}
+
+
+@shared_task(name="app.workers.tasks.batch_process_task", bind=True, track_started=True)
+def batch_process_task(self, items, delay=0.05):
+    """Processes ``items`` one by one, reporting PROGRESS after each."""
+    done = []
+    for i, item in enumerate(items, start=1):
+        time.sleep(delay)
+        done.append(str(item).upper())
+        self.update_state(state="PROGRESS", meta={"current": i, "total": len(items)})
+    return {"processed": len(done), "items": done}
+
+
+@shared_task(name="app.workers.tasks.flaky_api_task", bind=True, max_retries=3)
+def flaky_api_task(self, failures=2):
+    """Fails with ConnectionError ``failures`` times, retrying after 0.1 s."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"upstream down (attempt {self.request.retries})"),
+                         countdown=0.1)
+    return {"attempts": self.request.retries + 1}
+
+
+@shared_task(name="app.workers.tasks.parent_task", bind=True)
+def parent_task(self, x):
+    """Sends a child task; returns the child's id (its parent_id is this task)."""
+    child = example_task.delay(x, 1)
+    return child.id

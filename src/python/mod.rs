@@ -1,0 +1,262 @@
+//! The Python Celery app named by `-A`, through an embedded CPython (pyo3):
+//! found by Celery's own `find_app`, its `conf` read as the worker's config,
+//! its tasks registered — Rust handlers win where both exist, but the Python
+//! task's options (rate_limit, time limits, retries, acks_late…) apply to them.
+//!
+//! Python types stay in this folder: the rest of the worker sees JSON values,
+//! `TaskOptions` and ordinary handlers.
+
+use crate::registry::{Handler, Registry, TaskDef, TaskOptions};
+use crate::task::{Params, RetryRequest, TaskContext, TaskError, TaskResult};
+use pyo3::prelude::*;
+use serde_json::{Map, Value, json};
+use std::ffi::CString;
+use std::sync::Arc;
+
+const RUNTIME_PY: &str = include_str!("runtime.py");
+
+/// Why the app could not be imported: a one-line reason and Python's traceback.
+#[derive(Debug)]
+pub struct LoadError {
+    pub reason: String,
+    pub traceback: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+fn load_error(py: Python<'_>, what: &str, err: PyErr) -> LoadError {
+    let traceback = err
+        .traceback(py)
+        .and_then(|tb| tb.format().ok())
+        .unwrap_or_default();
+    LoadError {
+        reason: format!("{what}: {}", err.value(py)),
+        traceback: format!("{traceback}{}", err),
+    }
+}
+
+/// The loaded app and the runtime module that talks to it.
+pub struct PythonApp {
+    runtime: Py<PyModule>,
+    /// What was loaded, from where (for the banner).
+    pub description: String,
+}
+
+impl PythonApp {
+    /// Imports `name` (`pkg.module`, `pkg.module:attr`, or a package holding
+    /// the app) with the current directory first on `sys.path` and an active
+    /// `VIRTUAL_ENV` honoured.
+    pub fn load(name: &str) -> Result<PythonApp, LoadError> {
+        Python::attach(|py| {
+            let code = CString::new(RUNTIME_PY).expect("runtime.py has no NUL");
+            let runtime = PyModule::from_code(py, &code, c"rcw_runtime.py", c"rcw_runtime")
+                .map_err(|e| load_error(py, "loading the worker's Python runtime", e))?;
+            let cwd = std::env::current_dir()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| ".".into());
+            runtime
+                .getattr("prepare")
+                .and_then(|f| f.call1((cwd,)))
+                .map_err(|e| load_error(py, "preparing sys.path", e))?;
+            let description: String = runtime
+                .getattr("load")
+                .and_then(|f| f.call1((name,)))
+                .and_then(|d| d.extract())
+                .map_err(|e| {
+                    load_error(
+                        py,
+                        &format!("Unable to load celery application {name:?}"),
+                        e,
+                    )
+                })?;
+            Ok(PythonApp {
+                runtime: runtime.unbind(),
+                description,
+            })
+        })
+    }
+
+    fn call_json(&self, func: &str) -> anyhow::Result<Value> {
+        Python::attach(|py| {
+            let text: String = self
+                .runtime
+                .bind(py)
+                .getattr(func)
+                .and_then(|f| f.call0())
+                .and_then(|r| r.extract())
+                .map_err(|e| anyhow::anyhow!("{func}: {}", load_error(py, func, e).traceback))?;
+            Ok(serde_json::from_str(&text)?)
+        })
+    }
+
+    /// The app's settings the worker understands (Celery names, JSON values).
+    pub fn conf(&self) -> anyhow::Result<Map<String, Value>> {
+        Ok(self
+            .call_json("conf_json")?
+            .as_object()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Registers the app's tasks: Python bodies for names Rust doesn't
+    /// handle, and the Python options on every task of that name.
+    pub fn register_tasks(&self, registry: &mut Registry) -> anyhow::Result<usize> {
+        let tasks = self.call_json("tasks_json")?;
+        let runner: Arc<Py<PyAny>> = Arc::new(Python::attach(|py| {
+            self.runtime.bind(py).getattr("run").map(Bound::unbind)
+        })?);
+        let mut python_bodies = 0;
+        for (name, opts) in tasks.as_object().into_iter().flatten() {
+            let def = match registry.get(name) {
+                Some(rust) => TaskDef::clone(rust),
+                None => {
+                    python_bodies += 1;
+                    python_task(name, Arc::clone(&runner))
+                }
+            };
+            registry.add(def.with(|o| apply_options(o, opts)));
+        }
+        Ok(python_bodies)
+    }
+}
+
+/// A task whose body is the Python function (run in this process; the
+/// interpreter lock serialises Python code, not the worker around it).
+fn python_task(name: &str, runner: Arc<Py<PyAny>>) -> TaskDef {
+    let task = name.to_string();
+    TaskDef {
+        name: name.to_string(),
+        params: Params::passthrough(),
+        handler: Handler::Blocking(Arc::new(move |ctx: &TaskContext, _args| {
+            run_python(&runner, &task, ctx)
+        })),
+        options: TaskOptions::default(),
+    }
+}
+
+fn run_python(runner: &Py<PyAny>, task: &str, ctx: &TaskContext) -> TaskResult {
+    let r = ctx.request();
+    let args = serde_json::to_string(&r.args)?;
+    let kwargs = serde_json::to_string(&r.kwargs)?;
+    let request = json!({
+        "id": r.id, "task": r.task, "retries": r.retries, "root_id": r.root_id,
+        "parent_id": r.parent_id, "group": r.group, "group_index": r.group_index,
+        "eta": r.eta, "expires": r.expires, "hostname": r.hostname,
+        "delivery_info": {
+            "exchange": r.delivery_info.exchange, "routing_key": r.delivery_info.routing_key,
+            "priority": r.delivery_info.priority, "redelivered": r.delivery_info.redelivered,
+        },
+        "correlation_id": r.correlation_id, "reply_to": r.reply_to, "origin": r.origin,
+        "is_eager": false, "timelimit": [r.timelimit.0, r.timelimit.1],
+        "callbacks": r.embed.callbacks, "errbacks": r.embed.errbacks,
+        "chain": r.embed.chain, "chord": r.embed.chord,
+    })
+    .to_string();
+    let out: String = Python::attach(|py| {
+        runner
+            .call1(py, (task, args, kwargs, request))
+            .and_then(|v| v.extract(py))
+            .map_err(|e| {
+                let le = load_error(py, "running the task", e);
+                TaskError::runtime_error(le.reason).with_traceback(le.traceback)
+            })
+    })?;
+    let reply: Value = serde_json::from_str(&out)?;
+    match (reply.get(0).and_then(Value::as_str), reply.get(1)) {
+        (Some("ok"), Some(v)) => Ok(v.clone()),
+        (Some("error"), Some(e)) => Err(exception(e)),
+        (Some("retry"), Some(p)) => {
+            let mut req = RetryRequest::default();
+            if let Some(e) = p.get("exc").filter(|e| !e.is_null()) {
+                req = req.exc(exception(e));
+            }
+            if let Some(c) = p.get("countdown").and_then(Value::as_f64) {
+                req = req.countdown(c);
+            }
+            if let Some(eta) = p
+                .get("eta")
+                .and_then(Value::as_str)
+                .and_then(crate::protocol::json_tags::parse_header_time)
+            {
+                req = req.eta(eta);
+            }
+            if p.get("has_max").and_then(Value::as_bool) == Some(true) {
+                req = req.max_retries(
+                    p.get("max_retries")
+                        .and_then(Value::as_u64)
+                        .map(|m| m as u32),
+                );
+            }
+            Err(req.into())
+        }
+        _ => Err(TaskError::runtime_error(format!(
+            "unexpected reply from the Python runtime: {out}"
+        ))),
+    }
+}
+
+/// `{exc_type, exc_module, exc_message, traceback}` from Python.
+fn exception(e: &Value) -> TaskError {
+    let s = |k: &str| {
+        e.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut err = TaskError::new(
+        s("exc_type"),
+        s("exc_module"),
+        e.get("exc_message")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    err.traceback = e
+        .get("traceback")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    err
+}
+
+/// A Python task's attributes as [`TaskOptions`].
+fn apply_options(o: &mut TaskOptions, opts: &Value) {
+    let b = |k: &str| opts.get(k).and_then(Value::as_bool);
+    let f = |k: &str| opts.get(k).and_then(Value::as_f64);
+    if let Some(v) = opts.get("rate_limit") {
+        o.rate_limit = v
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| v.as_f64().map(|n| n.to_string()));
+    }
+    o.time_limit = f("time_limit").or(o.time_limit);
+    o.soft_time_limit = f("soft_time_limit").or(o.soft_time_limit);
+    o.acks_late = b("acks_late").or(o.acks_late);
+    o.ignore_result = b("ignore_result").or(o.ignore_result);
+    o.track_started = b("track_started").or(o.track_started);
+    o.reject_on_worker_lost = b("reject_on_worker_lost").or(o.reject_on_worker_lost);
+    o.store_errors_even_if_ignored =
+        b("store_errors_even_if_ignored").or(o.store_errors_even_if_ignored);
+    o.acks_on_failure_or_timeout = b("acks_on_failure_or_timeout").or(o.acks_on_failure_or_timeout);
+    // Present only when the task sets it; `null` there means "retry forever".
+    if let Some(m) = opts.get("max_retries") {
+        o.max_retries = Some(m.as_u64().map(|n| n as u32));
+    }
+    o.default_retry_delay = f("default_retry_delay").or(o.default_retry_delay);
+    o.retry_backoff = f("retry_backoff").filter(|v| *v > 0.0).or(o.retry_backoff);
+    o.retry_backoff_max = f("retry_backoff_max").or(o.retry_backoff_max);
+    o.retry_jitter = b("retry_jitter").or(o.retry_jitter);
+    if let Some(list) = opts.get("autoretry_for").and_then(Value::as_array)
+        && !list.is_empty()
+    {
+        o.autoretry_for = list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+    }
+}

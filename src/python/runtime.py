@@ -1,0 +1,251 @@
+"""rust-celery-worker's side of a Python Celery app, run inside the worker's
+embedded interpreter: find the app as `celery -A` does, read its conf and task
+options, and run task bodies with Celery's request context, hooks and signals.
+
+Results, retries, acks and canvas stay with the Rust worker: this module only
+reports what the body did. Exchanges with Rust are JSON text (kombu's dialect,
+so datetimes, Decimals and UUIDs survive).
+"""
+import os
+import site
+import sys
+import traceback
+
+_app = None
+
+
+class RcwRetry(Exception):
+    """Raised by the patched ``Task.retry``: Rust republishes, not Python."""
+
+    def __init__(self, exc, countdown, eta, max_retries, has_max):
+        super().__init__(exc, countdown, eta)
+        self.exc, self.countdown, self.eta = exc, countdown, eta
+        self.max_retries, self.has_max = max_retries, has_max
+
+
+def prepare(cwd):
+    """The current directory first on sys.path (as `celery` does), and an
+    active virtualenv's site-packages ahead of the system ones."""
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        sp = os.path.join(venv, "lib", ver, "site-packages")
+        if os.path.isdir(sp):
+            before = list(sys.path)
+            site.addsitedir(sp)
+            added = [p for p in sys.path if p not in before]
+            sys.path[:] = [p for p in sys.path if p not in added]
+            sys.path[1:1] = added
+
+
+def load(name):
+    """Finds the app by Celery's rules, plus a package's `celery_app` submodule."""
+    global _app
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(name)
+    except (ImportError, AttributeError) as first:
+        if ":" in name:
+            raise
+        try:
+            app = find_app(name + ".celery_app")
+        except Exception:
+            raise first from None
+    app.loader.import_default_modules()
+    app.set_current()
+    app.set_default()
+    _patch_retry(app)
+    _app = app
+    return f"{app.main!r} from {_defining_file(app, name)}"
+
+
+def _defining_file(app, name):
+    """The file of the module that holds the app (for the banner)."""
+    base = name.split(":")[0]
+    candidates = [m for n, m in list(sys.modules.items()) if n == base or n.startswith(base + ".")]
+    for module in candidates:
+        if any(v is app for v in vars(module).values()):
+            return getattr(module, "__file__", None) or module.__name__
+    return base
+
+
+def _seconds(v):
+    if v is None:
+        return None
+    if hasattr(v, "total_seconds"):
+        return v.total_seconds()
+    return v
+
+
+CONF_KEYS = [
+    "broker_url", "result_backend", "broker_transport_options",
+    "result_backend_transport_options", "task_default_queue", "task_serializer",
+    "accept_content", "result_expires", "result_extended", "task_track_started",
+    "task_acks_late", "task_reject_on_worker_lost", "task_acks_on_failure_or_timeout",
+    "task_time_limit", "task_soft_time_limit", "worker_prefetch_multiplier",
+    "worker_concurrency", "task_ignore_result", "task_store_errors_even_if_ignored",
+    "task_default_rate_limit",
+]
+
+
+def conf_json():
+    """The settings the worker understands, JSON-safe."""
+    from kombu.utils.json import dumps
+
+    conf = _app.conf
+    out = {}
+    for key in CONF_KEYS:
+        value = conf.get(key)
+        if key == "result_expires":
+            value = _seconds(value)
+        if value is not None:
+            out[key] = value
+    queues = conf.get("task_queues")
+    if queues:
+        out["task_queues"] = [getattr(q, "name", q) for q in queues]
+    return dumps(out)
+
+
+OPTION_NAMES = [
+    "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result",
+    "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max",
+    "retry_jitter", "track_started", "reject_on_worker_lost",
+    "store_errors_even_if_ignored", "acks_on_failure_or_timeout",
+]
+
+
+def _annotations(name):
+    ann = _app.conf.get("task_annotations") or {}
+    if isinstance(ann, dict):
+        return dict(ann.get(name) or {}, **(ann.get("*") or {}))
+    return {}
+
+
+def tasks_json():
+    """Every registered task with the options it sets itself. Values a task
+    only inherited from the app's conf (``Task.from_config``) are left out, so
+    the worker's resolved settings (CLI > env > conf) apply to them."""
+    from celery.app.task import Task
+    from kombu.utils.json import dumps
+
+    from_config = dict(Task.from_config)
+    conf = _app.conf
+    out = {}
+    for name, task in sorted(_app.tasks.items()):
+        if name.startswith("celery."):
+            continue
+        opts = {}
+        for key in OPTION_NAMES:
+            value = getattr(task, key, None)
+            if key in from_config and value == conf.get(from_config[key]):
+                continue
+            if value is None and not (key == "max_retries" and key in vars(type(task))):
+                continue
+            opts[key] = value
+        opts.update(_annotations(name))
+        auto = getattr(task, "autoretry_for", ()) or ()
+        opts["autoretry_for"] = [c.__name__ for c in auto]
+        rb = opts.get("retry_backoff")
+        opts["retry_backoff"] = (1 if rb is True else (rb or None))
+        out[name] = {k: _seconds(v) for k, v in opts.items()}
+    return dumps(out)
+
+
+def _patch_retry(app):
+    """`self.retry()` raises for Rust to republish (same rules, one machinery)."""
+    from celery.app.task import Task
+
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None,
+              countdown=None, max_retries=None, **options):
+        has_max = max_retries is not None
+        raise RcwRetry(exc, countdown, eta.isoformat() if eta else None, max_retries, has_max)
+
+    Task.retry = retry
+
+
+def _exc_payload(exc):
+    """`{exc_type, exc_module, exc_message, traceback}` as Celery stores it."""
+    from kombu.utils.json import dumps
+
+    args = []
+    for a in getattr(exc, "args", ()):
+        try:
+            dumps(a)
+            args.append(a)
+        except Exception:
+            args.append(repr(a))
+    cls = type(exc)
+    return {
+        "exc_type": cls.__qualname__,
+        "exc_module": cls.__module__,
+        "exc_message": args,
+        "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+    }
+
+
+def run(name, args_json, kwargs_json, request_json):
+    """Runs one task body under Celery's request context, hooks and signals.
+    Returns JSON `["ok", value]`, `["error", exc]` or `["retry", {...}]`."""
+    from celery import signals
+    from celery._state import _task_stack
+    from celery.app.trace import task_has_custom
+    from kombu.utils.json import dumps, loads
+
+    task = _app.tasks[name]
+    args = loads(args_json)
+    kwargs = loads(kwargs_json)
+    req = loads(request_json)
+    task_id = req["id"]
+    task.push_request(args=args, kwargs=kwargs, called_directly=False, **req)
+    _task_stack.push(task)
+    outcome = None
+    retval = None
+    state = "SUCCESS"
+    try:
+        signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+        try:
+            task.before_start(task_id, args, kwargs)
+            fun = task if task_has_custom(task, "__call__") else task.run
+            retval = fun(*args, **kwargs)
+            task.on_success(retval, task_id, args, kwargs)
+            signals.task_success.send(sender=task, result=retval)
+            outcome = ["ok", retval]
+        except RcwRetry as r:
+            state = "RETRY"
+            payload = {
+                "exc": _exc_payload(r.exc) if isinstance(r.exc, BaseException) else None,
+                "countdown": r.countdown, "eta": r.eta,
+                "max_retries": r.max_retries, "has_max": r.has_max,
+            }
+            outcome = ["retry", payload]
+        except BaseException as exc:  # noqa: B902 - report everything, SystemExit included
+            if isinstance(exc, (KeyboardInterrupt,)):
+                raise
+            state = "FAILURE"
+            retval = exc
+            payload = _exc_payload(exc)
+            from billiard.einfo import ExceptionInfo
+            einfo = ExceptionInfo()
+            try:
+                task.on_failure(exc, task_id, args, kwargs, einfo)
+            except Exception:
+                pass
+            signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args,
+                                      kwargs=kwargs, traceback=exc.__traceback__, einfo=einfo)
+            outcome = ["error", payload]
+        try:
+            task.after_return(state, retval, task_id, args, kwargs, None)
+        except Exception:
+            pass
+        signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
+                                  kwargs=kwargs, retval=retval, state=state)
+    finally:
+        _task_stack.pop()
+        task.pop_request()
+    try:
+        return dumps(outcome)
+    except Exception as exc:  # a return value JSON can't carry
+        return dumps(["error", _exc_payload(exc)])
