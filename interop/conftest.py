@@ -155,7 +155,9 @@ def rust_bin():
 def worker(request, tmp_path, redis_server):
     """Factory: ``worker(name=..., queues=[...], concurrency=2, prefetch=None,
     settings={...}, kind=None, broker_url=None, backend_url=None, pool='threads',
-    wait_ready=True)`` → a started, ready :class:`helpers.WorkerProcess`.
+    wait_ready=True, app=None)`` → a started, ready :class:`helpers.WorkerProcess`.
+    ``app`` is the ``-A`` argument (default ``app.workers`` for ours, ``pyworker_app``
+    for Celery's).
 
     ``kind`` defaults to the suite's worker (``INTEROP_WORKER``); ``kind='python'``
     always gives a real Celery worker (used by the mixed-fleet test).
@@ -167,7 +169,7 @@ def worker(request, tmp_path, redis_server):
 
     def start(*, name=None, queues=None, concurrency=2, prefetch=None, settings=None,
               kind=None, broker_url=None, backend_url=None, pool="threads", loglevel="info",
-              extra_args=(), env=None, wait_ready=True, ready_timeout=30.0):
+              extra_args=(), env=None, wait_ready=True, ready_timeout=30.0, app=None):
         kind = kind or WORKER_KIND
         name = name or f"w{next(counter)}-{uuid.uuid4().hex[:6]}"
         broker_url = broker_url or BROKER_URL
@@ -183,7 +185,7 @@ def worker(request, tmp_path, redis_server):
         argv = worker_argv(kind, broker_url=broker_url, backend_url=backend_url, name=name,
                            queues=queues, concurrency=concurrency, prefetch=prefetch,
                            loglevel=loglevel, settings=settings, pool=pool,
-                           extra_args=extra_args)
+                           extra_args=extra_args, app=app)
         envd = worker_env(broker_url, backend_url, extra_env)
         if kind == "python":
             envd["RCW_PY_SETTINGS"] = extra_env["RCW_PY_SETTINGS"]

@@ -264,9 +264,9 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
                 queues: Optional[Iterable[str]] = None, concurrency: int = 2,
                 prefetch: Optional[int] = None, loglevel: str = "info",
                 settings: Optional[dict] = None, pool: str = "threads",
-                extra_args: Iterable[str] = ()) -> List[str]:
+                extra_args: Iterable[str] = (), app: Optional[str] = None) -> List[str]:
     if kind == "rust":
-        argv = [str(rust_binary_path()), "-A", "app.workers", "-b", broker_url,
+        argv = [str(rust_binary_path()), "-A", app or "app.workers", "-b", broker_url,
                 "--result-backend", backend_url, "-l", loglevel, "-n", f"{name}@%h",
                 "-c", str(concurrency)]
         if queues:
@@ -276,7 +276,7 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
         for key, value in (settings or {}).items():
             argv += ["--setting", f"{key}={json.dumps(value)}"]
     else:
-        argv = [sys.executable, "-m", "celery", "-A", "pyworker_app", "worker",
+        argv = [sys.executable, "-m", "celery", "-A", app or "pyworker_app", "worker",
                 "-P", pool, "-c", str(concurrency), "-l", loglevel, "-n", f"{name}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
         if queues:

@@ -1,0 +1,85 @@
+"""A Celery app whose conf and tasks exercise what `-A` must honour: conf as
+config, annotations, per-task options, bound requests, Task hooks and signals.
+Hooks and signals record themselves in the result backend's Redis
+(`confapp:events`) so tests can check their order from outside the worker."""
+import json
+import os
+import time
+
+import redis
+from celery import Celery, Task, signals
+
+app = Celery("confapp", broker=os.environ.get("CELERY_BROKER_URL"),
+             backend=os.environ.get("CELERY_RESULT_BACKEND"))
+app.conf.update(
+    task_default_queue="confq",
+    task_track_started=True,
+    result_extended=True,
+    result_expires=120,
+    task_annotations={"confapp.annotated": {"rate_limit": "2/s"}},
+)
+
+EVENTS = "confapp:events"
+
+
+def _log(event, **fields):
+    r = redis.Redis.from_url(app.conf.result_backend)
+    r.rpush(EVENTS, json.dumps({"event": event, **fields}))
+
+
+class ConfError(Exception):
+    """Raised by confapp.hooked(fail=True); clients re-raise this very class."""
+
+
+class Recording(Task):
+    def before_start(self, task_id, args, kwargs):
+        _log("before_start", id=task_id)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        _log("on_success", id=task_id)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        _log("on_failure", id=task_id, exc=type(exc).__name__)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        _log("after_return", id=task_id, status=status)
+
+
+@signals.task_prerun.connect
+def _prerun(sender=None, task_id=None, **kw):
+    _log("task_prerun", id=task_id)
+
+
+@signals.task_postrun.connect
+def _postrun(sender=None, task_id=None, state=None, **kw):
+    _log("task_postrun", id=task_id, state=state)
+
+
+@signals.task_success.connect
+def _success(sender=None, result=None, **kw):
+    _log("task_success", id=sender.request.id)
+
+
+@signals.task_failure.connect
+def _failure(sender=None, task_id=None, exception=None, **kw):
+    _log("task_failure", id=task_id, exc=type(exception).__name__)
+
+
+@app.task(name="confapp.hooked", base=Recording, bind=True)
+def hooked(self, x, fail=False):
+    if fail:
+        raise ConfError(f"bad {x}")
+    return {"x": x, "id": self.request.id, "retries": self.request.retries,
+            "routing_key": self.request.delivery_info.get("routing_key"),
+            "hostname": self.request.hostname}
+
+
+@app.task(name="confapp.annotated")
+def annotated(i):
+    return i
+
+
+@app.task(name="confapp.limited", time_limit=1)
+def limited(seconds):
+    time.sleep(seconds)
+    return "done"

@@ -1,0 +1,114 @@
+"""`-A` loads the Python app: its conf is the config, its Python tasks run with
+Celery's semantics (bound request, retries, PROGRESS, child tasks, hooks,
+signals, the app's own exception classes)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from helpers import result_meta, wait_until
+
+import confapp
+
+
+def events(backend, task_id):
+    return [e for e in (json.loads(x) for x in backend.lrange(confapp.EVENTS, 0, -1))
+            if e.get("id") == task_id]
+
+
+def test_app_conf_is_the_config(celery_client, worker, backend, broker):
+    w = worker(app="confapp")
+    # task_default_queue from the conf: consumed without -Q.
+    r = confapp.hooked.apply_async((7,), queue="confq")
+    out = r.get(timeout=20)
+    assert out["x"] == 7 and out["id"] == r.id and out["retries"] == 0
+    assert out["routing_key"] == "confq"
+    assert out["hostname"] == f"{w.name}@" + out["hostname"].split("@", 1)[1]
+    meta = result_meta(backend, r.id)
+    # result_extended and result_expires from the conf.
+    assert meta["name"] == "confapp.hooked" and meta["queue"] == "confq"
+    assert 0 < backend.ttl(f"celery-task-meta-{r.id}") <= 120
+
+
+def test_cli_queues_beat_the_app_conf(celery_client, worker, backend, broker, queue_name):
+    worker(app="confapp", queues=[queue_name])
+    r = confapp.hooked.apply_async((1,), queue=queue_name)
+    assert r.get(timeout=20)["routing_key"] == queue_name
+    lost = confapp.hooked.apply_async((2,), queue="confq")
+    time.sleep(1.0)
+    assert not lost.ready(), "-Q replaced the conf's default queue"
+    assert broker.llen("confq") == 1
+
+
+def test_hooks_and_signals_fire_in_celerys_order(celery_client, worker, backend):
+    worker(app="confapp")
+    ok = confapp.hooked.apply_async((3,), queue="confq")
+    ok.get(timeout=20)
+    wait_until(lambda: len(events(backend, ok.id)) >= 6, timeout=5, what="six events")
+    assert [e["event"] for e in events(backend, ok.id)] == [
+        "task_prerun", "before_start", "on_success", "task_success", "after_return",
+        "task_postrun"]
+    bad = confapp.hooked.apply_async((4,), {"fail": True}, queue="confq")
+    with pytest.raises(confapp.ConfError, match="bad 4"):
+        bad.get(timeout=20)
+    wait_until(lambda: len(events(backend, bad.id)) >= 6, timeout=5, what="six events")
+    got = events(backend, bad.id)
+    assert [e["event"] for e in got] == [
+        "task_prerun", "before_start", "on_failure", "task_failure", "after_return",
+        "task_postrun"]
+    assert got[2]["exc"] == "ConfError" and got[-1]["state"] == "FAILURE"
+    meta = result_meta(backend, bad.id)
+    assert meta["result"]["exc_module"] == "confapp"
+    assert "ConfError: bad 4" in meta["traceback"] and "confapp.py" in meta["traceback"]
+
+
+def test_annotations_and_python_task_options_apply(celery_client, worker, backend):
+    worker(app="confapp", concurrency=2, pool="prefork")
+    started = time.monotonic()
+    rs = [confapp.annotated.apply_async((i,), queue="confq") for i in range(5)]
+    assert [r.get(timeout=20) for r in rs] == list(range(5))
+    assert time.monotonic() - started >= 1.8, "task_annotations rate_limit 2/s ignored"
+    slow = confapp.limited.apply_async((10,), queue="confq")
+    with pytest.raises(Exception) as exc:
+        slow.get(timeout=15)
+    assert type(exc.value).__name__ == "TimeLimitExceeded"
+
+
+def test_example_app_python_tasks(celery_client, worker, backend):
+    from app.workers.tasks import (batch_process_task, cleanup_old_sessions_task,
+                                   flaky_api_task, parent_task, send_email_task)
+    worker()
+    r = send_email_task.delay("ops@example.com", "disk full")
+    out = r.get(timeout=20)
+    assert out["to"] == "ops@example.com" and out["message_id"] == f"<{r.id}@example>"
+    with pytest.raises(ValueError, match="invalid recipient 'nobody'"):
+        send_email_task.delay("nobody", "x").get(timeout=20)
+    assert cleanup_old_sessions_task.delay(days=7).get(timeout=20) == {
+        "deleted": 93, "older_than_days": 7}
+
+    batch = batch_process_task.delay(["a", "b", "c", "d", "e"], 0.2)
+    wait_until(lambda: batch.state == "PROGRESS", timeout=10, what="PROGRESS")
+    assert batch.info["total"] == 5 and 1 <= batch.info["current"] <= 5
+    assert batch.get(timeout=20) == {"processed": 5, "items": ["A", "B", "C", "D", "E"]}
+
+    flaky = flaky_api_task.delay(2)
+    assert flaky.get(timeout=20) == {"attempts": 3}
+    meta = result_meta(backend, flaky.id)
+    assert meta.get("parent_id") == flaky.id, "retries are republished with parent_id = self"
+
+    parent = parent_task.delay(5)
+    child_id = parent.get(timeout=20)
+    child = celery_client.AsyncResult(child_id)
+    assert child.get(timeout=20) == 6
+    assert result_meta(backend, child_id)["parent_id"] == parent.id
+
+
+@pytest.mark.rust_only  # --setting is our flag; Celery's CLI has no equivalent
+def test_setting_flag_beats_the_app_conf(celery_client, worker, backend):
+    worker(app="confapp", settings={"result_extended": False, "result_expires": 30})
+    r = confapp.hooked.apply_async((1,), queue="confq")
+    r.get(timeout=20)
+    assert "name" not in result_meta(backend, r.id), "--setting beat the conf's result_extended"
+    assert 0 < backend.ttl(f"celery-task-meta-{r.id}") <= 30
