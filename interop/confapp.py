@@ -83,3 +83,25 @@ def annotated(i):
 def limited(seconds):
     time.sleep(seconds)
     return "done"
+
+
+@app.task(name="confapp.soft", soft_time_limit=1)
+def soft(seconds):
+    """Catches the soft limit (a loop of short sleeps, so it can be interrupted)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.05)
+        return "done"
+    except SoftTimeLimitExceeded:
+        return "caught soft limit"
+
+
+@app.task(name="confapp.soft_uncaught", soft_time_limit=1)
+def soft_uncaught(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return "done"

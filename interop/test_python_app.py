@@ -112,3 +112,15 @@ def test_setting_flag_beats_the_app_conf(celery_client, worker, backend):
     r.get(timeout=20)
     assert "name" not in result_meta(backend, r.id), "--setting beat the conf's result_extended"
     assert 0 < backend.ttl(f"celery-task-meta-{r.id}") <= 30
+
+
+def test_soft_time_limit_is_raised_inside_python_tasks(celery_client, worker, backend):
+    worker(app="confapp", pool="prefork")
+    started = time.monotonic()
+    assert confapp.soft.apply_async((10,), queue="confq").get(timeout=15) == "caught soft limit"
+    assert time.monotonic() - started < 5
+    bad = confapp.soft_uncaught.apply_async((10,), queue="confq")
+    with pytest.raises(Exception) as exc:
+        bad.get(timeout=15)
+    assert type(exc.value).__name__ == "SoftTimeLimitExceeded"
+    assert result_meta(backend, bad.id)["result"]["exc_module"] == "billiard.exceptions"

@@ -317,16 +317,38 @@ pub trait StateWriter: Send + Sync {
 /// The soft time limit as a task sees it: a flag the worker raises, and a
 /// note of whether the task looked (a task that never looks is treated as
 /// Python treats an uncaught `SoftTimeLimitExceeded`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SoftLimit {
     exceeded: std::sync::atomic::AtomicBool,
     observed: std::sync::atomic::AtomicBool,
+    /// Delivers the limit into a body that can take it as an exception
+    /// (Python bodies: `SoftTimeLimitExceeded` raised in their thread).
+    deliver: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for SoftLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftLimit")
+            .field("exceeded", &self.exceeded())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SoftLimit {
     pub fn raise_flag(&self) {
         self.exceeded
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deliver = self
+            .deliver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(deliver) = deliver {
+            // The body handles it natively now (catches it or fails with it).
+            self.observed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            deliver();
+        }
     }
 
     pub fn exceeded(&self) -> bool {
@@ -390,6 +412,25 @@ impl TaskContext {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         hit
+    }
+
+    /// Registers how to deliver the soft limit into the running body; called
+    /// at most once, from the worker's timer.
+    pub fn on_soft_time_limit(&self, deliver: impl FnOnce() + Send + 'static) {
+        *self
+            .soft_limit
+            .deliver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(deliver));
+    }
+
+    /// Deregisters the delivery (the body is done; nothing to interrupt).
+    pub fn clear_soft_time_limit(&self) {
+        self.soft_limit
+            .deliver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// `Err(SoftTimeLimitExceeded)` once the soft limit has passed, for `?`.

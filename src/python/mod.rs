@@ -108,8 +108,12 @@ impl PythonApp {
     /// handle, and the Python options on every task of that name.
     pub fn register_tasks(&self, registry: &mut Registry) -> anyhow::Result<usize> {
         let tasks = self.call_json("tasks_json")?;
-        let runner: Arc<Py<PyAny>> = Arc::new(Python::attach(|py| {
-            self.runtime.bind(py).getattr("run").map(Bound::unbind)
+        let runner = Arc::new(Python::attach(|py| -> PyResult<Runner> {
+            let rt = self.runtime.bind(py);
+            Ok(Runner {
+                run: rt.getattr("run")?.unbind(),
+                raise_soft: rt.getattr("raise_soft_time_limit")?.unbind(),
+            })
         })?);
         let mut python_bodies = 0;
         for (name, opts) in tasks.as_object().into_iter().flatten() {
@@ -126,9 +130,15 @@ impl PythonApp {
     }
 }
 
+/// The runtime functions a Python task body needs.
+struct Runner {
+    run: Py<PyAny>,
+    raise_soft: Py<PyAny>,
+}
+
 /// A task whose body is the Python function (run in this process; the
 /// interpreter lock serialises Python code, not the worker around it).
-fn python_task(name: &str, runner: Arc<Py<PyAny>>) -> TaskDef {
+fn python_task(name: &str, runner: Arc<Runner>) -> TaskDef {
     let task = name.to_string();
     TaskDef {
         name: name.to_string(),
@@ -140,7 +150,7 @@ fn python_task(name: &str, runner: Arc<Py<PyAny>>) -> TaskDef {
     }
 }
 
-fn run_python(runner: &Py<PyAny>, task: &str, ctx: &TaskContext) -> TaskResult {
+fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult {
     let r = ctx.request();
     let args = serde_json::to_string(&r.args)?;
     let kwargs = serde_json::to_string(&r.kwargs)?;
@@ -158,15 +168,28 @@ fn run_python(runner: &Py<PyAny>, task: &str, ctx: &TaskContext) -> TaskResult {
         "chain": r.embed.chain, "chord": r.embed.chord,
     })
     .to_string();
-    let out: String = Python::attach(|py| {
+    // The soft limit arrives as SoftTimeLimitExceeded raised in the body's
+    // thread, as billiard raises it in a pool process.
+    let (deliver, id) = (Arc::clone(runner), r.id.clone());
+    ctx.on_soft_time_limit(move || {
+        Python::attach(|py| {
+            if let Err(e) = deliver.raise_soft.call1(py, (id,)) {
+                tracing::warn!("could not deliver the soft time limit: {e}");
+            }
+        })
+    });
+    let out: Result<String, TaskError> = Python::attach(|py| {
         runner
+            .run
             .call1(py, (task, args, kwargs, request))
             .and_then(|v| v.extract(py))
             .map_err(|e| {
                 let le = load_error(py, "running the task", e);
                 TaskError::runtime_error(le.reason).with_traceback(le.traceback)
             })
-    })?;
+    });
+    ctx.clear_soft_time_limit();
+    let out = out?;
     let reply: Value = serde_json::from_str(&out)?;
     match (reply.get(0).and_then(Value::as_str), reply.get(1)) {
         (Some("ok"), Some(v)) => Ok(v.clone()),

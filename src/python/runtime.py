@@ -186,6 +186,21 @@ def _exc_payload(exc):
     }
 
 
+_threads = {}
+
+
+def raise_soft_time_limit(task_id):
+    """Raises billiard's SoftTimeLimitExceeded inside the thread running
+    `task_id` (the in-process counterpart of billiard's SIGUSR1 handler)."""
+    import ctypes
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    ident = _threads.get(task_id)
+    if ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
+
+
 def run(name, args_json, kwargs_json, request_json):
     """Runs one task body under Celery's request context, hooks and signals.
     Returns JSON `["ok", value]`, `["error", exc]` or `["retry", {...}]`."""
@@ -201,6 +216,8 @@ def run(name, args_json, kwargs_json, request_json):
     task_id = req["id"]
     task.push_request(args=args, kwargs=kwargs, called_directly=False, **req)
     _task_stack.push(task)
+    import threading
+    _threads[task_id] = threading.get_ident()
     outcome = None
     retval = None
     state = "SUCCESS"
@@ -243,6 +260,7 @@ def run(name, args_json, kwargs_json, request_json):
         signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
                                   kwargs=kwargs, retval=retval, state=state)
     finally:
+        _threads.pop(task_id, None)
         _task_stack.pop()
         task.pop_request()
     try:
