@@ -105,3 +105,18 @@ def soft_uncaught(seconds):
     while time.monotonic() < end:
         time.sleep(0.05)
     return "done"
+
+
+@signals.worker_process_init.connect
+def _process_init(**kw):
+    _log("worker_process_init", id="worker")
+
+
+@signals.worker_ready.connect
+def _ready(**kw):
+    _log("worker_ready", id="worker")
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**kw):
+    _log("worker_shutdown", id="worker")

@@ -124,3 +124,13 @@ def test_soft_time_limit_is_raised_inside_python_tasks(celery_client, worker, ba
         bad.get(timeout=15)
     assert type(exc.value).__name__ == "SoftTimeLimitExceeded"
     assert result_meta(backend, bad.id)["result"]["exc_module"] == "billiard.exceptions"
+
+
+def test_worker_lifecycle_signals(celery_client, worker, backend):
+    w = worker(app="confapp", pool="prefork", concurrency=1)
+    wait_until(lambda: {"worker_process_init", "worker_ready"}
+               <= {e["event"] for e in events(backend, "worker")}, timeout=10,
+               what="worker_process_init and worker_ready")
+    assert "worker_shutdown" not in {e["event"] for e in events(backend, "worker")}
+    w.stop()
+    assert "worker_shutdown" in {e["event"] for e in events(backend, "worker")}

@@ -105,6 +105,9 @@ impl Cli {
         if let Some(p) = self.prefetch_multiplier {
             cfg.prefetch_multiplier = p;
         }
+        if let Some(p) = self.pool {
+            cfg.pool = Some(p.to_ascii_lowercase());
+        }
         if let Some(t) = self.time_limit {
             cfg.apply_setting("task_time_limit", serde_json::json!(t))?;
         }
@@ -233,7 +236,14 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     #[cfg(feature = "python")]
     if let Some(app) = &app {
         let n = app.register_tasks(&mut registry)?;
-        tracing::debug!("{n} task(s) run as Python bodies");
+        if n > 0 && matches!(config.pool.as_deref(), None | Some("prefork")) {
+            tracing::warn!(
+                "{n} Python task(s) run in this process (threads); a prefork pool for Python \
+                 tasks is not implemented yet"
+            );
+        }
+        // No child processes: this process is where Python task code runs.
+        app.worker_signal("worker_process_init");
     }
     #[cfg(not(feature = "python"))]
     let _ = app;
@@ -255,9 +265,17 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     };
 
     println!("{}", crate::banner::render(&config, &registry));
-    Worker::new(config, registry, broker, backend, shutdown)?
-        .run()
-        .await
+    let worker = Worker::new(config, registry, broker, backend, shutdown)?;
+    #[cfg(feature = "python")]
+    if let Some(app) = &app {
+        app.worker_signal("worker_ready");
+    }
+    let outcome = worker.run().await;
+    #[cfg(feature = "python")]
+    if let Some(app) = &app {
+        app.worker_signal("worker_shutdown");
+    }
+    outcome
 }
 
 /// Retries the first connection like Celery's consumer does, until a

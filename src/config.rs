@@ -116,6 +116,8 @@ pub struct Config {
     pub result_backend_explicit: bool,
     /// What `-A` loaded, from where (for the banner).
     pub app_source: Option<String>,
+    /// `-P`: pool asked for (`prefork`, `threads`, `solo`).
+    pub pool: Option<String>,
 }
 
 impl Default for Config {
@@ -145,6 +147,7 @@ impl Default for Config {
             task_default_queue: "celery".into(),
             result_backend_explicit: false,
             app_source: None,
+            pool: None,
         }
     }
 }

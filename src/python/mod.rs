@@ -95,6 +95,24 @@ impl PythonApp {
         })
     }
 
+    /// Fires a worker lifecycle signal (`worker_process_init`, `worker_ready`,
+    /// `worker_shutdown`); a failing receiver is logged, as Celery logs it.
+    pub fn worker_signal(&self, name: &str) {
+        Python::attach(|py| {
+            let fired = self
+                .runtime
+                .bind(py)
+                .getattr("worker_signal")
+                .and_then(|f| f.call1((name,)));
+            if let Err(e) = fired {
+                tracing::error!(
+                    "Signal handler for {name} raised: {}",
+                    load_error(py, name, e).traceback
+                );
+            }
+        })
+    }
+
     /// The app's settings the worker understands (Celery names, JSON values).
     pub fn conf(&self) -> anyhow::Result<Map<String, Value>> {
         Ok(self

@@ -189,6 +189,14 @@ def _exc_payload(exc):
 _threads = {}
 
 
+def worker_signal(name):
+    """Fires `worker_process_init`, `worker_ready` or `worker_shutdown` as a
+    Celery worker does around its life (handlers get ``sender=None``)."""
+    from celery import signals
+
+    getattr(signals, name).send(sender=None)
+
+
 def raise_soft_time_limit(task_id):
     """Raises billiard's SoftTimeLimitExceeded inside the thread running
     `task_id` (the in-process counterpart of billiard's SIGUSR1 handler)."""
