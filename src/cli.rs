@@ -48,7 +48,17 @@ pub struct Cli {
     /// Soft time limit in seconds (`task_soft_time_limit`).
     #[arg(long = "soft-time-limit")]
     pub soft_time_limit: Option<f64>,
-    /// Pool implementation; Rust tasks always run on the worker's own pool.
+    /// Recycle a Python pool process after this many tasks.
+    #[arg(long = "max-tasks-per-child")]
+    pub max_tasks_per_child: Option<u64>,
+    /// Recycle a Python pool process whose resident memory exceeds this many KiB.
+    #[arg(long = "max-memory-per-child")]
+    pub max_memory_per_child: Option<u64>,
+    /// Internal: run as a prefork pool process for Python task bodies.
+    #[arg(long = "pool-child", hide = true)]
+    pub pool_child: bool,
+    /// Pool for Python task bodies: prefork (default), threads or solo. Rust
+    /// tasks always run on the worker's own threads.
     #[arg(short = 'P', long = "pool")]
     pub pool: Option<String>,
     /// Accepted for compatibility with `celery worker` command lines.
@@ -106,8 +116,14 @@ impl Cli {
             cfg.prefetch_multiplier = p;
         }
         if let Some(p) = self.pool {
-            cfg.pool = Some(p.to_ascii_lowercase());
+            let p = p.to_ascii_lowercase();
+            if !matches!(p.as_str(), "prefork" | "threads" | "solo") {
+                bail!("-P {p}: choose prefork, threads or solo");
+            }
+            cfg.pool = Some(p);
         }
+        cfg.max_tasks_per_child = self.max_tasks_per_child.or(cfg.max_tasks_per_child);
+        cfg.max_memory_per_child = self.max_memory_per_child.or(cfg.max_memory_per_child);
         if let Some(t) = self.time_limit {
             cfg.apply_setting("task_time_limit", serde_json::json!(t))?;
         }
@@ -134,6 +150,10 @@ impl Cli {
 /// Parses the command line, starts the worker, and returns the exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "python")]
+    if cli.pool_child {
+        return crate::python::pool::child_main(cli.app.as_deref().unwrap_or_default());
+    }
     let level = crate::logging::parse_level(&cli.loglevel);
     crate::logging::init(level.unwrap_or(tracing::Level::WARN));
     let (base, app) = match load_app(cli.app.as_deref()) {
@@ -235,15 +255,23 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     );
     #[cfg(feature = "python")]
     if let Some(app) = &app {
-        let n = app.register_tasks(&mut registry)?;
-        if n > 0 && matches!(config.pool.as_deref(), None | Some("prefork")) {
-            tracing::warn!(
-                "{n} Python task(s) run in this process (threads); a prefork pool for Python \
-                 tasks is not implemented yet"
-            );
-        }
-        // No child processes: this process is where Python task code runs.
-        app.worker_signal("worker_process_init");
+        let python_only = app.python_only_tasks(&registry)?;
+        let prefork = matches!(config.pool.as_deref(), None | Some("prefork"));
+        let pool = if prefork && !python_only.is_empty() {
+            let cfg = crate::python::pool::PoolConfig {
+                app: config.app.clone().unwrap_or_default(),
+                // solo/threads semantics aside, -c is the number of processes.
+                processes: config.concurrency,
+                max_tasks_per_child: config.max_tasks_per_child,
+                max_memory_per_child: config.max_memory_per_child,
+            };
+            Some(crate::python::pool::Pool::start(cfg).await?)
+        } else {
+            // No child processes: this process is where Python task code runs.
+            app.worker_signal("worker_process_init");
+            None
+        };
+        app.register_tasks(&mut registry, pool)?;
     }
     #[cfg(not(feature = "python"))]
     let _ = app;

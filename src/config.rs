@@ -118,6 +118,9 @@ pub struct Config {
     pub app_source: Option<String>,
     /// `-P`: pool asked for (`prefork`, `threads`, `solo`).
     pub pool: Option<String>,
+    pub max_tasks_per_child: Option<u64>,
+    /// KiB.
+    pub max_memory_per_child: Option<u64>,
 }
 
 impl Default for Config {
@@ -148,6 +151,8 @@ impl Default for Config {
             result_backend_explicit: false,
             app_source: None,
             pool: None,
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
         }
     }
 }
@@ -237,6 +242,9 @@ impl Config {
                     .with_context(|| "worker_concurrency expects a positive int")?
                     as usize
             }
+            "worker_max_tasks_per_child" => self.max_tasks_per_child = value.as_u64(),
+            "worker_max_memory_per_child" => self.max_memory_per_child = value.as_u64(),
+            "worker_pool" => self.pool = value.as_str().map(str::to_ascii_lowercase),
             "task_default_queue" => {
                 self.task_default_queue = text(&value)?;
                 self.queues = vec![self.task_default_queue.clone()];

@@ -6,6 +6,8 @@
 //! Python types stay in this folder: the rest of the worker sees JSON values,
 //! `TaskOptions` and ordinary handlers.
 
+pub mod pool;
+
 use crate::registry::{Handler, Registry, TaskDef, TaskOptions};
 use crate::task::{Params, RetryRequest, TaskContext, TaskError, TaskResult};
 use pyo3::prelude::*;
@@ -122,9 +124,63 @@ impl PythonApp {
             .unwrap_or_default())
     }
 
+    /// Names of the app's tasks that have no Rust handler in `registry`.
+    pub fn python_only_tasks(&self, registry: &Registry) -> anyhow::Result<Vec<String>> {
+        let tasks = self.call_json("tasks_json")?;
+        Ok(tasks
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .filter(|k| registry.get(k).is_none())
+            .collect())
+    }
+
+    /// In a pool process: SIGUSR1 → SoftTimeLimitExceeded, and `worker_process_init`.
+    pub fn child_setup(&self) -> anyhow::Result<()> {
+        Python::attach(|py| {
+            self.runtime
+                .bind(py)
+                .getattr("install_soft_limit_handler")
+                .and_then(|f| f.call0())
+                .map(|_| ())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}",
+                        load_error(py, "install_soft_limit_handler", e).traceback
+                    )
+                })
+        })?;
+        self.worker_signal("worker_process_init");
+        Ok(())
+    }
+
+    /// In a pool process: runs one job line, always answering with a reply line.
+    pub fn run_job(&self, line: &str) -> String {
+        Python::attach(|py| {
+            let reply = self
+                .runtime
+                .bind(py)
+                .getattr("run_job")
+                .and_then(|f| f.call1((line,)))
+                .and_then(|r| r.extract::<String>());
+            reply.unwrap_or_else(|e| {
+                let le = load_error(py, "running the task", e);
+                json!(["error", {"exc_type": "RuntimeError", "exc_module": "builtins",
+                    "exc_message": [le.reason], "traceback": le.traceback}])
+                .to_string()
+            })
+        })
+    }
+
     /// Registers the app's tasks: Python bodies for names Rust doesn't
-    /// handle, and the Python options on every task of that name.
-    pub fn register_tasks(&self, registry: &mut Registry) -> anyhow::Result<usize> {
+    /// handle (run in `pool` when given, else in this process), and the
+    /// Python options on every task of that name.
+    pub fn register_tasks(
+        &self,
+        registry: &mut Registry,
+        pool: Option<Arc<pool::Pool>>,
+    ) -> anyhow::Result<usize> {
         let tasks = self.call_json("tasks_json")?;
         let runner = Arc::new(Python::attach(|py| -> PyResult<Runner> {
             let rt = self.runtime.bind(py);
@@ -139,7 +195,10 @@ impl PythonApp {
                 Some(rust) => TaskDef::clone(rust),
                 None => {
                     python_bodies += 1;
-                    python_task(name, Arc::clone(&runner))
+                    match &pool {
+                        Some(p) => pooled_task(name, Arc::clone(p)),
+                        None => python_task(name, Arc::clone(&runner)),
+                    }
                 }
             };
             registry.add(def.with(|o| apply_options(o, opts)));
@@ -168,7 +227,27 @@ fn python_task(name: &str, runner: Arc<Runner>) -> TaskDef {
     }
 }
 
-fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult {
+/// A task whose body runs in a prefork pool process.
+fn pooled_task(name: &str, pool: Arc<pool::Pool>) -> TaskDef {
+    let task = name.to_string();
+    TaskDef {
+        name: name.to_string(),
+        params: Params::passthrough(),
+        handler: Handler::Async(Arc::new(move |ctx: TaskContext, _args| {
+            let (pool, task) = (Arc::clone(&pool), task.clone());
+            Box::pin(async move {
+                let (args, kwargs, request) = job_parts(&ctx)?;
+                let job = serde_json::to_string(&[task, args, kwargs, request])?;
+                let reply = pool.run(job, &ctx).await?;
+                parse_reply(&reply)
+            })
+        })),
+        options: TaskOptions::default(),
+    }
+}
+
+/// `(args, kwargs, request)` as the JSON texts `runtime.run` takes.
+fn job_parts(ctx: &TaskContext) -> Result<(String, String, String), TaskError> {
     let r = ctx.request();
     let args = serde_json::to_string(&r.args)?;
     let kwargs = serde_json::to_string(&r.kwargs)?;
@@ -186,6 +265,12 @@ fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult
         "chain": r.embed.chain, "chord": r.embed.chord,
     })
     .to_string();
+    Ok((args, kwargs, request))
+}
+
+fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult {
+    let r = ctx.request();
+    let (args, kwargs, request) = job_parts(ctx)?;
     // The soft limit arrives as SoftTimeLimitExceeded raised in the body's
     // thread, as billiard raises it in a pool process.
     let (deliver, id) = (Arc::clone(runner), r.id.clone());
@@ -207,8 +292,12 @@ fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult
             })
     });
     ctx.clear_soft_time_limit();
-    let out = out?;
-    let reply: Value = serde_json::from_str(&out)?;
+    parse_reply(&out?)
+}
+
+/// A runtime reply (`["ok", v]`, `["error", exc]`, `["retry", {...}]`) as the outcome.
+fn parse_reply(out: &str) -> TaskResult {
+    let reply: Value = serde_json::from_str(out)?;
     match (reply.get(0).and_then(Value::as_str), reply.get(1)) {
         (Some("ok"), Some(v)) => Ok(v.clone()),
         (Some("error"), Some(e)) => Err(exception(e)),

@@ -189,6 +189,27 @@ def _exc_payload(exc):
 _threads = {}
 
 
+def install_soft_limit_handler():
+    """In a pool process: SIGUSR1 raises SoftTimeLimitExceeded in the running
+    task, as billiard's pool processes do."""
+    import signal
+
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    def _soft(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    signal.signal(signal.SIGUSR1, _soft)
+
+
+def run_job(line):
+    """A pool job line `[task, args, kwargs, request]` → the reply line."""
+    import json
+
+    task, args, kwargs, request = json.loads(line)
+    return run(task, args, kwargs, request)
+
+
 def worker_signal(name):
     """Fires `worker_process_init`, `worker_ready` or `worker_shutdown` as a
     Celery worker does around its life (handlers get ``sender=None``)."""

@@ -257,6 +257,23 @@ impl Tracer<'_> {
     /// `raised`: the error came out of the task body (it has a traceback);
     /// a hard time limit comes from outside, and Celery stores none then.
     async fn failed(&self, name: &str, err: TaskError, raised: bool) -> Verdict {
+        let cfg = &self.shared.config;
+        let acks_late = self.def.options.acks_late.unwrap_or(cfg.task_acks_late);
+        let reject_on_lost = self
+            .def
+            .options
+            .reject_on_worker_lost
+            .unwrap_or(cfg.task_reject_on_worker_lost);
+        if err.exc_type == "WorkerLostError" && acks_late && reject_on_lost {
+            // The pool process died under the task: back on the queue, no
+            // failure stored (task_reject_on_worker_lost).
+            tracing::error!(
+                "Task {name}[{}] lost its pool process; requeued: {}",
+                self.request.id,
+                err.repr()
+            );
+            return Verdict::Reject { requeue: true };
+        }
         let traceback = err.traceback_text();
         let stored_tb = raised.then(|| traceback.clone());
         let exc = err.to_meta();

@@ -1,0 +1,287 @@
+//! The prefork pool for Python task bodies (`-P prefork`, the default):
+//! `-c` child processes, each this same binary in `--pool-child` mode with
+//! its own interpreter that imported the app once. The parent keeps every
+//! broker and backend concern; a child only runs bodies.
+//!
+//! Protocol: one JSON line per job on the child's stdin
+//! (`[task, args, kwargs, request]`, each a JSON text), one reply line on its
+//! protocol pipe (what `runtime.run` returns). The child's own stdout is
+//! pointed at stderr so a task's `print()` can't corrupt the protocol.
+//!
+//! Soft limit: SIGUSR1, which the child turns into `SoftTimeLimitExceeded`
+//! inside the task (billiard's way). Hard limit: the job's future is dropped,
+//! which kills the child; a fresh one takes its place.
+
+use crate::task::{TaskContext, TaskError};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, Semaphore};
+
+/// One child process and its pipes.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    replies: BufReader<ChildStdout>,
+    pid: u32,
+    jobs: u64,
+}
+
+/// Settings of the pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub app: String,
+    pub processes: usize,
+    /// Recycle a child after this many jobs (`--max-tasks-per-child`).
+    pub max_tasks_per_child: Option<u64>,
+    /// Recycle a child whose RSS exceeds this many KiB (`--max-memory-per-child`).
+    pub max_memory_per_child: Option<u64>,
+}
+
+pub struct Pool {
+    cfg: PoolConfig,
+    idle: Mutex<Vec<Worker>>,
+    slots: Semaphore,
+}
+
+impl Pool {
+    /// Starts the children up front, so the app is imported before the
+    /// first message arrives and import errors show at start-up.
+    pub async fn start(cfg: PoolConfig) -> anyhow::Result<Arc<Pool>> {
+        let mut idle = Vec::with_capacity(cfg.processes);
+        for _ in 0..cfg.processes {
+            idle.push(spawn(&cfg.app).await?);
+        }
+        Ok(Arc::new(Pool {
+            slots: Semaphore::new(cfg.processes),
+            idle: Mutex::new(idle),
+            cfg,
+        }))
+    }
+
+    /// Runs one job on a free child.
+    pub async fn run(
+        self: &Arc<Self>,
+        job: String,
+        ctx: &TaskContext,
+    ) -> Result<String, TaskError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("pool semaphore is never closed");
+        let worker = match self.idle.lock().await.pop() {
+            Some(w) => w,
+            None => spawn(&self.cfg.app).await.map_err(|e| {
+                TaskError::runtime_error(format!("cannot start a pool process: {e:#}"))
+            })?,
+        };
+        let pid = worker.pid;
+        ctx.on_soft_time_limit(move || {
+            // SAFETY: signalling a child we own; at worst it already exited.
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        });
+        // If this future is dropped mid-job (hard time limit), the guard kills
+        // the child: it is busy with a job nobody will wait for.
+        let mut guard = Checkout {
+            worker: Some(worker),
+            pool: Arc::clone(self),
+        };
+        let reply = exchange(guard.worker.as_mut().expect("checked out"), &job).await;
+        ctx.clear_soft_time_limit();
+        let mut worker = guard.worker.take().expect("checked out");
+        match reply {
+            Ok(line) => {
+                worker.jobs += 1;
+                if self.should_recycle(&worker) {
+                    tracing::info!(
+                        "Recycling pool process pid:{pid} after {} task(s)",
+                        worker.jobs
+                    );
+                    retire(worker).await;
+                    self.replace();
+                } else {
+                    self.idle.lock().await.push(worker);
+                }
+                Ok(line)
+            }
+            Err(lost) => {
+                let status = worker.child.wait().await.ok();
+                self.replace();
+                tracing::error!("Process 'ForkPoolWorker' pid:{pid} exited: {lost}");
+                let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+                let how = match signal {
+                    Some(sig) => format!("signal {sig}"),
+                    None => format!("exitcode {}", status.and_then(|s| s.code()).unwrap_or(-1)),
+                };
+                Err(TaskError::new(
+                    "WorkerLostError",
+                    "billiard.exceptions",
+                    vec![format!("Worker exited prematurely: {how}.").into()],
+                ))
+            }
+        }
+    }
+
+    fn should_recycle(&self, w: &Worker) -> bool {
+        if self
+            .cfg
+            .max_tasks_per_child
+            .is_some_and(|max| w.jobs >= max)
+        {
+            return true;
+        }
+        match self.cfg.max_memory_per_child {
+            Some(max_kib) => rss_kib(w.pid).is_some_and(|rss| rss > max_kib),
+            None => false,
+        }
+    }
+
+    /// Starts a child in the background to take a lost one's place.
+    fn replace(self: &Arc<Self>) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            match spawn(&pool.cfg.app).await {
+                Ok(w) => pool.idle.lock().await.push(w),
+                Err(e) => tracing::error!("cannot start a pool process: {e:#}"),
+            }
+        });
+    }
+
+    /// Total RSS of the children, in KiB (for stats and the bench).
+    pub async fn rss_kib(&self) -> u64 {
+        self.idle
+            .lock()
+            .await
+            .iter()
+            .filter_map(|w| rss_kib(w.pid))
+            .sum()
+    }
+}
+
+/// Takes a worker out of the pool for one job; killed (and replaced) if the
+/// job is abandoned.
+struct Checkout {
+    worker: Option<Worker>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            tracing::error!("Killing pool process pid:{} (its job was abandoned)", w.pid);
+            let _ = w.child.start_kill();
+            // Reap it in the background so it doesn't linger as a zombie.
+            tokio::spawn(async move {
+                let _ = w.child.wait().await;
+            });
+            self.pool.replace();
+        }
+    }
+}
+
+async fn exchange(w: &mut Worker, job: &str) -> Result<String, String> {
+    w.stdin
+        .write_all(job.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send the job: {e}"))?;
+    w.stdin
+        .write_all(b"\n")
+        .await
+        .map_err(|e| format!("cannot send the job: {e}"))?;
+    w.stdin
+        .flush()
+        .await
+        .map_err(|e| format!("cannot send the job: {e}"))?;
+    let mut line = String::new();
+    match w.replies.read_line(&mut line).await {
+        Ok(0) => Err("the process died".into()),
+        Ok(_) => Ok(line),
+        Err(e) => Err(format!("cannot read its reply: {e}")),
+    }
+}
+
+async fn retire(mut w: Worker) {
+    drop(w.stdin);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w.child.wait()).await;
+    let _ = w.child.start_kill();
+}
+
+/// Starts one child and waits for it to report ready.
+async fn spawn(app: &str) -> anyhow::Result<Worker> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["--pool-child", "-A", app])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Terminal signals go to the parent, which decides (warm/cold).
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let stdin = child.stdin.take().expect("piped");
+    let mut replies = BufReader::new(child.stdout.take().expect("piped"));
+    let mut hello = String::new();
+    replies.read_line(&mut hello).await?;
+    if hello.trim() != "ready" {
+        let status = child.wait().await?;
+        anyhow::bail!("pool process {pid} failed to start ({status})");
+    }
+    Ok(Worker {
+        child,
+        stdin,
+        replies,
+        pid,
+        jobs: 0,
+    })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A pool child's main loop: import the app, then run jobs until stdin closes.
+pub fn child_main(app: &str) -> std::process::ExitCode {
+    use std::io::{BufRead, Write};
+    use std::os::fd::FromRawFd;
+    // The protocol gets the real stdout; fd 1 becomes stderr for print().
+    // SAFETY: plain fd juggling at start-up, before any other thread exists.
+    let mut proto = unsafe {
+        let fd = libc::dup(1);
+        libc::dup2(2, 1);
+        std::fs::File::from_raw_fd(fd)
+    };
+    let runtime = match super::PythonApp::load(app) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{}\nError: {e}", e.traceback.trim_end());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = runtime.child_setup() {
+        eprintln!("Error: preparing the pool process: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if writeln!(proto, "ready")
+        .and_then(|_| proto.flush())
+        .is_err()
+    {
+        return std::process::ExitCode::FAILURE;
+    }
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let reply = runtime.run_job(&line);
+        if writeln!(proto, "{reply}")
+            .and_then(|_| proto.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
