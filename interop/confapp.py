@@ -120,3 +120,12 @@ def _ready(**kw):
 @signals.worker_shutdown.connect
 def _shutdown(**kw):
     _log("worker_shutdown", id="worker")
+
+
+@app.task(name="confapp.pid", bind=True)
+def pid(self, seconds=0.0):
+    """Records and returns the pid of the process running it (then sleeps)."""
+    redis.Redis.from_url(app.conf.result_backend).set(f"confapp:pid:{self.request.id}",
+                                                      os.getpid())
+    time.sleep(seconds)
+    return os.getpid()

@@ -134,3 +134,35 @@ def test_worker_lifecycle_signals(celery_client, worker, backend):
     assert "worker_shutdown" not in {e["event"] for e in events(backend, "worker")}
     w.stop()
     assert "worker_shutdown" in {e["event"] for e in events(backend, "worker")}
+
+
+def test_python_tasks_run_in_separate_pool_processes(celery_client, worker, backend):
+    w = worker(app="confapp", pool="prefork", concurrency=2)
+    rs = [confapp.pid.apply_async((1.0,), queue="confq") for _ in range(2)]
+    pids = {r.get(timeout=15) for r in rs}
+    assert len(pids) == 2, "two tasks at once ran in two processes"
+    assert w.proc.pid not in pids, "Python bodies don't run in the main worker process"
+
+
+def test_max_tasks_per_child_recycles(celery_client, worker):
+    worker(app="confapp", pool="prefork", concurrency=1,
+           extra_args=["--max-tasks-per-child", "1"])
+    first = confapp.pid.apply_async(queue="confq").get(timeout=15)
+    second = confapp.pid.apply_async(queue="confq").get(timeout=15)
+    assert first != second, "a fresh process after each task"
+
+
+def test_killed_pool_process_is_worker_lost_and_replaced(celery_client, worker, backend):
+    import os
+    import signal
+    worker(app="confapp", pool="prefork", concurrency=1)
+    victim = confapp.pid.apply_async((30,), queue="confq")
+    key = f"confapp:pid:{victim.id}"
+    wait_until(lambda: backend.get(key) is not None, timeout=15, what="the task's pid")
+    os.kill(int(backend.get(key)), signal.SIGKILL)
+    with pytest.raises(Exception) as exc:
+        victim.get(timeout=15)
+    assert type(exc.value).__name__ == "WorkerLostError"
+    assert "Worker exited prematurely: signal 9" in str(exc.value)
+    # A new process took its place.
+    assert confapp.pid.apply_async(queue="confq").get(timeout=20) != int(backend.get(key))
