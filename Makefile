@@ -15,6 +15,7 @@ VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.stamp-deps
 BROKER ?= $(or $(CELERY_BROKER_URL),redis://127.0.0.1:6379/0)
 PYTEST_ARGS ?=
+PYTEST_ARGS_PY ?=
 
 .PHONY: venv build release run test test-rust test-interop bench lint
 
@@ -61,11 +62,14 @@ test-rust:
 test-interop: venv
 	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS)
 
-# Both halves always run; the target fails if either failed.
+# Every part always runs; the target fails if any failed. The interop suite
+# runs twice: Rust-native tasks, then every task as a Python body in our
+# prefork pool (INTEROP_WORKER=rust-python).
 test: venv
 	@rc=0; \
 	cargo test || rc=1; \
 	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS) || rc=1; \
+	INTEROP_WORKER=rust-python $(VENV)/bin/pytest interop -q $(PYTEST_ARGS_PY) || rc=1; \
 	exit $$rc
 
 bench: venv release

@@ -44,19 +44,29 @@ def pytest_configure(config):
         "markers",
         "rust_only: checks behaviour of rust-celery-worker that Celery's own worker "
         "legitimately lacks; skipped when INTEROP_WORKER=python")
+    config.addinivalue_line(
+        "markers",
+        "rust_native: needs a task's Rust implementation (its Python twin differs); "
+        "skipped when INTEROP_WORKER=rust-python")
 
 
 def pytest_collection_modifyitems(config, items):
-    if WORKER_KIND != "python":
+    if WORKER_KIND == "python":
+        skip = pytest.mark.skip(reason="rust_only: the Python worker legitimately differs here")
+        marker = "rust_only"
+    elif WORKER_KIND == "rust-python":
+        skip = pytest.mark.skip(reason="rust_native: needs the Rust implementation of the task")
+        marker = "rust_native"
+    else:
         return
-    skip = pytest.mark.skip(reason="rust_only: the Python worker legitimately differs here")
     for item in items:
-        if "rust_only" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 
 def pytest_report_header(config):
-    where = str(rust_binary_path()) if WORKER_KIND == "rust" else "celery worker -P threads"
+    where = ("celery worker -P threads" if WORKER_KIND == "python"
+             else str(rust_binary_path()))
     return f"interop worker: {WORKER_KIND} ({where}); private redis port {REDIS_PORT}"
 
 
@@ -175,10 +185,15 @@ def worker(request, tmp_path, redis_server):
         broker_url = broker_url or BROKER_URL
         backend_url = backend_url or BACKEND_URL
         extra_env = dict(env or {})
-        if kind == "rust":
+        if kind in ("rust", "rust-python"):
             request.getfixturevalue("rust_bin")
-            extra_env.setdefault("RCW_TEST_TASKS", "1")
             extra_env.setdefault("RUST_BACKTRACE", "1")
+            if kind == "rust":
+                extra_env.setdefault("RCW_TEST_TASKS", "1")
+            else:
+                extra_env.setdefault("RCW_NATIVE_TASKS", "0")
+                import json
+                extra_env["RCW_PY_SETTINGS"] = json.dumps(settings or {})
         else:
             import json
             extra_env["RCW_PY_SETTINGS"] = json.dumps(settings or {})

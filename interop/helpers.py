@@ -27,8 +27,12 @@ INGEST_FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 #: "rust" (default): run our binary; "python": run a real `celery worker` instead,
 #: to prove the suite checks genuine Celery behaviour.
 WORKER_KIND = os.environ.get("INTEROP_WORKER", "rust").strip().lower() or "rust"
-if WORKER_KIND not in ("rust", "python"):
-    raise RuntimeError(f"INTEROP_WORKER must be 'rust' or 'python', not {WORKER_KIND!r}")
+# rust-python: our binary, but every task a Python body in its prefork pool
+# (-A pyworker_app, Rust-native tasks switched off) — the suite then checks
+# our execution of Python tasks against the same expectations.
+if WORKER_KIND not in ("rust", "python", "rust-python"):
+    raise RuntimeError(
+        f"INTEROP_WORKER must be 'rust', 'python' or 'rust-python', not {WORKER_KIND!r}")
 
 SUCCEEDED_RE = re.compile(r"Task (\S+)\[([0-9a-fA-F-]{36})\] succeeded in ")
 RECEIVED_RE = re.compile(r"Task (\S+)\[([0-9a-fA-F-]{36})\] received")
@@ -265,8 +269,9 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
                 prefetch: Optional[int] = None, loglevel: str = "info",
                 settings: Optional[dict] = None, pool: str = "threads",
                 extra_args: Iterable[str] = (), app: Optional[str] = None) -> List[str]:
-    if kind == "rust":
-        argv = [str(rust_binary_path()), "-A", app or "app.workers", "-b", broker_url,
+    if kind in ("rust", "rust-python"):
+        default_app = "app.workers" if kind == "rust" else "pyworker_app"
+        argv = [str(rust_binary_path()), "-A", app or default_app, "-b", broker_url,
                 "--result-backend", backend_url, "-l", loglevel, "-n", f"{name}@%h",
                 "-c", str(concurrency)]
         if queues:

@@ -183,6 +183,7 @@ def test_ingest_fixture_text_markdown_html(celery_client, worker, backend):
 
 
 @pytest.mark.rust_only  # the Python twin has no PDF text extractor
+@pytest.mark.rust_native
 def test_ingest_fixture_pdf(celery_client, worker, backend):
     from app.workers.tasks import task_file_ingestion
 
@@ -200,6 +201,7 @@ def test_ingest_fixture_pdf(celery_client, worker, backend):
 
 
 @pytest.mark.rust_only
+@pytest.mark.rust_native
 def test_ingest_all_fixture_types_together(celery_client, worker, backend):
     from app.workers.tasks import task_file_ingestion
 

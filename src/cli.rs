@@ -251,6 +251,7 @@ pub async fn start(config: Config, app: App) -> Result<()> {
         &crate::tasks::TaskEnv {
             storage_url: config.result_backend.clone(),
             testing: std::env::var("RCW_TEST_TASKS").is_ok_and(|v| v == "1"),
+            native: std::env::var("RCW_NATIVE_TASKS").map_or(true, |v| v != "0"),
         },
     );
     #[cfg(feature = "python")]
