@@ -44,6 +44,9 @@ class Recording(Task):
     def after_return(self, status, retval, task_id, args, kwargs, einfo):
         _log("after_return", id=task_id, status=status)
 
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        _log("on_retry", id=task_id, exc=type(exc).__name__)
+
 
 @signals.task_prerun.connect
 def _prerun(sender=None, task_id=None, **kw):
@@ -53,6 +56,11 @@ def _prerun(sender=None, task_id=None, **kw):
 @signals.task_postrun.connect
 def _postrun(sender=None, task_id=None, state=None, **kw):
     _log("task_postrun", id=task_id, state=state)
+
+
+@signals.task_retry.connect
+def _retry(sender=None, request=None, reason=None, **kw):
+    _log("task_retry", id=request.id, reason=str(reason))
 
 
 @signals.task_success.connect
@@ -129,3 +137,10 @@ def pid(self, seconds=0.0):
                                                       os.getpid())
     time.sleep(seconds)
     return os.getpid()
+
+
+@app.task(name="confapp.retry_once", base=Recording, bind=True)
+def retry_once(self):
+    if self.request.retries == 0:
+        raise self.retry(exc=ConnectionError("first try"), countdown=0.1)
+    return self.request.retries

@@ -166,3 +166,28 @@ def test_killed_pool_process_is_worker_lost_and_replaced(celery_client, worker, 
     assert "Worker exited prematurely: signal 9" in str(exc.value)
     # A new process took its place.
     assert confapp.pid.apply_async(queue="confq").get(timeout=20) != int(backend.get(key))
+
+
+def test_retry_fires_on_retry_and_task_retry(celery_client, worker, backend):
+    worker(app="confapp", pool="prefork")
+    r = confapp.retry_once.apply_async(queue="confq")
+    assert r.get(timeout=20) == 1
+    wait_until(lambda: "task_postrun" in [e["event"] for e in events(backend, r.id)][6:],
+               timeout=5, what="second run's events")
+    names = [e["event"] for e in events(backend, r.id)]
+    assert names[:3] == ["task_prerun", "before_start", "on_retry"]
+    assert "task_retry" in names[:5]
+    retry = next(e for e in events(backend, r.id) if e["event"] == "task_retry")
+    assert retry["reason"] == "Retry in 0.1s: ConnectionError('first try')"
+
+
+@pytest.mark.rust_only  # Celery's one prefork pool runs every task; a busy pool blocks all
+def test_rust_tasks_never_wait_behind_python_ones(celery_client, worker):
+    worker(app="confapp", concurrency=1)
+    busy = confapp.pid.apply_async((4,), queue="confq")
+    time.sleep(1.0)  # the only pool process is busy now
+    started = time.monotonic()
+    quick = celery_client.send_task("app.workers.tasks.example_task", args=[2, 3], queue="confq")
+    assert quick.get(timeout=10) == 5
+    assert time.monotonic() - started < 1.5
+    assert not busy.ready()

@@ -120,6 +120,10 @@ impl Cli {
             if !matches!(p.as_str(), "prefork" | "threads" | "solo") {
                 bail!("-P {p}: choose prefork, threads or solo");
             }
+            if p == "solo" {
+                // Celery's solo pool: one task at a time, in the worker process.
+                cfg.concurrency = 1;
+            }
             cfg.pool = Some(p);
         }
         cfg.max_tasks_per_child = self.max_tasks_per_child.or(cfg.max_tasks_per_child);

@@ -58,6 +58,9 @@ pub struct TaskDef {
     pub params: Params,
     pub handler: Handler,
     pub options: TaskOptions,
+    /// Bounded by a pool of its own (Python bodies in prefork processes)
+    /// rather than the worker's `-c` slots, so Rust tasks never wait behind them.
+    pub own_pool: bool,
 }
 
 impl TaskDef {
@@ -120,6 +123,7 @@ impl Registry {
             params: Params::parse(params),
             handler: Handler::Blocking(Arc::new(f)),
             options: TaskOptions::default(),
+            own_pool: false,
         }
     }
 
@@ -133,6 +137,7 @@ impl Registry {
             params: Params::parse(params),
             handler: Handler::Async(Arc::new(move |ctx, args| Box::pin(f(ctx, args)))),
             options: TaskOptions::default(),
+            own_pool: false,
         }
     }
 

@@ -224,6 +224,7 @@ fn python_task(name: &str, runner: Arc<Runner>) -> TaskDef {
             run_python(&runner, &task, ctx)
         })),
         options: TaskOptions::default(),
+        own_pool: false,
     }
 }
 
@@ -243,6 +244,7 @@ fn pooled_task(name: &str, pool: Arc<pool::Pool>) -> TaskDef {
             })
         })),
         options: TaskOptions::default(),
+        own_pool: true,
     }
 }
 

@@ -261,6 +261,13 @@ def run(name, args_json, kwargs_json, request_json):
             outcome = ["ok", retval]
         except RcwRetry as r:
             state = "RETRY"
+            from celery.exceptions import Retry
+            reason = Retry(exc=r.exc, when=r.eta or r.countdown)
+            try:
+                task.on_retry(r.exc, task_id, args, kwargs, None)
+            except Exception:
+                pass
+            signals.task_retry.send(sender=task, request=task.request, reason=reason, einfo=None)
             payload = {
                 "exc": _exc_payload(r.exc) if isinstance(r.exc, BaseException) else None,
                 "countdown": r.countdown, "eta": r.eta,

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub backend: Option<Arc<dyn ResultBackend>>,
     /// `-c`: tasks running at once.
     pub slots: Arc<Semaphore>,
+    /// Admission for tasks whose pool bounds them itself (never exhausted here).
+    pub pooled: Arc<Semaphore>,
     /// Messages held unacked at once (kombu's QoS window).
     pub prefetch: Arc<Semaphore>,
     /// Finished tasks whose outcome is still being written.
@@ -79,6 +81,7 @@ impl Worker {
                 limits,
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                pooled: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
                 prefetch: Arc::new(Semaphore::new(prefetch)),
                 settling: Arc::new(Semaphore::new(MAX_SETTLING.max(prefetch))),
                 config,

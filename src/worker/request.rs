@@ -100,8 +100,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         }
     }
 
+    // Pooled bodies are bounded by their pool, not by the worker's slots.
+    let slots = if def.own_pool {
+        &shared.pooled
+    } else {
+        &shared.slots
+    };
     let slot = tokio::select! {
-        s = shared.slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
+        s = slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
             return Box::pin(shared.restore(&tag)).await;
