@@ -144,3 +144,9 @@ def retry_once(self):
     if self.request.retries == 0:
         raise self.retry(exc=ConnectionError("first try"), countdown=0.1)
     return self.request.retries
+
+
+@app.task(name="app.workers.tasks.example_task", rate_limit="2/s")
+def example_task(x, y):
+    """Same name as a Rust-native task: Rust runs it, this rate limit applies."""
+    return x + y

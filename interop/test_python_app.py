@@ -191,3 +191,11 @@ def test_rust_tasks_never_wait_behind_python_ones(celery_client, worker):
     assert quick.get(timeout=10) == 5
     assert time.monotonic() - started < 1.5
     assert not busy.ready()
+
+
+def test_python_task_options_apply_to_the_rust_handler(celery_client, worker):
+    worker(app="confapp", concurrency=4)
+    started = time.monotonic()
+    rs = [confapp.example_task.apply_async((i, i), queue="confq") for i in range(5)]
+    assert [r.get(timeout=20) for r in rs] == [0, 2, 4, 6, 8]
+    assert time.monotonic() - started >= 1.8, "the Python declaration's rate_limit 2/s applies"
