@@ -35,13 +35,29 @@ moment until every result is stored (drain time after due); then every result's
 messages stay in kombu's `unacked` hash (default visibility_timeout, 1 h, so nothing
 is restored); the queue length and `unacked` size at the due moment are reported.
 
+python: pure-Python tasks, which our worker runs (like Celery) as Python bodies in its
+prefork pool of `-c` child processes (`rust-celery-worker -A app.workers -P prefork`):
+`--py-noop` x `app.workers.tasks.noop_task()` (per-task overhead) and `--py-cpu` x
+`app.workers.tasks.cpu_task(60000)` (~3 ms of CPython each). For each task and each
+worker, as in plain: the messages (captured from the real producer, fresh ids) are
+preloaded with the worker stopped, the worker is started and the results polled every
+100 ms until all are stored; then EVERY result is checked (SUCCESS, None for noop,
+the exact sum for cpu_task). RSS is the whole process tree (parent + pool children,
+whatever their process group); the idle RSS is measured once per worker, before the
+noop round. Targets printed next to the ratios: noop throughput >= 2x Celery's, cpu
+throughput >= 1x, RSS < 1x.
+
 Publishers run in a subprocess so that the Celery client's result subscriptions
 (chords subscribe to their header results) never touch the measured Redis traffic.
 No process is left behind: workers are stopped with SIGTERM and their process groups
-SIGKILLed; redis-server is stopped in a finally block.
+SIGKILLed; their descendants (our pool children have process groups of their own) are
+listed before the stop and SIGKILLed if still running 3 s after the parent exited;
+redis-server is stopped in a finally block, and at the very end any process still
+carrying this run's CELERY_BROKER_URL is reported and killed.
 
-    python bench/bench.py [--scenario all|plain|canvas|eta] [--tasks 20000]
+    python bench/bench.py [--scenario all|plain|canvas|eta|python] [--tasks 20000]
         [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
+        [--py-noop 5000] [--py-cpu 2000]
         [--concurrency N] [--skip-rust] [--skip-celery]
 """
 from __future__ import annotations
@@ -67,6 +83,11 @@ import redis  # noqa: E402
 from helpers import RedisServer  # noqa: E402
 
 TASK = "app.workers.tasks.example_task"
+# scenario `python`: pure-Python tasks (no Rust handler), run in the prefork pools.
+PY_NOOP = "app.workers.tasks.noop_task"
+PY_CPU = "app.workers.tasks.cpu_task"
+PY_CPU_N = 60000  # cpu_task(n): ~3 ms of CPython per call on the 2-core bench machine
+PY_CPU_EXPECTED = sum(i * i for i in range(PY_CPU_N))
 
 
 # --------------------------------------------------------------------------- processes
@@ -106,12 +127,69 @@ def tree_rss_kib(pid: int) -> tuple[int, int]:
     return sum(rss_kib(p) for p in pids), len(pids)
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int):
+    """(start time, utime + stime) of a process from /proc/<pid>/stat, None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        f = stat[stat.rindex(")") + 2:].split()
+        return int(f[19]), int(f[11]) + int(f[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_time(pid: int):
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if gone; with the
+    pid it identifies a process across pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def still_running(procs: list) -> list:
+    """The (pid, start time) pairs whose process still exists and is not a zombie."""
+    out = []
+    for pid, st in procs:
+        if st is None or start_time(pid) != st:
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            out.append((pid, st))
+    return out
+
+
+def stray_processes(marker: str) -> list:
+    """Processes (other than this one) whose environment contains `marker`, e.g.
+    CELERY_BROKER_URL=<this run's private Redis>: anything a bench worker left behind."""
+    out = []
+    me = os.getpid()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            if marker.encode() in (d / "environ").read_bytes().split(b"\0"):
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                out.append((int(d.name), cmd.strip()))
+        except OSError:
+            pass
+    return out
+
+
 class Worker:
     def __init__(self, label: str, argv: list[str], env: dict, log_path: Path):
         self.label = label
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "ab")
+        self.leftovers_killed = 0  # descendants still running 3 s after the parent exited
+        self.stop_timed_out = False  # SIGTERM did not stop the parent in time
         self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT / "python"),
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -120,13 +198,17 @@ class Worker:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
+        # Descendants first: our worker's pool children sit in process groups of their
+        # own, so the killpg below does not reach them, and once the parent is gone they
+        # are re-parented and no longer found through it.
+        descendants = [(p, start_time(p)) for p in tree_pids(self.proc.pid)[1:]]
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                pass
-        try:  # whatever is left of the process group (prefork children)
+                self.stop_timed_out = True
+        try:  # whatever is left of the process group (Celery's prefork children)
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
@@ -134,6 +216,19 @@ class Worker:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        # Pool children exit by themselves when the parent closes their stdin; give them
+        # a moment, then SIGKILL (and count) whatever is still there.
+        deadline = time.monotonic() + 3.0
+        left = still_running(descendants)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = still_running(descendants)
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.leftovers_killed = len(left)
         self._log.close()
 
     def log_tail(self, n: int = 3000) -> str:
@@ -146,15 +241,17 @@ class Worker:
 # --------------------------------------------------------------------------- messages
 
 
-def capture_template(broker_url: str, backend_url: str) -> dict:
-    """One real envelope from Celery's producer (`example_task.apply_async((0, 0))`)."""
+def capture_template(broker_url: str, backend_url: str, task_name: str = TASK,
+                     args: tuple = (0, 0)) -> dict:
+    """One real envelope from Celery's producer (`example_task.apply_async((0, 0))`,
+    or the given task of app.workers.tasks with the given args)."""
     os.environ["CELERY_BROKER_URL"] = broker_url
     os.environ["CELERY_RESULT_BACKEND"] = backend_url
     from app.workers.celery_app import celery_app
-    from app.workers.tasks import example_task
+    import app.workers.tasks  # noqa: F401  (registers the tasks)
 
     queue = f"bench-capture-{uuid.uuid4().hex[:8]}"
-    example_task.apply_async((0, 0), queue=queue)
+    celery_app.tasks[task_name].apply_async(args, queue=queue)
     r = redis.Redis.from_url(broker_url)
     raw = r.rpop(queue)
     r.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
@@ -167,17 +264,25 @@ def capture_template(broker_url: str, backend_url: str) -> dict:
     return env
 
 
-def preload(r: redis.Redis, template: dict, n: int) -> None:
+def preload(r: redis.Redis, template: dict, n: int, args_for=None) -> list[str]:
+    """LPUSH n copies of `template` with fresh ids; message i gets positional args
+    `args_for(i)` (default `[i, i]`). Returns the task ids in order."""
+    if args_for is None:
+        args_for = lambda i: [i, i]  # noqa: E731
     body0 = json.loads(base64.b64decode(template["body"]))
     embed = body0[2]
     headers0 = template["headers"]
     props0 = template["properties"]
     pipe = r.pipeline(transaction=False)
+    ids = []
     for i in range(n):
         tid = str(uuid.uuid4())
-        headers = dict(headers0, id=tid, root_id=tid, argsrepr=f"({i}, {i})", kwargsrepr="{}")
+        ids.append(tid)
+        args = args_for(i)
+        argsrepr = repr(tuple(args))
+        headers = dict(headers0, id=tid, root_id=tid, argsrepr=argsrepr, kwargsrepr="{}")
         props = dict(props0, correlation_id=tid, delivery_tag=str(uuid.uuid4()))
-        body = json.dumps([[i, i], {}, embed]).encode()
+        body = json.dumps([args, {}, embed]).encode()
         env = dict(template, headers=headers, properties=props,
                    body=base64.b64encode(body).decode())
         pipe.lpush("celery", json.dumps(env))
@@ -187,6 +292,7 @@ def preload(r: redis.Redis, template: dict, n: int) -> None:
     have = r.llen("celery")
     if have != n:
         raise RuntimeError(f"preloaded {have} messages, wanted {n}")
+    return ids
 
 
 # --------------------------------------------------------------------------- measuring
@@ -205,37 +311,67 @@ def wait_brpop(r: redis.Redis, worker: Worker, timeout: float = 60.0) -> float:
                        f"{worker.log_tail()}")
 
 
+_UNCHECKED = object()
+
+
 def measure(label: str, argv: list[str], env: dict, server: RedisServer, template: dict,
-            n: int, workdir: Path, timeout: float) -> dict:
+            n: int, workdir: Path, timeout: float, *, args_for=None, expected=_UNCHECKED,
+            idle: bool = True, tag: str = "") -> dict:
+    """Idle phase (unless idle=False), then the loaded phase on n preloaded messages.
+    With `expected`, every stored result must be SUCCESS with exactly that value;
+    without, a sample of 200 is checked for the plain scenario's even ints."""
     r0, r1 = server.client(0), server.client(1)
     out: dict = {"worker": label, "argv": argv, "tasks": n}
+    out["leftovers_killed"] = 0
+    out["stop_timeouts"] = 0
+    log_prefix = f"{label}{'-' + tag if tag else ''}"
+
+    def stopped(w: Worker) -> None:
+        out["leftovers_killed"] += w.leftovers_killed
+        out["stop_timeouts"] += int(w.stop_timed_out)
 
     # Idle phase.
-    r0.flushall()
-    w = Worker(label, argv, env, workdir / f"{label}-idle.log")
-    try:
-        out["startup_s"] = wait_brpop(r0, w)
-        time.sleep(2.0)
-        out["idle_rss_kib"], out["idle_processes"] = tree_rss_kib(w.proc.pid)
-    finally:
-        w.stop()
+    if idle:
+        r0.flushall()
+        w = Worker(label, argv, env, workdir / f"{log_prefix}-idle.log")
+        try:
+            out["startup_s"] = wait_brpop(r0, w)
+            time.sleep(2.0)
+            pids = tree_pids(w.proc.pid)
+            by_proc = [rss_kib(p) for p in pids]  # main process first
+            out["idle_rss_kib"], out["idle_processes"] = sum(by_proc), len(pids)
+            out["idle_rss_by_process_kib"] = by_proc
+        finally:
+            w.stop()
+            stopped(w)
 
     # Loaded phase.
     r0.flushall()
     t_pre = time.monotonic()
-    preload(r0, template, n)
+    ids = preload(r0, template, n, args_for)
     out["preload_s"] = time.monotonic() - t_pre
 
     peak = 0
+    peak_procs = 0
     first = None
+    ticks: dict = {}  # (pid, start time) -> last CPU ticks seen (parent and pool children)
     t0 = time.monotonic()
-    w = Worker(label, argv, env, workdir / f"{label}-run.log")
+    w = Worker(label, argv, env, workdir / f"{log_prefix}-run.log")
     try:
         while True:
             done = r1.dbsize()
             now = time.monotonic()
-            rss, _ = tree_rss_kib(w.proc.pid)
+            pids = tree_pids(w.proc.pid)
+            by_proc = [rss_kib(p) for p in pids]  # main process first
+            rss = sum(by_proc)
+            if rss > peak:
+                out["peak_rss_by_process_kib"] = by_proc
             peak = max(peak, rss)
+            peak_procs = max(peak_procs, len(pids))
+            for p in pids:
+                ct = cpu_ticks(p)
+                if ct is not None:
+                    ticks[(p, ct[0])] = ct[1]
             if done and first is None:
                 first = (now, done)
             if done >= n:
@@ -249,14 +385,39 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
             time.sleep(0.1)
         t1 = time.monotonic()
     finally:
+        t_stop = time.monotonic()
         w.stop()
+        out["stop_s"] = time.monotonic() - t_stop
+        stopped(w)
 
+    # CPU time up to the last poll (~100 ms granularity): the worker's main process
+    # versus everything below it (pool children).
+    out["cpu_parent_s"] = sum(v for (p, _), v in ticks.items() if p == w.proc.pid) / CLK_TCK
+    out["cpu_children_s"] = sum(v for (p, _), v in ticks.items() if p != w.proc.pid) / CLK_TCK
     out["wall_s"] = t1 - t0
     out["tasks_per_s"] = n / out["wall_s"]
     t_first, done_first = first
     span = t1 - t_first
     out["steady_tasks_per_s"] = (n - done_first) / span if span > 0 else float("nan")
+    out["first_result_s"] = t_first - t0
     out["peak_rss_kib"] = peak
+    out["peak_processes"] = peak_procs
+
+    if expected is not _UNCHECKED:  # every result, exactly
+        bad = missing = 0
+        for meta in result_metas(r1, ids):
+            if meta is None:
+                missing += 1
+            elif meta.get("status") != "SUCCESS" or meta.get("result") != expected \
+                    or (expected is None and "result" not in meta):
+                bad += 1
+        out["results_stored"] = n - missing
+        out["missing"] = missing
+        out["bad_results"] = bad
+        out["other_keys"] = r1.dbsize() - (n - missing)
+        r0.close()
+        r1.close()
+        return out
 
     # Check what was stored.
     keys = 0
@@ -608,6 +769,70 @@ def print_plain(results: list, n: int, failures: list) -> None:
             failures.append(r["worker"])
 
 
+def cpu_per_task(r: dict) -> str:
+    n = r["tasks"]
+    return (f"{1000 * r['cpu_parent_s'] / n:.2f} + {1000 * r['cpu_children_s'] / n:.2f}")
+
+
+def print_python(py_results: dict, failures: list) -> None:
+    targets = {"noop": ("noop_task()", 2.0), "cpu": (f"cpu_task({PY_CPU_N})", 1.0)}
+    for kind, results in py_results.items():
+        if not results:
+            continue
+        name, want = targets[kind]
+        print(f"\npython/{kind}: {results[0]['tasks']} x app.workers.tasks.{name}, "
+              f"pure Python in the prefork pool")
+        head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
+                f"{'1st s':>6} {'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} "
+                f"{'stored':>7} {'bad':>5} {'CPU ms/task main+pool':>22} {'stop s':>7}")
+        print(head)
+        print("-" * len(head))
+        for r in results:
+            print(f"{r['worker']:<28} {r['tasks']:>7} {r['wall_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
+                  f"{r['steady_tasks_per_s']:>9.0f} {r['first_result_s']:>6.2f} "
+                  f"{fmt_mib(r.get('idle_rss_kib')):>13} {fmt_mib(r['peak_rss_kib']):>13} "
+                  f"{r['peak_processes']:>6} {r['results_stored']:>7} {r['bad_results']:>5} "
+                  f"{cpu_per_task(r):>22} {r['stop_s']:>7.2f}")
+        print("(wall = from worker start until the last result is stored, polled every 100 ms; "
+              "1st = worker start -> first result; RSS = parent + every pool child; idle RSS "
+              "measured once per worker, in the noop round; bad = not SUCCESS or not the exact "
+              "result; CPU ms/task = utime+stime of the main process + of the pool children, "
+              "per task; stop = SIGTERM -> all gone)")
+        if len(results) == 2:
+            ours, theirs = results
+
+            def verdict(x, goal, less=False):
+                ok = x < goal if less else x >= goal
+                return f"target {'<' if less else '≥'} {goal:g}x: {'met' if ok else 'NOT met'}"
+
+            thr = ours["tasks_per_s"] / theirs["tasks_per_s"]
+            steady = ours["steady_tasks_per_s"] / theirs["steady_tasks_per_s"]
+            print(f"\nrust / celery (python/{kind}): throughput x{thr:.2f} ({verdict(thr, want)}; "
+                  f"steady x{steady:.2f})")
+
+            def split(r, which="idle"):
+                return " + ".join(fmt_mib(k) for k in r.get(f"{which}_rss_by_process_kib", []))
+
+            if ours.get("idle_rss_kib") and theirs.get("idle_rss_kib"):
+                idle = ours["idle_rss_kib"] / theirs["idle_rss_kib"]
+                print(f"    idle RSS x{idle:.3f} ({verdict(idle, 1, less=True)}; "
+                      f"{fmt_mib(ours['idle_rss_kib'])} vs {fmt_mib(theirs['idle_rss_kib'])} MiB; "
+                      f"main + pool: {split(ours)} vs {split(theirs)} MiB)")
+            peak = ours["peak_rss_kib"] / max(theirs["peak_rss_kib"], 1)
+            print(f"    peak RSS x{peak:.3f} ({verdict(peak, 1, less=True)}; "
+                  f"{fmt_mib(ours['peak_rss_kib'])} vs {fmt_mib(theirs['peak_rss_kib'])} MiB; "
+                  f"main + pool at the peak: {split(ours, 'peak')} vs {split(theirs, 'peak')} MiB)")
+        for r in results:
+            if r["missing"] or r["bad_results"]:
+                print(f"WARNING: {r['worker']}: python/{kind}: {r['missing']} results missing, "
+                      f"{r['bad_results']} wrong")
+                failures.append(f"{r['worker']} (python/{kind})")
+            if r["leftovers_killed"] or r["stop_timeouts"]:
+                print(f"note: {r['worker']}: python/{kind}: {r['leftovers_killed']} pool "
+                      f"process(es) still running 3 s after the worker exited (SIGKILLed), "
+                      f"{r['stop_timeouts']} SIGTERM stop(s) timed out")
+
+
 def print_canvas(results: list, failures: list) -> None:
     r0 = results[0]
     print(f"\ncanvas: {r0['chains']} chains (3 tasks) + {r0['chords']} chords (10 + 1 tasks) "
@@ -683,7 +908,8 @@ def print_eta(results: list, failures: list) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["all", "plain", "canvas", "eta"], default="all")
+    ap.add_argument("--scenario", choices=["all", "plain", "canvas", "eta", "python"],
+                    default="all")
     ap.add_argument("--tasks", type=int, default=20000, help="plain scenario (default 20000)")
     ap.add_argument("--chains", type=int, default=2000, help="canvas scenario (default 2000)")
     ap.add_argument("--chords", type=int, default=200, help="canvas scenario (default 200)")
@@ -691,6 +917,10 @@ def main() -> int:
     ap.add_argument("--eta-delay", type=float, default=None,
                     help="eta scenario: seconds from publish start to the due moment "
                     "(default max(8, 4 + eta_tasks/1000))")
+    ap.add_argument("--py-noop", type=int, default=5000,
+                    help="python scenario: noop_task messages (default 5000, 0 skips)")
+    ap.add_argument("--py-cpu", type=int, default=2000,
+                    help=f"python scenario: cpu_task({PY_CPU_N}) messages (default 2000, 0 skips)")
     ap.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--bin", default=os.environ.get("RCW_RELEASE_BIN")
                     or str(ROOT / "target" / "release" / "rust-celery-worker"))
@@ -710,7 +940,8 @@ def main() -> int:
     # Turn SIGTERM into an exception so the finally blocks clean up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    scenarios = ["plain", "canvas", "eta"] if args.scenario == "all" else [args.scenario]
+    scenarios = ["plain", "canvas", "eta", "python"] if args.scenario == "all" \
+        else [args.scenario]
     import celery
     workdir = Path(tempfile.mkdtemp(prefix="rcw-bench-"))
     server = RedisServer(workdir / "redis").start()
@@ -736,7 +967,7 @@ def main() -> int:
         [str(ROOT / "python"), str(ROOT / "interop")]
         + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 
-    def runs(app: str, run_env: dict) -> list:
+    def runs(app: str, run_env: dict, rust_extra: tuple = ()) -> list:
         out = []
         if args.skip_rust:
             print("rust-celery-worker: skipped (--skip-rust)")
@@ -746,7 +977,7 @@ def main() -> int:
         else:
             out.append(("rust-celery-worker", [
                 args.bin, "-A", "app.workers", "-b", broker_url, "--result-backend", backend_url,
-                "-c", str(c), "-l", "warning", "-n", "bench-rust@%h"], run_env))
+                *rust_extra, "-c", str(c), "-l", "warning", "-n", "bench-rust@%h"], run_env))
         if args.skip_celery:
             print("celery: skipped (--skip-celery)")
         else:
@@ -759,6 +990,7 @@ def main() -> int:
     results = []
     canvas_results = []
     eta_results = []
+    py_results: dict = {}
     failures = []
     try:
         if "plain" in scenarios:
@@ -810,11 +1042,56 @@ def main() -> int:
                       f"tasks/s (publish {res['publish_s']:.1f}s, slack {res['slack_s']:.1f}s, "
                       f"queued/held at due {res['queued_at_due']}/{res['held_unacked_at_due']}), "
                       f"early {res['early']}, peak {fmt_mib(res['peak_rss_kib'])} MiB", flush=True)
+        if "python" in scenarios:
+            print(f"== python: {args.py_noop} x noop_task, {args.py_cpu} x cpu_task({PY_CPU_N}) "
+                  f"(load average {fmt_load(loadavg())})", flush=True)
+            idle_of: dict = {}  # worker label -> idle figures (measured in the first round)
+            rounds = [("noop", PY_NOOP, (), args.py_noop, None),
+                      ("cpu", PY_CPU, (PY_CPU_N,), args.py_cpu, PY_CPU_EXPECTED)]
+            for kind, task, targs, count, expected in rounds:
+                if count <= 0:
+                    continue
+                template = capture_template(broker_url, backend_url, task, targs)
+                py_results[kind] = []
+                for label, argv, run_env in runs("app.workers", env, ("-P", "prefork")):
+                    print(f"-- python/{kind} {label}: measuring ...", flush=True)
+                    try:
+                        res = measure(label, argv, run_env, server, template, count, workdir,
+                                      args.timeout, args_for=lambda i, a=list(targs): a,
+                                      expected=expected, idle=label not in idle_of, tag=kind)
+                    except RuntimeError as exc:
+                        print(f"-- python/{kind} {label}: FAILED: {exc}", flush=True)
+                        failures.append(f"{label} (python/{kind})")
+                        continue
+                    res["task"] = task
+                    res["loadavg_after"] = loadavg()
+                    if "idle_rss_kib" in res:
+                        idle_of[label] = {k: res[k] for k in
+                                          ("startup_s", "idle_rss_kib", "idle_processes",
+                                           "idle_rss_by_process_kib")}
+                    else:
+                        res.update(idle_of.get(label, {}), idle_from="noop round")
+                    py_results[kind].append(res)
+                    start = f", startup {res['startup_s']:.2f}s" if "startup_s" in res else ""
+                    print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s "
+                          f"(preload {res['preload_s']:.1f}s{start}, first result after "
+                          f"{res['first_result_s']:.2f}s), idle RSS "
+                          f"{fmt_mib(res.get('idle_rss_kib'))} MiB, peak "
+                          f"{fmt_mib(res['peak_rss_kib'])} MiB in {res['peak_processes']} "
+                          f"processes, {res['missing']} missing / {res['bad_results']} wrong, "
+                          f"load {fmt_load(res['loadavg_after'])}", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         server.stop()
+        strays = stray_processes(f"CELERY_BROKER_URL={broker_url}")
+        for pid, cmd in strays:
+            print(f"WARNING: process {pid} left behind ({cmd[:120]}); SIGKILL", file=sys.stderr)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     load_end = loadavg()
     if results:
@@ -823,7 +1100,11 @@ def main() -> int:
         print_canvas(canvas_results, failures)
     if eta_results:
         print_eta(eta_results, failures)
-    if results or canvas_results or eta_results:
+    if any(py_results.values()):
+        print_python(py_results, failures)
+    if strays:
+        failures.append(f"{len(strays)} process(es) left behind")
+    if results or canvas_results or eta_results or any(py_results.values()):
         print(f"\nload average: start {fmt_load(load_start)}, end {fmt_load(load_end)} "
               f"({os.cpu_count()} CPUs)")
         out_path = Path(args.json) if args.json else \
@@ -837,6 +1118,9 @@ def main() -> int:
         if "eta" in scenarios:
             doc["eta"] = {"tasks": args.eta_tasks, "delay_s": args.eta_delay,
                           "results": eta_results}
+        if "python" in scenarios:
+            doc["python"] = {"noop_tasks": args.py_noop, "cpu_tasks": args.py_cpu,
+                             "cpu_n": PY_CPU_N, "results": py_results}
         out_path.write_text(json.dumps(doc, indent=2))
         print(f"results written to {out_path}")
     if failures:

@@ -199,3 +199,15 @@ def test_python_task_options_apply_to_the_rust_handler(celery_client, worker):
     rs = [confapp.example_task.apply_async((i, i), queue="confq") for i in range(5)]
     assert [r.get(timeout=20) for r in rs] == [0, 2, 4, 6, 8]
     assert time.monotonic() - started >= 1.8, "the Python declaration's rate_limit 2/s applies"
+
+
+def test_python_backlog_stays_in_redis_under_prefetch(celery_client, worker, broker):
+    """Python bodies wait for a pool process *before* being acked, so the prefetch
+    window bounds what the worker holds: a backlog stays in Redis (and survives a
+    crash), as with Celery."""
+    worker(app="confapp", pool="prefork", concurrency=1, prefetch=1)
+    rs = [confapp.pid.apply_async((0.2,), queue="confq") for _ in range(20)]
+    time.sleep(1.5)
+    assert broker.llen("confq") >= 10, "the worker drained the queue into memory"
+    assert broker.hlen("unacked") <= 2
+    assert len({r.get(timeout=30) for r in rs}) >= 1

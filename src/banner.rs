@@ -42,9 +42,15 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
         mask_url(&cfg.broker_url)
     );
     let _ = writeln!(out, "- ** ---------- .> results:     {results}");
+    // Python bodies run in the -P pool (prefork unless told); Rust ones on our threads.
+    let pool = match (&cfg.pool, &cfg.app_source) {
+        (Some(p), _) => p.as_str(),
+        (None, Some(_)) => "prefork",
+        (None, None) => "rust",
+    };
     let _ = writeln!(
         out,
-        "- *** --- * --- .> concurrency: {} (rust), prefetch {prefetch}",
+        "- *** --- * --- .> concurrency: {} ({pool}), prefetch {prefetch}",
         cfg.concurrency
     );
     let _ = writeln!(out, "-- ******* ---- .> task events: OFF");

@@ -36,7 +36,9 @@ pub(crate) struct Shared {
     pub backend: Option<Arc<dyn ResultBackend>>,
     /// `-c`: tasks running at once.
     pub slots: Arc<Semaphore>,
-    /// Admission for tasks whose pool bounds them itself (never exhausted here).
+    /// Admission for Python bodies in the prefork pool: one per pool process,
+    /// taken before the ack like `slots`, so prefetch still bounds what is
+    /// held; separate from `slots`, so Rust tasks never wait behind them.
     pub pooled: Arc<Semaphore>,
     /// Messages held unacked at once (kombu's QoS window).
     pub prefetch: Arc<Semaphore>,
@@ -81,7 +83,7 @@ impl Worker {
                 limits,
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
-                pooled: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+                pooled: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 prefetch: Arc::new(Semaphore::new(prefetch)),
                 settling: Arc::new(Semaphore::new(MAX_SETTLING.max(prefetch))),
                 config,

@@ -100,7 +100,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         }
     }
 
-    // Pooled bodies are bounded by their pool, not by the worker's slots.
+    // Pooled bodies wait for a pool process, not for the worker's slots.
     let slots = if def.own_pool {
         &shared.pooled
     } else {

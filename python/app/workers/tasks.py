@@ -321,3 +321,22 @@ def parent_task(self, x):
     """Sends a child task; returns the child's id (its parent_id is this task)."""
     child = example_task.delay(x, 1)
     return child.id
+
+
+# --------------------------------------------------------------------------------
+# Benchmark tasks (bench/bench.py, scenario `python`): pure Python, no Rust handler,
+# so both workers run these bodies in their prefork pool processes.
+
+CPU_TASK_N = 60000  # one call costs ~3 ms in CPython 3.11 on the 2-core bench machine
+
+
+@shared_task(name="app.workers.tasks.noop_task")
+def noop_task():
+    """Does nothing: measures the per-task overhead of the worker and its pool."""
+    return None
+
+
+@shared_task(name="app.workers.tasks.cpu_task")
+def cpu_task(n=CPU_TASK_N):
+    """CPU-bound pure Python: the sum of the squares of 0 .. n-1."""
+    return sum(i * i for i in range(n))
