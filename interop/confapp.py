@@ -150,3 +150,8 @@ def retry_once(self):
 def example_task(x, y):
     """Same name as a Rust-native task: Rust runs it, this rate limit applies."""
     return x + y
+
+
+@app.task(name="confapp.always_retry", base=Recording, bind=True, max_retries=1)
+def always_retry(self):
+    raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"), countdown=0.1)

@@ -211,3 +211,15 @@ def test_python_backlog_stays_in_redis_under_prefetch(celery_client, worker, bro
     assert broker.llen("confq") >= 10, "the worker drained the queue into memory"
     assert broker.hlen("unacked") <= 2
     assert len({r.get(timeout=30) for r in rs}) >= 1
+
+
+def test_exhausted_retries_fire_the_failure_hooks(celery_client, worker, backend):
+    worker(app="confapp", pool="prefork")
+    r = confapp.always_retry.apply_async(queue="confq")
+    with pytest.raises(ConnectionError, match="attempt 1"):
+        r.get(timeout=20)
+    wait_until(lambda: "task_failure" in [e["event"] for e in events(backend, r.id)],
+               timeout=5, what="task_failure")
+    names = [e["event"] for e in events(backend, r.id)]
+    assert names.count("on_retry") == 1 and names.count("task_retry") == 1
+    assert names.count("on_failure") == 1 and names.count("task_failure") == 1

@@ -155,13 +155,25 @@ def tasks_json():
 
 
 def _patch_retry(app):
-    """`self.retry()` raises for Rust to republish (same rules, one machinery)."""
+    """`self.retry()` decides exhaustion exactly as Celery does (re-raising the
+    cause or MaxRetriesExceededError, so the failure hooks fire), and
+    otherwise raises for Rust to republish (one retry machinery)."""
     from celery.app.task import Task
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None,
               countdown=None, max_retries=None, **options):
-        has_max = max_retries is not None
-        raise RcwRetry(exc, countdown, eta.isoformat() if eta else None, max_retries, has_max)
+        request = self.request
+        retries = request.retries + 1
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and retries > limit:
+            if exc:
+                raise exc
+            raise self.MaxRetriesExceededError(
+                "Can't retry {}[{}] args:{} kwargs:{}".format(
+                    self.name, request.id, tuple(request.args or ()), request.kwargs or {}),
+                task_args=request.args, task_kwargs=request.kwargs)
+        raise RcwRetry(exc, countdown, eta.isoformat() if eta else None, max_retries,
+                       max_retries is not None)
 
     Task.retry = retry
 
