@@ -223,3 +223,17 @@ def test_exhausted_retries_fire_the_failure_hooks(celery_client, worker, backend
     names = [e["event"] for e in events(backend, r.id)]
     assert names.count("on_retry") == 1 and names.count("task_retry") == 1
     assert names.count("on_failure") == 1 and names.count("task_failure") == 1
+
+
+def test_app_given_as_module_colon_attribute(celery_client, worker):
+    w = worker(app="confapp:app")
+    r = confapp.hooked.apply_async((9,), queue="confq")
+    assert r.get(timeout=20)["x"] == 9
+    assert "confapp.hooked" in w.log()
+
+
+@pytest.mark.rust_only  # Celery's find_app doesn't look in a `celery_app` submodule
+def test_package_with_celery_app_submodule(celery_client, worker):
+    worker(app="pkgapp")
+    r = celery_client.send_task("pkgapp.hello", args=["rust"])
+    assert r.get(timeout=20) == "hello rust"
