@@ -182,6 +182,7 @@ def test_retry_fires_on_retry_and_task_retry(celery_client, worker, backend):
 
 
 @pytest.mark.rust_only  # Celery's one prefork pool runs every task; a busy pool blocks all
+@pytest.mark.rust_native  # needs example_task's Rust handler
 def test_rust_tasks_never_wait_behind_python_ones(celery_client, worker):
     worker(app="confapp", concurrency=1)
     busy = confapp.pid.apply_async((4,), queue="confq")
