@@ -238,3 +238,12 @@ def test_package_with_celery_app_submodule(celery_client, worker):
     worker(app="pkgapp")
     r = celery_client.send_task("pkgapp.hello", args=["rust"])
     assert r.get(timeout=20) == "hello rust"
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_threads_and_solo_pools_run_python_in_the_worker_process(celery_client, worker, pool):
+    w = worker(app="confapp", pool=pool, extra_args=["-P", pool])
+    assert confapp.pid.apply_async(queue="confq").get(timeout=20) == w.proc.pid
+    if w.kind != "python":  # Celery's threads/solo pools don't enforce time limits; ours do
+        assert confapp.soft.apply_async((10,), queue="confq").get(timeout=20) == (
+            "caught soft limit")
