@@ -155,3 +155,14 @@ def example_task(x, y):
 @app.task(name="confapp.always_retry", base=Recording, bind=True, max_retries=1)
 def always_retry(self):
     raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"), countdown=0.1)
+
+
+_ballast = []
+
+
+@app.task(name="confapp.grow", bind=True)
+def grow(self, mib=0):
+    """Keeps `mib` MiB alive in this process; returns its pid."""
+    if mib:
+        _ballast.append(bytearray(mib * 1024 * 1024))
+    return os.getpid()

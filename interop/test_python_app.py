@@ -247,3 +247,16 @@ def test_threads_and_solo_pools_run_python_in_the_worker_process(celery_client, 
     if w.kind != "python":  # Celery's threads/solo pools don't enforce time limits; ours do
         assert confapp.soft.apply_async((10,), queue="confq").get(timeout=20) == (
             "caught soft limit")
+
+
+def test_max_memory_per_child_recycles(celery_client, worker):
+    # 60 MiB limit: a process that grew by 80 MiB is replaced after its task.
+    worker(app="confapp", pool="prefork", concurrency=1,
+           extra_args=["--max-memory-per-child", str(60 * 1024)])
+    before = confapp.grow.apply_async((0,), queue="confq").get(timeout=20)
+    same = confapp.grow.apply_async((0,), queue="confq").get(timeout=20)
+    assert same == before, "a small process is kept"
+    grown = confapp.grow.apply_async((80,), queue="confq").get(timeout=20)
+    assert grown == before
+    after = confapp.grow.apply_async((0,), queue="confq").get(timeout=20)
+    assert after != grown, "the process over --max-memory-per-child was recycled"
