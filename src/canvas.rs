@@ -54,6 +54,15 @@ impl Signature {
         self.options.get("task_id").and_then(Value::as_str)
     }
 
+    /// `options.link` / `options.link_error`: a list of signatures, or one.
+    pub fn option_list(&self, k: &str) -> Option<Vec<Value>> {
+        match self.options.get(k) {
+            Some(Value::Array(a)) => Some(a.clone()),
+            Some(v @ Value::Object(_)) => Some(vec![v.clone()]),
+            _ => None,
+        }
+    }
+
     fn opt_str(&self, k: &str) -> Option<&str> {
         self.options.get(k).and_then(Value::as_str)
     }
@@ -168,14 +177,9 @@ pub fn message(
             h.insert(k.clone(), v.clone());
         }
     }
-    let as_list = |k: &str| match sig.options.get(k) {
-        Some(Value::Array(a)) => Some(a.clone()),
-        Some(v @ Value::Object(_)) => Some(vec![v.clone()]),
-        _ => None,
-    };
     msg.embed = Embed {
-        callbacks: as_list("link"),
-        errbacks: as_list("link_error"),
+        callbacks: sig.option_list("link"),
+        errbacks: sig.option_list("link_error"),
         chain,
         chord: sig.options.get("chord").filter(|c| !c.is_null()).cloned(),
     };

@@ -49,15 +49,6 @@ impl DecodeError {
         }
     }
 
-    pub fn task_name(&self) -> Option<&str> {
-        match self {
-            DecodeError::Envelope(_) => None,
-            DecodeError::ContentDisallowed { task, .. }
-            | DecodeError::Body { task, .. }
-            | DecodeError::Invalid { task, .. } => task.as_deref(),
-        }
-    }
-
     /// `(exc_type, exc_module, message)` as the Python side would name it.
     pub fn exception(&self) -> (&'static str, &'static str, String) {
         match self {

@@ -148,16 +148,6 @@ impl Pool {
             }
         });
     }
-
-    /// Total RSS of the children, in KiB (for stats and the bench).
-    pub async fn rss_kib(&self) -> u64 {
-        self.idle
-            .lock()
-            .await
-            .iter()
-            .filter_map(|w| rss_kib(w.pid))
-            .sum()
-    }
 }
 
 /// Takes a worker out of the pool for one job; killed (and replaced) if the

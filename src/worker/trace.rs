@@ -116,23 +116,6 @@ pub(crate) async fn trace(
     }
 }
 
-/// `2` for whole seconds, `0.5` otherwise, as Python prints what was configured.
-fn fmt_secs(s: f64) -> String {
-    if s.fract() == 0.0 && s.abs() < 1e15 {
-        format!("{}", s as i64)
-    } else {
-        pyrepr::repr_float(s)
-    }
-}
-
-fn secs_value(s: f64) -> Value {
-    if s.fract() == 0.0 && s.abs() < 1e15 {
-        json!(s as i64)
-    } else {
-        json!(s)
-    }
-}
-
 struct Tracer<'a> {
     shared: &'a Arc<Shared>,
     def: &'a TaskDef,
@@ -391,7 +374,8 @@ impl Tracer<'_> {
         if !published {
             return false;
         }
-        let when = format!("in {}s", fmt_secs(countdown));
+        let when_secs = crate::task::seconds_number(countdown);
+        let when = format!("in {}s", pyrepr::repr(&Value::Number(when_secs.clone())));
         let reason = match &exc {
             Some(e) => format!("Retry {when}: {}", e.repr()),
             None => format!("Retry {when}"),
@@ -401,7 +385,7 @@ impl Tracer<'_> {
                 TaskError::new(
                     "Retry",
                     "celery.exceptions",
-                    vec![json!(reason), Value::Null, secs_value(countdown)],
+                    vec![json!(reason), Value::Null, Value::Number(when_secs)],
                 )
             });
             let mut m = self.meta("RETRY", cause.to_meta());
@@ -466,11 +450,7 @@ impl Tracer<'_> {
             let mut m = ResultMeta::new(&callback_id, "FAILURE", err.to_meta());
             m.traceback = Some(err.traceback_text());
             self.shared.store_state(&m).await;
-            let errbacks = match body.options.get("link_error") {
-                Some(Value::Array(a)) => a.clone(),
-                Some(v @ Value::Object(_)) => vec![v.clone()],
-                _ => Vec::new(),
-            };
+            let errbacks = body.option_list("link_error").unwrap_or_default();
             self.publish_all(canvas::on_failure(&callback_id, &errbacks, &sender))
                 .await;
             tracing::error!("Chord {} raised: {}", pyrepr::repr_str(group), err.repr());
