@@ -61,13 +61,24 @@ pub struct Cli {
     /// tasks always run on the worker's own threads.
     #[arg(short = 'P', long = "pool")]
     pub pool: Option<String>,
-    /// Accepted for compatibility with `celery worker` command lines.
-    #[arg(long = "without-gossip", hide = true)]
+    /// Send task events (for Flower and `celery events`).
+    #[arg(short = 'E', long = "task-events", visible_alias = "events")]
+    pub task_events: bool,
+    /// Don't take part in gossip (we never track other workers' events).
+    #[arg(long = "without-gossip")]
     pub without_gossip: bool,
-    #[arg(long = "without-mingle", hide = true)]
+    /// Don't ask running workers for their revoked ids at start-up.
+    #[arg(long = "without-mingle")]
     pub without_mingle: bool,
-    #[arg(long = "without-heartbeat", hide = true)]
+    /// Send no worker events (online, heartbeat, offline).
+    #[arg(long = "without-heartbeat")]
     pub without_heartbeat: bool,
+    /// Seconds between worker heartbeats [default: 2.0].
+    #[arg(long = "heartbeat-interval")]
+    pub heartbeat_interval: Option<f64>,
+    /// File where revoked task ids survive restarts.
+    #[arg(short = 'S', long = "statedb")]
+    pub statedb: Option<String>,
 }
 
 impl Cli {
@@ -133,6 +144,21 @@ impl Cli {
         }
         if let Some(t) = self.soft_time_limit {
             cfg.apply_setting("task_soft_time_limit", serde_json::json!(t))?;
+        }
+        if self.task_events {
+            cfg.task_events = true;
+        }
+        cfg.heartbeat &= !self.without_heartbeat;
+        cfg.mingle &= !self.without_mingle;
+        cfg.gossip &= !self.without_gossip;
+        if let Some(i) = self.heartbeat_interval {
+            if !(i > 0.0) {
+                bail!("--heartbeat-interval must be a positive number of seconds");
+            }
+            cfg.heartbeat_interval = i;
+        }
+        if let Some(path) = self.statedb {
+            cfg.statedb = Some(config::expand_node_path(&path, &cfg.hostname));
         }
         crate::logging::parse_level(&self.loglevel).map_err(anyhow::Error::msg)?;
         cfg.loglevel = self.loglevel.to_ascii_uppercase();
@@ -258,8 +284,12 @@ pub async fn start(config: Config, app: App) -> Result<()> {
             native: std::env::var("RCW_NATIVE_TASKS").map_or(true, |v| v != "0"),
         },
     );
+    let mut extras = crate::worker::Extras::default();
+    #[cfg(feature = "python")]
+    let app = app.map(Arc::new);
     #[cfg(feature = "python")]
     if let Some(app) = &app {
+        extras.app = Some(Arc::clone(app) as Arc<dyn crate::control::AppInfo>);
         let python_only = app.python_only_tasks(&registry)?;
         let prefork = matches!(config.pool.as_deref(), None | Some("prefork"));
         let pool = if prefork && !python_only.is_empty() {
@@ -270,7 +300,9 @@ pub async fn start(config: Config, app: App) -> Result<()> {
                 max_tasks_per_child: config.max_tasks_per_child,
                 max_memory_per_child: config.max_memory_per_child,
             };
-            Some(crate::python::pool::Pool::start(cfg).await?)
+            let pool = crate::python::pool::Pool::start(cfg).await?;
+            extras.pool = Some(Arc::clone(&pool) as Arc<dyn crate::control::ProcessPool>);
+            Some(pool)
         } else {
             // No child processes: this process is where Python task code runs.
             app.worker_signal("worker_process_init");
@@ -298,7 +330,7 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     };
 
     println!("{}", crate::banner::render(&config, &registry));
-    let worker = Worker::new(config, registry, broker, backend, shutdown)?;
+    let worker = Worker::new(config, registry, broker, backend, shutdown, extras)?;
     #[cfg(feature = "python")]
     if let Some(app) = &app {
         app.worker_signal("worker_ready");

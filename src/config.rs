@@ -45,6 +45,23 @@ impl Default for TransportOptions {
 }
 
 impl TransportOptions {
+    /// The options that differ from kombu's defaults, as `inspect stats` shows
+    /// `broker.transport_options`.
+    pub fn as_json(&self) -> Value {
+        let d = TransportOptions::default();
+        let mut m = serde_json::Map::new();
+        if self.visibility_timeout != d.visibility_timeout {
+            m.insert("visibility_timeout".into(), self.visibility_timeout.into());
+        }
+        if self.global_keyprefix != d.global_keyprefix {
+            m.insert("global_keyprefix".into(), self.global_keyprefix.clone().into());
+        }
+        if self.priority_steps != d.priority_steps {
+            m.insert("priority_steps".into(), self.priority_steps.clone().into());
+        }
+        Value::Object(m)
+    }
+
     fn apply(&mut self, opts: &Value) -> Result<()> {
         let Value::Object(map) = opts else {
             bail!("broker_transport_options must be a mapping, got {opts}");
@@ -121,6 +138,18 @@ pub struct Config {
     pub max_tasks_per_child: Option<u64>,
     /// KiB.
     pub max_memory_per_child: Option<u64>,
+    /// `-E` / `worker_send_task_events`: send task events.
+    pub task_events: bool,
+    /// Worker events and heartbeats (off with `--without-heartbeat`).
+    pub heartbeat: bool,
+    /// Seconds between heartbeats (`--heartbeat-interval`, Celery: 2.0).
+    pub heartbeat_interval: f64,
+    /// Ask running nodes for their revokes at start (off with `--without-mingle`).
+    pub mingle: bool,
+    /// `--without-gossip` clears it; we don't track other workers either way.
+    pub gossip: bool,
+    /// `-S/--statedb` / `worker_state_db`: where revokes survive restarts.
+    pub statedb: Option<String>,
 }
 
 impl Default for Config {
@@ -153,6 +182,12 @@ impl Default for Config {
             pool: None,
             max_tasks_per_child: None,
             max_memory_per_child: None,
+            task_events: false,
+            heartbeat: true,
+            heartbeat_interval: 2.0,
+            mingle: true,
+            gossip: true,
+            statedb: None,
         }
     }
 }
@@ -244,6 +279,8 @@ impl Config {
             }
             "worker_max_tasks_per_child" => self.max_tasks_per_child = value.as_u64(),
             "worker_max_memory_per_child" => self.max_memory_per_child = value.as_u64(),
+            "worker_send_task_events" => self.task_events = flag(&value)?,
+            "worker_state_db" => self.statedb = value.as_str().map(str::to_string),
             "worker_pool" => self.pool = value.as_str().map(str::to_ascii_lowercase),
             "task_default_queue" => {
                 self.task_default_queue = text(&value)?;
@@ -427,4 +464,33 @@ mod tests {
         assert_eq!(expand_hostname("w1@%h"), format!("w1@{host}"));
         assert_eq!(expand_hostname("w1"), "celery@w1");
     }
+}
+
+/// Celery's `node_format` for file names (`--statedb`, later `--pidfile`,
+/// `--logfile`): `%p` the node name, `%n` its name part, `%h` its host part,
+/// `%d` the host's domain, `%%` a percent sign.
+pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
+    let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
+    let domain = host.split_once('.').map_or("", |(_, d)| d);
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('p') => out.push_str(nodename),
+            Some('n') => out.push_str(name),
+            Some('h') => out.push_str(host),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }

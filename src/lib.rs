@@ -24,6 +24,8 @@
 //!   the context a task sees, errors with a Python face.
 //! * [`worker`] — the pipeline: consume, execute with bounded concurrency,
 //!   store, ack; warm and cold shutdown.
+//! * [`control`] — remote control (pidbox): `celery inspect` / `control` commands.
+//! * [`events`] — typed events and the `celeryev` dispatcher (Flower, `celery events`).
 //! * [`tasks`] — Rust-native tasks of the example app (`app.workers.tasks.*`).
 //! * `python` (feature `python`, default) — the `-A` app through an embedded
 //!   CPython: its conf as config, its tasks as handlers.
@@ -47,6 +49,8 @@ pub mod broker;
 pub mod canvas;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod events;
 pub mod logging;
 pub mod protocol;
 #[cfg(feature = "python")]

@@ -382,6 +382,9 @@ pub struct TaskContext {
     request: Arc<Request>,
     states: Arc<dyn StateWriter>,
     soft_limit: Arc<SoftLimit>,
+    /// The process running the body when it is not this one (a prefork pool
+    /// process); 0 until known. Read by `inspect active` and `terminate`.
+    process: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl TaskContext {
@@ -394,7 +397,19 @@ impl TaskContext {
             request,
             states,
             soft_limit,
+            process: Arc::default(),
         }
+    }
+
+    /// Records the process the body runs in (pool processes call this).
+    pub fn set_process(&self, pid: u32) {
+        self.process
+            .store(pid, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where the worker reads [`TaskContext::set_process`] back.
+    pub fn process_handle(&self) -> Arc<std::sync::atomic::AtomicU32> {
+        Arc::clone(&self.process)
     }
 
     /// `self.retry(...)`: return `Err(ctx.retry().exc(e).countdown(5.0).into())`.

@@ -53,6 +53,9 @@ pub trait ResultBackend: Send + Sync {
     async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError>;
     /// After the callback was sent: clear the join state, mark the chord done.
     async fn chord_done(&self, group_id: &str, token: &str) -> Result<(), BackendError>;
+    /// The stored state of a task (`PENDING` when nothing is stored), as
+    /// `backend.get_state` reads it.
+    async fn get_state(&self, task_id: &str) -> Result<String, BackendError>;
     /// The backend URL with the password masked.
     fn url(&self) -> String;
 }

@@ -110,6 +110,18 @@ impl ResultBackend for RedisBackend {
         Ok(stored == 1)
     }
 
+    async fn get_state(&self, task_id: &str) -> Result<String, BackendError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.task_key(task_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_err)?;
+        Ok(raw
+            .and_then(|r| crate::protocol::result_meta::stored_status(&r))
+            .unwrap_or_else(|| "PENDING".into()))
+    }
+
     async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError> {
         let g = self.group_key(&part.group_id);
         let (jkey, tkey, skey, dkey, ckey) = (

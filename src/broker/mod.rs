@@ -64,4 +64,51 @@ pub trait Broker: Send + Sync {
     async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError>;
     /// The broker URL with the password masked.
     fn url(&self) -> String;
+
+    // ---- broadcast and remote control (pidbox, events) ----
+
+    /// Publishes to a fanout exchange (Redis: `PUBLISH` on kombu's topic).
+    async fn publish_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError>;
+    /// Publishes through a direct exchange to every queue bound with
+    /// `routing_key`; unrouted messages are dropped, as kombu drops them.
+    async fn publish_direct(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError>;
+    /// Declares `queue` bound to the fanout `exchange` and streams what is
+    /// broadcast there (raw envelopes) until the receiver is dropped,
+    /// reconnecting by itself.
+    async fn subscribe_fanout(
+        &self,
+        exchange: &str,
+        queue: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, BrokerError>;
+    /// Binds a private reply queue for `routing_key` on the direct `exchange`,
+    /// runs `send`, collects what arrives for `timeout`, then deletes the queue.
+    async fn collect_replies(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Envelope,
+        request_exchange: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Envelope>, BrokerError>;
+
+    // ---- consumed queues, changed live (add_consumer / cancel_consumer) ----
+
+    /// The queues consumed now.
+    fn queues(&self) -> Vec<String>;
+    /// Starts consuming `queue` (declared first). False if already consumed.
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError>;
+    /// Stops consuming `queue`. False if it wasn't consumed.
+    fn cancel_queue(&self, queue: &str) -> bool;
+    /// Connection facts for `inspect stats` (`broker`), as kombu's `Connection.info()`.
+    fn info(&self) -> serde_json::Value;
 }

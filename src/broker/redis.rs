@@ -105,6 +105,10 @@ fn unix_now() -> f64 {
 /// The Redis transport of one worker (one kombu channel).
 pub struct RedisBroker {
     url: String,
+    /// For the pub/sub and reply connections made on demand.
+    client: redis::Client,
+    /// kombu's fanout prefix `/{db}.`.
+    fanout_prefix: String,
     opts: TransportOptions,
     /// Commands that never block: acks, restores, fetch script, publish.
     conn: ConnectionManager,
@@ -112,6 +116,8 @@ pub struct RedisBroker {
     blocking: AsyncMutex<ConnectionManager>,
     /// Queue order for the next pop; rotated round-robin as kombu does.
     cycle: Mutex<Vec<String>>,
+    /// The consumed queues in the order they were given (`active_queues`).
+    consumed: Mutex<Vec<String>>,
     fetch: redis::Script,
     restore: redis::Script,
     unlock: redis::Script,
@@ -139,18 +145,71 @@ impl RedisBroker {
             format!("{}{}", opts.global_keyprefix, opts.unacked_key),
             format!("{}{}", opts.global_keyprefix, opts.unacked_index_key),
         ));
+        let db = client.get_connection_info().redis_settings().db();
         Ok(RedisBroker {
             acks,
+            client,
+            fanout_prefix: format!("/{db}."),
             url: url.to_string(),
             opts,
             conn,
             blocking: AsyncMutex::new(blocking),
             cycle: Mutex::new(queues.to_vec()),
+            consumed: Mutex::new(queues.to_vec()),
             fetch: redis::Script::new(FETCH_LUA),
             restore: redis::Script::new(RESTORE_LUA),
             unlock: redis::Script::new(UNLOCK_LUA),
             last_visibility_scan: Mutex::new(None),
         })
+    }
+
+    /// kombu's fanout topic: `/{db}.<exchange>`, `/<routing_key>` appended when set.
+    fn fanout_topic(&self, exchange: &str, routing_key: &str) -> String {
+        if routing_key.is_empty() {
+            format!("{}{exchange}", self.fanout_prefix)
+        } else {
+            format!("{}{exchange}/{routing_key}", self.fanout_prefix)
+        }
+    }
+
+    async fn pubsub(&self, topic: &str) -> Result<redis::aio::PubSub, BrokerError> {
+        subscribe(&self.client, topic).await.map_err(conn_err)
+    }
+
+    /// Queues bound to a direct `exchange` with `routing_key` (no fallback).
+    async fn bound_queues(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key(&format!("_kombu.binding.{exchange}")))
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, SEP);
+                let (rk, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
+                (rk == routing_key).then(|| queue.to_string())
+            })
+            .collect())
+    }
+
+    /// Declares a queue's binding as a Celery worker does
+    /// (`SADD _kombu.binding.<q>` + `_kombu.binding_permanent.<q>`).
+    async fn declare(&self, q: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let member = format!("{q}{SEP}{SEP}{q}");
+        redis::pipe()
+            .atomic()
+            .sadd(self.key(&format!("_kombu.binding.{q}")), &member)
+            .sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(conn_err)
     }
 
     fn key(&self, name: &str) -> String {
@@ -428,17 +487,8 @@ impl Broker for RedisBroker {
     /// (`SADD _kombu.binding.<q>` + `_kombu.binding_permanent.<q>`), then runs
     /// the start-up visibility scan.
     async fn start(&self) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        let queues = self.cycle.lock().expect("cycle lock").clone();
-        for q in &queues {
-            let member = format!("{q}{SEP}{SEP}{q}");
-            let _: () = redis::pipe()
-                .atomic()
-                .sadd(self.key(&format!("_kombu.binding.{q}")), &member)
-                .sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member)
-                .query_async(&mut conn)
-                .await
-                .map_err(conn_err)?;
+        for q in self.queues() {
+            self.declare(&q).await?;
         }
         self.restore_visible().await?;
         *self.last_visibility_scan.lock().expect("scan lock") = Some(std::time::Instant::now());
@@ -513,6 +563,235 @@ impl Broker for RedisBroker {
     fn url(&self) -> String {
         mask_url(&self.url)
     }
+
+    async fn publish_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.fanout_topic(exchange, routing_key))
+            .arg(envelope.to_json())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(conn_err)
+    }
+
+    async fn publish_direct(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let queues = self.bound_queues(exchange, routing_key).await?;
+        if queues.is_empty() {
+            tracing::debug!("no queue bound to {exchange:?} with key {routing_key:?}: dropped");
+            return Ok(());
+        }
+        let raw = envelope.to_json();
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.lpush(self.queue_key(q, envelope.priority()), &raw);
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(conn_err)
+    }
+
+    async fn subscribe_fanout(
+        &self,
+        exchange: &str,
+        queue: &str,
+    ) -> Result<mpsc::Receiver<Vec<u8>>, BrokerError> {
+        // The binding a Python worker declares for its pidbox queue (kombu
+        // reads it for `celery status`-style listings; fanout ignores it).
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SADD")
+            .arg(self.key(&format!("_kombu.binding.{exchange}")))
+            .arg(format!("{SEP}{SEP}{queue}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        let topic = self.fanout_topic(exchange, "");
+        let first = self.pubsub(&topic).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let client = self.client.clone();
+        tokio::spawn(pump_pubsub(client, topic, first, tx));
+        Ok(rx)
+    }
+
+    async fn collect_replies(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Envelope,
+        request_exchange: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Envelope>, BrokerError> {
+        let queue = format!("{routing_key}.{exchange}");
+        let binding = self.key(&format!("_kombu.binding.{exchange}"));
+        let member = format!("{routing_key}{SEP}{SEP}{queue}");
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SADD")
+            .arg(&binding)
+            .arg(&member)
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        let sent = self.publish_fanout(request_exchange, "", request).await;
+        let mut replies = Vec::new();
+        if sent.is_ok() {
+            // A connection of its own: BRPOP blocks it for the whole wait.
+            let mut waiting = redis_url::manager(&self.client, timeout + Duration::from_secs(5))
+                .await
+                .map_err(conn_err)?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let popped: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
+                    .arg(self.queue_key(&queue, 0))
+                    .arg(left.as_secs_f64().max(0.01))
+                    .query_async(&mut waiting)
+                    .await
+                    .map_err(conn_err)?;
+                match popped {
+                    Some((_, raw)) => match Envelope::parse(&raw) {
+                        Ok(env) => replies.push(env),
+                        Err(e) => tracing::warn!("ignoring a reply that is not an envelope: {e}"),
+                    },
+                    None => break,
+                }
+            }
+        }
+        let _: Result<(), _> = redis::pipe()
+            .srem(&binding, &member)
+            .del(self.queue_key(&queue, 0))
+            .query_async(&mut conn)
+            .await;
+        sent?;
+        Ok(replies)
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.consumed.lock().expect("queues lock").clone()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.queues().iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        self.declare(queue).await?;
+        self.consumed
+            .lock()
+            .expect("queues lock")
+            .push(queue.to_string());
+        self.cycle
+            .lock()
+            .expect("cycle lock")
+            .push(queue.to_string());
+        Ok(true)
+    }
+
+    fn cancel_queue(&self, queue: &str) -> bool {
+        let mut consumed = self.consumed.lock().expect("queues lock");
+        let before = consumed.len();
+        consumed.retain(|q| q != queue);
+        self.cycle.lock().expect("cycle lock").retain(|q| q != queue);
+        consumed.len() != before
+    }
+
+    fn info(&self) -> Value {
+        let info = self.client.get_connection_info();
+        let (hostname, port, ssl) = match info.addr() {
+            redis::ConnectionAddr::Tcp(h, p) => (Value::from(h.clone()), Value::from(*p), false),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                (Value::from(host.clone()), Value::from(*port), true)
+            }
+            redis::ConnectionAddr::Unix(path) => {
+                (Value::from(path.display().to_string()), Value::Null, false)
+            }
+            _ => (Value::Null, Value::Null, false),
+        };
+        let settings = info.redis_settings();
+        serde_json::json!({
+            "hostname": hostname,
+            "userid": settings.username(),
+            "virtual_host": settings.db().to_string(),
+            "port": port,
+            "insist": false,
+            "ssl": ssl,
+            "transport": "redis",
+            "connect_timeout": 4,
+            "transport_options": self.opts.as_json(),
+            "login_method": null,
+            "uri_prefix": null,
+            "heartbeat": 120.0,
+            "failover_strategy": "round-robin",
+            "alternates": [],
+        })
+    }
+}
+
+/// Forwards pub/sub messages to `tx`; on a lost connection, resubscribes with
+/// backoff. Ends when the receiver is dropped.
+async fn pump_pubsub(
+    client: redis::Client,
+    topic: String,
+    first: redis::aio::PubSub,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
+    use futures_util::StreamExt;
+    let mut current = Some(first);
+    let mut failures = 0u32;
+    loop {
+        let pubsub = match current.take() {
+            Some(p) => p,
+            None => match subscribe(&client, &topic).await {
+                Ok(p) => {
+                    tracing::info!("Resubscribed to {topic}");
+                    failures = 0;
+                    p
+                }
+                Err(e) => {
+                    let wait = crate::worker::backoff(failures);
+                    failures += 1;
+                    tracing::warn!(
+                        "Cannot subscribe to {topic}: {e}. Trying again in {:.2} seconds...",
+                        wait.as_secs_f64()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = tx.closed() => return,
+                    }
+                }
+            },
+        };
+        let mut stream = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(m) => {
+                        if tx.send(m.get_payload_bytes().to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+        tracing::warn!("Lost the subscription to {topic}; reconnecting");
+    }
+}
+
+async fn subscribe(client: &redis::Client, topic: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe(topic).await?;
+    Ok(pubsub)
 }
 
 /// Settles queued acks in batches: `MULTI; ZREM unacked_index t1 t2 …;

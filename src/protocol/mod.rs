@@ -5,12 +5,14 @@
 //! * [`json_tags`] — kombu's JSON type tags (`{"__type__": "datetime", ...}`).
 //! * [`compression`] — the `compression` header (zlib for `application/x-gzip`).
 //! * [`result_meta`] — the result JSON Celery's Redis backend stores.
+//! * [`pidbox`] — remote-control requests and replies (kombu's Mailbox).
 //! * [`pyrepr`] — Python reprs for log lines and events.
 
 pub mod compression;
 pub mod envelope;
 pub mod json_tags;
 pub mod message;
+pub mod pidbox;
 pub mod pyrepr;
 pub mod result_meta;
 

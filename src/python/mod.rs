@@ -84,6 +84,20 @@ impl PythonApp {
         })
     }
 
+    /// Calls a runtime function with one positional argument, JSON reply.
+    fn call_json_with(&self, func: &str, arg: bool) -> anyhow::Result<Value> {
+        Python::attach(|py| {
+            let text: String = self
+                .runtime
+                .bind(py)
+                .getattr(func)
+                .and_then(|f| f.call1((arg,)))
+                .and_then(|r| r.extract())
+                .map_err(|e| anyhow::anyhow!("{func}: {}", load_error(py, func, e).traceback))?;
+            Ok(serde_json::from_str(&text)?)
+        })
+    }
+
     fn call_json(&self, func: &str) -> anyhow::Result<Value> {
         Python::attach(|py| {
             let text: String = self
@@ -390,5 +404,20 @@ fn apply_options(o: &mut TaskOptions, opts: &Value) {
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
+    }
+}
+
+impl crate::control::AppInfo for PythonApp {
+    fn conf(&self, with_defaults: bool) -> Option<Value> {
+        self.call_json_with("conf_table", with_defaults)
+            .map_err(|e| tracing::error!("inspect conf: {e:#}"))
+            .ok()
+    }
+
+    fn bugreport(&self) -> Option<String> {
+        self.call_json("bugreport")
+            .map_err(|e| tracing::error!("inspect report: {e:#}"))
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
     }
 }

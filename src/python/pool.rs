@@ -43,6 +43,8 @@ pub struct Pool {
     cfg: PoolConfig,
     idle: Mutex<Vec<Worker>>,
     slots: Semaphore,
+    /// Processes wanted now (`pool_grow` / `pool_shrink` change it).
+    size: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -55,6 +57,7 @@ impl Pool {
         }
         Ok(Arc::new(Pool {
             slots: Semaphore::new(cfg.processes),
+            size: std::sync::atomic::AtomicUsize::new(cfg.processes),
             idle: Mutex::new(idle),
             cfg,
         }))
@@ -78,6 +81,7 @@ impl Pool {
             })?,
         };
         let pid = worker.pid;
+        ctx.set_process(pid);
         ctx.on_soft_time_limit(move || {
             // SAFETY: signalling a child we own; at worst it already exited.
             unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
@@ -124,6 +128,41 @@ impl Pool {
         }
     }
 
+    /// Processes the pool runs at most at once now.
+    pub fn size(&self) -> usize {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `--max-tasks-per-child`, for `inspect stats`.
+    pub fn max_tasks_per_child(&self) -> Option<u64> {
+        self.cfg.max_tasks_per_child
+    }
+
+    /// `pool_grow`: room for `n` more processes (started on first use).
+    pub fn grow(&self, n: usize) {
+        self.slots.add_permits(n);
+        self.size
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `pool_shrink`: up to `n` fewer processes (never below one); idle
+    /// processes beyond the new size are retired now, busy ones stay until
+    /// their job is done and then wait unused. Returns how many it took away.
+    pub async fn shrink(&self, n: usize) -> usize {
+        let n = n.min(self.size().saturating_sub(1));
+        let taken = self.slots.forget_permits(n);
+        self.size
+            .fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
+        let mut idle = self.idle.lock().await;
+        let extra = idle.len().saturating_sub(self.size());
+        let retired: Vec<Worker> = idle.drain(..extra).collect();
+        drop(idle);
+        for w in retired {
+            retire(w).await;
+        }
+        taken
+    }
+
     fn should_recycle(&self, w: &Worker) -> bool {
         if self
             .cfg
@@ -147,6 +186,29 @@ impl Pool {
                 Err(e) => tracing::error!("cannot start a pool process: {e:#}"),
             }
         });
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::control::ProcessPool for Pool {
+    fn size(&self) -> usize {
+        Pool::size(self)
+    }
+
+    fn max_tasks_per_child(&self) -> Option<u64> {
+        Pool::max_tasks_per_child(self)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        pids()
+    }
+
+    fn grow(&self, n: usize) {
+        Pool::grow(self, n)
+    }
+
+    async fn shrink(&self, n: usize) -> usize {
+        Pool::shrink(self, n).await
     }
 }
 
@@ -190,6 +252,22 @@ async fn exchange(w: &mut Worker, job: &str) -> Result<String, String> {
         Ok(_) => Ok(line),
         Err(e) => Err(format!("cannot read its reply: {e}")),
     }
+}
+
+/// The pool processes alive now: this process's children (they are all pool
+/// processes), read from `/proc` so no bookkeeping can drift.
+pub fn pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                pids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 async fn retire(mut w: Worker) {

@@ -87,8 +87,38 @@ CONF_KEYS = [
     "task_acks_late", "task_reject_on_worker_lost", "task_acks_on_failure_or_timeout",
     "task_time_limit", "task_soft_time_limit", "worker_prefetch_multiplier",
     "worker_concurrency", "task_ignore_result", "task_store_errors_even_if_ignored",
-    "task_default_rate_limit",
+    "task_default_rate_limit", "worker_send_task_events", "worker_state_db",
 ]
+
+
+def _jsonable(value):
+    """Sets and tuples as lists, so any conf value survives JSON."""
+    if isinstance(value, (set, frozenset)):
+        return sorted((_jsonable(v) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def conf_table(with_defaults=False):
+    """``inspect conf``: Celery's own reply, from the app's conf."""
+    from celery.utils.serialization import jsonify
+    from kombu.utils.encoding import safe_repr
+    from kombu.utils.json import dumps
+
+    table = _app.conf.table(with_defaults=bool(with_defaults))
+    return dumps(jsonify(table,
+                         keyfilter=lambda k: isinstance(k, str) and not k.startswith("__"),
+                         unknown_type_filter=safe_repr))
+
+
+def bugreport():
+    """``inspect report``: the app's bug report, as Celery's worker answers."""
+    from kombu.utils.json import dumps
+
+    return dumps(_app.bugreport())
 
 
 def conf_json():
@@ -102,7 +132,7 @@ def conf_json():
         if key == "result_expires":
             value = _seconds(value)
         if value is not None:
-            out[key] = value
+            out[key] = _jsonable(value)
     queues = conf.get("task_queues")
     if queues:
         out["task_queues"] = [getattr(q, "name", q) for q in queues]

@@ -77,6 +77,22 @@ pub fn register(registry: &mut Registry) {
         let v = args.value(0).clone();
         async move { Ok(v) }
     });
+    // An async sleep: a terminate aborts it at once (a blocking sleep can't be).
+    registry.asynchronous(
+        "rcw.testing.async_sleep",
+        &["seconds", "result=null"],
+        |_ctx, args| {
+            let wait = seconds(args.value(0));
+            let out = match args.value(1) {
+                Value::Null => args.value(0).clone(),
+                r => r.clone(),
+            };
+            async move {
+                tokio::time::sleep(wait?).await;
+                Ok(out)
+            }
+        },
+    );
 }
 
 /// ConnectionError(f"attempt {retries}"), as the Python twins raise it.

@@ -7,12 +7,21 @@
 //! * [`store`] writes states and settles messages, riding out broker/backend
 //!   reconnects instead of losing work.
 //! * [`shutdown`] turns signals into warm and cold shutdown.
+//! * [`state`] is what the worker holds (reserved, scheduled, active,
+//!   revoked, counts); the pidbox commands in `control` read and steer it.
+//!
+//! Beside the consumer, [`Worker::run`] starts the services a Celery
+//! consumer's bootsteps start: remote control (`control::serve`), the event
+//! dispatcher and heartbeats, and mingle at start-up.
 
 mod consumer;
 mod execute;
+mod heartbeat;
 pub mod rate_limit;
 mod request;
 pub mod shutdown;
+pub mod state;
+pub mod statedb;
 mod store;
 mod trace;
 
@@ -21,10 +30,16 @@ pub use store::backoff;
 use crate::backend::ResultBackend;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::control::{AppInfo, ProcessPool};
+use crate::events::dispatcher::Events;
+use crate::events::{Event, WorkerStatus};
+use crate::protocol::result_meta::ResultMeta;
 use crate::registry::Registry;
+use crate::task::TaskError;
 use shutdown::Shutdown;
+use state::WorkerState;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +66,75 @@ pub(crate) struct Shared {
     pub limits: rate_limit::Limits,
     /// `gen<pid>@<host>`: the origin of messages this worker publishes.
     pub origin: String,
+    /// Held requests, revokes, counts, clock.
+    pub state: Arc<WorkerState>,
+    pub events: Arc<Events>,
+    /// The Python process pool, when Python bodies run in one.
+    pub pool: Option<Arc<dyn ProcessPool>>,
+    /// The `-A` app, for `inspect conf` / `report`.
+    pub app: Option<Arc<dyn AppInfo>>,
+    /// Current size of `slots` (`pool_grow`/`pool_shrink` change it).
+    slots_size: AtomicUsize,
+}
+
+impl Shared {
+    pub fn slots_size(&self) -> usize {
+        self.slots_size.load(Ordering::Relaxed)
+    }
+
+    /// Grows (`delta > 0`) or shrinks the `-c` slots; never below one.
+    pub fn resize_slots(&self, delta: isize) {
+        if delta > 0 {
+            self.slots.add_permits(delta as usize);
+            self.slots_size.fetch_add(delta as usize, Ordering::Relaxed);
+        } else {
+            let want = (-delta) as usize;
+            let n = want.min(self.slots_size().saturating_sub(1));
+            let taken = self.slots.forget_permits(n);
+            self.slots_size.fetch_sub(taken, Ordering::Relaxed);
+        }
+    }
+
+    /// What worker events report.
+    pub fn worker_status(&self) -> WorkerStatus {
+        WorkerStatus {
+            freq: self.config.heartbeat_interval,
+            active: self.state.active_count(),
+            processed: self.processed.load(Ordering::Relaxed),
+            loadavg: crate::events::loadavg(),
+        }
+    }
+
+    /// Writes the revoked ids to `--statedb`, if one is set.
+    pub fn persist_revoked(&self) {
+        if let Some(path) = &self.config.statedb {
+            let saved = statedb::Saved {
+                revoked: self.state.revoked_ids(),
+                clock: self.state.clock(),
+            };
+            if let Err(e) = statedb::save(std::path::Path::new(path), &saved) {
+                tracing::error!("statedb: {e}");
+            }
+        }
+    }
+}
+
+/// REVOKED with Celery's `TaskRevokedError(reason)` (`revoked`, `expired`,
+/// `terminated`), as `mark_as_revoked` stores it.
+pub(crate) fn revoked_meta(id: &str, reason: &str) -> ResultMeta {
+    let err = TaskError::new(
+        "TaskRevokedError",
+        "celery.exceptions",
+        vec![reason.into()],
+    );
+    ResultMeta::new(id, "REVOKED", err.to_meta())
+}
+
+/// What the embedding program hands the worker besides its core parts.
+#[derive(Default)]
+pub struct Extras {
+    pub pool: Option<Arc<dyn ProcessPool>>,
+    pub app: Option<Arc<dyn AppInfo>>,
 }
 
 /// A configured worker, ready to [`Worker::run`].
@@ -71,6 +155,7 @@ impl Worker {
         broker: Arc<dyn Broker>,
         backend: Option<Arc<dyn ResultBackend>>,
         shutdown: Shutdown,
+        extras: Extras,
     ) -> anyhow::Result<Worker> {
         let limits = rate_limit::Limits::new(&registry, config.task_default_rate_limit.as_deref())
             .map_err(anyhow::Error::msg)?;
@@ -78,9 +163,20 @@ impl Worker {
             0 => UNLIMITED_PREFETCH,
             n => n,
         };
+        let events = Events::start(
+            Arc::clone(&broker),
+            config.hostname.clone(),
+            config.task_events,
+            config.heartbeat,
+        );
         Ok(Worker {
             shared: Arc::new(Shared {
                 limits,
+                state: Arc::new(WorkerState::new()),
+                events,
+                pool: extras.pool,
+                app: extras.app,
+                slots_size: AtomicUsize::new(config.concurrency.max(1)),
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 pooled: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -103,9 +199,33 @@ impl Worker {
         let shared = self.shared;
         store::until_ok("declare queues", &shared.shutdown, || shared.broker.start()).await;
         tracing::info!("Connected to {}", shared.broker.url());
+        if let Some(path) = &shared.config.statedb {
+            match statedb::load(std::path::Path::new(path)) {
+                Ok(saved) => {
+                    shared.state.merge_revoked(&saved.revoked);
+                    shared.state.clock_adjust(saved.clock);
+                }
+                Err(e) => anyhow::bail!("statedb: {e}"),
+            }
+        }
+        if shared.config.mingle {
+            crate::control::mingle::sync(&shared).await;
+        }
+        let control = tokio::spawn(crate::control::serve(Arc::clone(&shared)));
+        if shared.events.worker_events() {
+            shared.events.send(
+                Event::WorkerOnline(shared.worker_status()),
+                shared.state.clock_forward(),
+            );
+            tokio::spawn(heartbeat::beat(Arc::clone(&shared)));
+        }
+        if shared.events.task_events() {
+            tracing::info!("Events of group {{task}} enabled by default.");
+        }
         tracing::info!("{} ready.", shared.config.hostname);
 
         consumer::consume(&shared).await;
+        control.abort();
 
         shared.tasks.close();
         let running = shared.tasks.len();
@@ -118,6 +238,14 @@ impl Worker {
                 tracing::warn!("Cold shutdown: {} task(s) abandoned", shared.tasks.len());
             }
         }
+        if shared.events.worker_events() {
+            shared.events.send(
+                Event::WorkerOffline(shared.worker_status()),
+                shared.state.clock_forward(),
+            );
+        }
+        shared.events.flush().await;
+        shared.persist_revoked();
         tracing::info!(
             "{} stopped after {} task(s)",
             shared.config.hostname,

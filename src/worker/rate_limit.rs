@@ -57,10 +57,11 @@ impl Bucket {
     }
 }
 
-/// Buckets for every rate-limited task, built once at start-up.
+/// Buckets for every rate-limited task, built at start-up and changed live
+/// by the `rate_limit` remote-control command.
 #[derive(Default)]
 pub struct Limits {
-    buckets: HashMap<String, Bucket>,
+    buckets: std::sync::RwLock<HashMap<String, std::sync::Arc<Bucket>>>,
 }
 
 impl Limits {
@@ -74,14 +75,34 @@ impl Limits {
             if let Some(spec) = def.options.rate_limit.as_deref().or(default)
                 && let Some(rate) = parse(spec)?
             {
-                buckets.insert(name.to_string(), Bucket::new(rate));
+                buckets.insert(name.to_string(), std::sync::Arc::new(Bucket::new(rate)));
             }
         }
-        Ok(Limits { buckets })
+        Ok(Limits {
+            buckets: std::sync::RwLock::new(buckets),
+        })
     }
 
-    pub fn get(&self, task: &str) -> Option<&Bucket> {
-        self.buckets.get(task)
+    pub fn get(&self, task: &str) -> Option<std::sync::Arc<Bucket>> {
+        let buckets = self.buckets.read().expect("limits lock");
+        if buckets.is_empty() {
+            return None;
+        }
+        buckets.get(task).cloned()
+    }
+
+    /// Sets (or with `None`, removes) the limit of `task`, as Celery's
+    /// `reset_rate_limits` does after the `rate_limit` command.
+    pub fn set(&self, task: &str, per_second: Option<f64>) {
+        let mut buckets = self.buckets.write().expect("limits lock");
+        match per_second {
+            Some(rate) => {
+                buckets.insert(task.to_string(), std::sync::Arc::new(Bucket::new(rate)));
+            }
+            None => {
+                buckets.remove(task);
+            }
+        }
     }
 }
 

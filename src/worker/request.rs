@@ -5,6 +5,7 @@
 use super::Shared;
 use super::trace::Verdict;
 use crate::broker::Delivery;
+use crate::events::Event;
 use crate::config::Config;
 use crate::protocol::pyrepr;
 use crate::protocol::result_meta::ResultMeta;
@@ -62,31 +63,58 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if let Some(expires) = expires
         && expires <= chrono::Utc::now()
     {
-        let request = build_request(&shared.config, &def, msg, &envelope, &queue);
-        return Box::pin(expired(shared, &tag, &name, &request)).await;
+        let request = build_request(shared, &def, msg, &envelope, &queue);
+        return Box::pin(discard(shared, &tag, &name, &request, Discard::Expired)).await;
+    }
+    if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
+        let request = build_request(shared, &def, msg, &envelope, &queue);
+        return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
     // arguments and headers, not a second copy inside the envelope.
-    let request = build_request(&shared.config, &def, msg, &envelope, &queue);
+    let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
     drop(envelope);
+    shared.events.task(
+        || shared.state.clock_forward(),
+        || Event::TaskReceived {
+            uuid: request.id.clone(),
+            name: name.clone(),
+            args: request_repr(&request, "argsrepr"),
+            kwargs: request_repr(&request, "kwargsrepr"),
+            root_id: request.root_id.clone(),
+            parent_id: request.parent_id.clone(),
+            retries: request.retries,
+            eta: request.eta.clone(),
+            expires: request.expires.clone(),
+        },
+    );
+
+    let wait = eta
+        .map(|eta| (eta - chrono::Utc::now()).to_std().unwrap_or_default())
+        .filter(|w| !w.is_zero());
+    let shown_eta = wait.and(eta).map(crate::protocol::result_meta::format_date_done);
+    let stop = shared.state.hold(Arc::clone(&request), shown_eta);
+    // However this ends, the request stops being held.
+    let _held_guard = Release(shared, &id);
 
     let mut held = Some(held);
-    if let Some(eta) = eta {
-        let wait = (eta - chrono::Utc::now()).to_std().unwrap_or_default();
-        if !wait.is_zero() {
-            // Like Celery's QoS bump: a held ETA task doesn't use up the
-            // prefetch window, but stays unacked until it runs.
-            held = None;
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
+    if let Some(wait) = wait {
+        // Like Celery's QoS bump: a held ETA task doesn't use up the
+        // prefetch window, but stays unacked until it runs.
+        held = None;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.stopped() => {
+                return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
             }
-            if let Some(expires) = expires
-                && expires <= chrono::Utc::now()
-            {
-                return Box::pin(expired(shared, &tag, &name, &request)).await;
-            }
+            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
+        }
+        shared.state.reserve(&id);
+        if let Some(expires) = expires
+            && expires <= chrono::Utc::now()
+        {
+            return Box::pin(discard(shared, &tag, &name, &request, Discard::Expired)).await;
         }
     }
 
@@ -96,6 +124,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         held = None;
         tokio::select! {
             _ = bucket.acquire() => {}
+            _ = stop.stopped() => {
+                return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+            }
             _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
     }
@@ -108,11 +139,19 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     };
     let slot = tokio::select! {
         s = slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
+        _ = stop.stopped() => {
+            return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+        }
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
             return Box::pin(shared.restore(&tag)).await;
         }
     };
+    // Revoked while it waited (Celery checks again before executing).
+    if stop.is_stopped() || shared.state.is_revoked(&id) {
+        drop(slot);
+        return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+    }
     let acks_late = def
         .options
         .acks_late
@@ -120,38 +159,74 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if !acks_late {
         // Early ack (Celery's default): before user code runs.
         Box::pin(shared.ack(&tag)).await;
+        shared.state.acknowledged(&id);
         drop(held.take());
     }
 
     // Boxed: a handler waiting on an ETA or a slot shouldn't carry the
     // (large) state of the run inline.
-    let verdict = Box::pin(super::trace::trace(shared, def, Arc::new(request), slot)).await;
+    let verdict = Box::pin(super::trace::trace(shared, def, request, slot, stop)).await;
     if acks_late {
         match verdict {
             Verdict::Ack => Box::pin(shared.ack(&tag)).await,
-            Verdict::Reject { requeue } => Box::pin(shared.reject(&tag, requeue)).await,
+            Verdict::Reject { requeue } => {
+                shared.events.task(
+                    || shared.state.clock_forward(),
+                    || Event::TaskRejected {
+                        uuid: id.clone(),
+                        requeue,
+                    },
+                );
+                Box::pin(shared.reject(&tag, requeue)).await
+            }
         }
     }
     drop(held);
     shared.processed.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Stops holding a request when its handler ends, however it ends.
+struct Release<'a>(&'a Shared, &'a str);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.state.release(self.1);
+    }
+}
+
+/// `argsrepr` / `kwargsrepr` as sent, else computed as Python shows them.
+fn request_repr(r: &Request, header: &str) -> String {
+    if let Some(s) = r.headers.get(header).and_then(Value::as_str) {
+        return s.to_string();
+    }
+    if header == "argsrepr" {
+        pyrepr::repr_args(&r.args)
+    } else {
+        pyrepr::repr(&Value::Object(r.kwargs.clone()))
+    }
+}
+
 /// The request a task runs for; time limits resolved as Celery does:
 /// message header, else the task's own, else the worker's.
 fn build_request(
-    cfg: &Config,
+    shared: &Shared,
     def: &TaskDef,
     msg: TaskMessage,
     env: &Envelope,
     queue: &str,
 ) -> Request {
+    let cfg: &Config = &shared.config;
     let mut request = Request::from_message(msg, env, queue, &cfg.hostname);
     let (hard, soft) = request.timelimit;
     let option = |s: Option<f64>| s.map(crate::task::seconds_number);
+    // `time_limit` sent to the live worker replaces the task's own limits.
+    let (task_soft, task_hard) = shared
+        .state
+        .time_limits(&def.name)
+        .unwrap_or((def.options.soft_time_limit, def.options.time_limit));
     request.timelimit = (
-        hard.or(option(def.options.time_limit))
-            .or(cfg.task_time_limit.clone()),
-        soft.or(option(def.options.soft_time_limit))
+        hard.or(option(task_hard)).or(cfg.task_time_limit.clone()),
+        soft.or(option(task_soft))
             .or(cfg.task_soft_time_limit.clone()),
     );
     request
@@ -225,15 +300,28 @@ async fn refuse(shared: &Shared, tag: &str, err: &DecodeError) {
     shared.reject(tag, false).await;
 }
 
-/// An expired request is not run: REVOKED with reason `expired`, then acked.
-async fn expired(shared: &Shared, tag: &str, name: &str, request: &Request) {
+/// Why a request is discarded without running.
+#[derive(Clone, Copy, PartialEq)]
+enum Discard {
+    Expired,
+    Revoked,
+}
+
+/// Celery's `Request.revoked()` / expiry: `Discarding revoked task`,
+/// `task-revoked`, REVOKED stored (reason `expired` or `revoked`), acked.
+async fn discard(shared: &Shared, tag: &str, name: &str, request: &Request, why: Discard) {
     tracing::info!("Discarding revoked task: {name}[{}]", request.id);
-    let err = TaskError::new(
-        "TaskRevokedError",
-        "celery.exceptions",
-        vec!["expired".into()],
+    let expired = why == Discard::Expired;
+    shared.events.task(
+        || shared.state.clock_forward(),
+        || Event::TaskRevoked {
+            uuid: request.id.clone(),
+            terminated: false,
+            signum: None,
+            expired,
+        },
     );
-    let mut m = ResultMeta::new(&request.id, "REVOKED", err.to_meta());
+    let mut m = super::revoked_meta(&request.id, if expired { "expired" } else { "revoked" });
     m.group_id = request.group.clone();
     m.parent_id = request.parent_id.clone();
     shared.store_state(&m).await;

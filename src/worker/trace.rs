@@ -6,6 +6,8 @@ use super::Shared;
 use super::execute::{self, States};
 use crate::backend::ChordPart;
 use crate::canvas::{self, Outgoing, Sender, Signature};
+use crate::events::Event;
+use super::state::Stop;
 use crate::protocol::pyrepr;
 use crate::protocol::result_meta::{Extended, ResultMeta};
 use crate::registry::TaskDef;
@@ -31,6 +33,8 @@ enum Ending {
     Raised(TaskError),
     /// The hard time limit (seconds) passed first.
     TimedOut(serde_json::Number),
+    /// `revoke(terminate=True)` stopped it with this signal.
+    Terminated(i32),
 }
 
 /// Runs `request` and settles its outcome. `slot` is released as soon as the
@@ -40,6 +44,7 @@ pub(crate) async fn trace(
     def: Arc<TaskDef>,
     request: Arc<Request>,
     slot: OwnedSemaphorePermit,
+    stop: Arc<Stop>,
 ) -> Verdict {
     let cfg = &shared.config;
     let ignore_result = request
@@ -73,7 +78,7 @@ pub(crate) async fn trace(
     }
 
     let start = Instant::now();
-    let ending = t.run_limited(&name).await;
+    let ending = t.run_limited(&name, &stop).await;
     let runtime = start.elapsed().as_secs_f64();
     // When results can't be written (backend down), slots stay taken and
     // consuming stops, instead of finished results piling up in memory.
@@ -112,6 +117,10 @@ pub(crate) async fn trace(
                 vec![hard.into()],
             );
             t.failed(&name, err, false).await
+        }
+        Ending::Terminated(signum) => {
+            t.terminated(&name, signum).await;
+            Verdict::Ack
         }
     }
 }
@@ -155,7 +164,7 @@ impl Tracer<'_> {
     /// Binds arguments and runs the body; the soft limit raises the task's
     /// flag, the hard limit abandons it (a blocking thread finishes in the
     /// background, its result discarded) and frees the slot.
-    async fn run_limited(&self, name: &str) -> Ending {
+    async fn run_limited(&self, name: &str, stop: &Stop) -> Ending {
         let args =
             match self
                 .def
@@ -172,6 +181,17 @@ impl Tracer<'_> {
             ignore_result: self.ignore_result,
         });
         let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit));
+        let process = ctx.process_handle();
+        let shared = self.shared;
+        shared
+            .state
+            .start(&self.request.id, &self.request.task, Some(Arc::clone(&process)));
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskStarted {
+                uuid: self.request.id.clone(),
+            },
+        );
         let (hard, soft) = self.request.timelimit.clone();
         let secs =
             |n: &serde_json::Number| Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).max(0.0));
@@ -187,12 +207,35 @@ impl Tracer<'_> {
             })
         });
         let body = execute::run(self.def, ctx, args);
-        let ending = match hard {
-            Some(h) => match tokio::time::timeout(secs(&h), body).await {
-                Ok(r) => r.into(),
-                Err(_) => Ending::TimedOut(h),
-            },
-            None => body.await.into(),
+        let limited = async {
+            match hard {
+                Some(h) => match tokio::time::timeout(secs(&h), body).await {
+                    Ok(r) => r.into(),
+                    Err(_) => Ending::TimedOut(h),
+                },
+                None => body.await.into(),
+            }
+        };
+        // A terminate stops the run: the pool process gets the signal (then
+        // is replaced), an async body is dropped; a blocking body can't be
+        // stopped, so its outcome is discarded.
+        let ending = tokio::select! {
+            e = limited => e,
+            _ = stop.stopped(), if stop.signal().is_some() || !stop.is_stopped() => {
+                let signum = stop.signal().unwrap_or(libc::SIGTERM);
+                let pid = process.load(std::sync::atomic::Ordering::Acquire);
+                if pid != 0 {
+                    // SAFETY: signalling the pool child that runs this body.
+                    unsafe { libc::kill(pid as i32, signum) };
+                } else if matches!(self.def.handler, crate::registry::Handler::Blocking(_)) {
+                    tracing::warn!(
+                        "Task {name}[{}] runs a blocking body that cannot be stopped: \
+                         it goes on in the background and its outcome is discarded",
+                        self.request.id
+                    );
+                }
+                Ending::Terminated(signum)
+            }
         };
         if let Some(t) = soft_timer {
             t.abort();
@@ -227,6 +270,15 @@ impl Tracer<'_> {
             self.shared.store_state(&m).await;
         }
         self.chord_part("SUCCESS", value).await;
+        let shared = self.shared;
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskSucceeded {
+                uuid: self.request.id.clone(),
+                result: truncate(&shown, 1024).to_string(),
+                runtime,
+            },
+        );
         tracing::info!(
             "Task {name}[{}] succeeded in {}s: {}",
             self.request.id,
@@ -278,6 +330,15 @@ impl Tracer<'_> {
             &self.sender(),
         ))
         .await;
+        let shared = self.shared;
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskFailed {
+                uuid: self.request.id.clone(),
+                exception: err.repr(),
+                traceback: traceback.clone(),
+            },
+        );
         tracing::error!(
             "Task {name}[{}] raised unexpected: {}\n{}",
             self.request.id,
@@ -394,8 +455,44 @@ impl Tracer<'_> {
             m.children = Some(vec![canvas::child_ref(&r.id)]);
             self.shared.store_state(&m).await;
         }
+        let shared = self.shared;
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskRetried {
+                uuid: r.id.clone(),
+                exception: format!("Retry({})", pyrepr::repr_str(&reason)),
+                traceback: String::new(),
+            },
+        );
         tracing::info!("Task {name}[{}] retry: {reason}", r.id);
         true
+    }
+
+    /// Celery's `_announce_revoked('terminated', …)`: REVOKED with reason
+    /// `terminated`, `task-revoked`, the chord told.
+    async fn terminated(&self, name: &str, signum: i32) {
+        let r = self.request;
+        tracing::info!("Task {name}[{}] terminated by signal {signum}", r.id);
+        let shared = self.shared;
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskRevoked {
+                uuid: r.id.clone(),
+                terminated: true,
+                signum: Some(signum),
+                expired: false,
+            },
+        );
+        let m = {
+            let mut m = super::revoked_meta(&r.id, "terminated");
+            m.group_id = r.group.clone();
+            m.parent_id = r.parent_id.clone();
+            m
+        };
+        if self.store_errors {
+            self.shared.store_state(&m).await;
+        }
+        self.chord_part("REVOKED", m.result.clone()).await;
     }
 
     /// A chord header part finished: record it and, if it completed the chord

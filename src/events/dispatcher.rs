@@ -1,0 +1,165 @@
+//! The event dispatcher: one service that publishes events to the `celeryev`
+//! exchange. Senders never wait: an event is stamped (clock, time) and
+//! queued; the service drains whatever is queued at once, so under load task
+//! events leave in `task.multi` batches (as Celery's buffered dispatcher
+//! sends them) and when idle each leaves immediately.
+
+use super::{Common, Event};
+use crate::broker::Broker;
+use crate::protocol::pidbox;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// The `celeryev` exchange (`event_exchange`).
+pub const EXCHANGE: &str = "celeryev";
+
+/// Most events published in one `task.multi` message.
+const MAX_BATCH: usize = 256;
+
+enum Item {
+    Event {
+        event: Event,
+        clock: u64,
+        timestamp: f64,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side, shared by everything that emits events.
+pub struct Events {
+    tx: mpsc::UnboundedSender<Item>,
+    task_events: AtomicBool,
+    /// Worker events (heartbeats) are on unless `--without-heartbeat`.
+    worker_events: bool,
+}
+
+impl Events {
+    /// Starts the dispatcher service publishing on `broker` as `hostname`.
+    pub fn start(
+        broker: Arc<dyn Broker>,
+        hostname: String,
+        task_events: bool,
+        worker_events: bool,
+    ) -> Arc<Events> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_loop(broker, hostname, rx));
+        Arc::new(Events {
+            tx,
+            task_events: AtomicBool::new(task_events),
+            worker_events,
+        })
+    }
+
+    /// Task events are being sent (`-E` or `enable_events`).
+    pub fn task_events(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
+    /// Switches task events; returns the previous setting.
+    pub fn set_task_events(&self, on: bool) -> bool {
+        self.task_events.swap(on, Ordering::Relaxed)
+    }
+
+    pub fn worker_events(&self) -> bool {
+        self.worker_events
+    }
+
+    /// Queues a task event, built only if task events are on.
+    pub fn task(&self, clock: impl FnOnce() -> u64, build: impl FnOnce() -> Event) {
+        if self.task_events() {
+            self.send(build(), clock());
+        }
+    }
+
+    /// Queues an event stamped with `clock` and the current time.
+    pub fn send(&self, event: Event, clock: u64) {
+        let _ = self.tx.send(Item::Event {
+            event,
+            clock,
+            timestamp: super::unix_now(),
+        });
+    }
+
+    /// Waits until everything queued so far has been published (shutdown).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Item::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
+        }
+    }
+}
+
+async fn publish_loop(
+    broker: Arc<dyn Broker>,
+    hostname: String,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) {
+    let pid = std::process::id();
+    let mut items = Vec::with_capacity(MAX_BATCH);
+    let mut failing = false;
+    while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
+        let mut tasks = Vec::new();
+        let mut flushes = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                Item::Flush(done) => flushes.push(done),
+                Item::Event {
+                    event,
+                    clock,
+                    timestamp,
+                } => {
+                    let common = Common {
+                        hostname: &hostname,
+                        pid,
+                        clock,
+                        timestamp,
+                    };
+                    let body = event.to_json(&common);
+                    if event.is_task_event() {
+                        tasks.push(body);
+                    } else {
+                        let rk = event.routing_key();
+                        let env = envelope(&hostname, &body, &rk);
+                        report(&mut failing, broker.publish_fanout(EXCHANGE, &rk, &env).await);
+                    }
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            let env = envelope(&hostname, &Value::Array(tasks), "task.multi");
+            report(
+                &mut failing,
+                broker.publish_fanout(EXCHANGE, "task.multi", &env).await,
+            );
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Events are fire-and-forget (as on Celery's Redis transport): a failure is
+/// logged once until publishing works again.
+fn report(failing: &mut bool, outcome: Result<(), crate::broker::BrokerError>) {
+    match outcome {
+        Ok(()) if *failing => {
+            tracing::info!("Events: publishing again");
+            *failing = false;
+        }
+        Ok(()) => {}
+        Err(e) if !*failing => {
+            tracing::warn!("Events: cannot publish, events are dropped until it works: {e}");
+            *failing = true;
+        }
+        Err(_) => {}
+    }
+}
+
+/// The event envelope: header `hostname`, transient delivery.
+pub fn envelope(hostname: &str, body: &Value, routing_key: &str) -> crate::protocol::Envelope {
+    let mut headers = Map::new();
+    headers.insert("hostname".into(), json!(hostname));
+    pidbox::envelope(body, headers, EXCHANGE, routing_key, 1)
+}

@@ -1,0 +1,287 @@
+//! Celery's events (SPEC §9): typed here, serialised once by the
+//! [`dispatcher`] on their way to the `celeryev` exchange.
+//!
+//! Worker events (`worker-online`, `-heartbeat`, `-offline`) go out whenever
+//! heartbeats are on; task events only while task events are enabled
+//! (`-E`, `worker_send_task_events`, or the `enable_events` command), and the
+//! check costs one atomic load, so a disabled event never allocates.
+
+pub mod dispatcher;
+
+use serde_json::{Map, Value, json};
+
+/// What the worker reports about itself in every worker event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    /// Heartbeat interval in seconds (`freq`).
+    pub freq: f64,
+    pub active: usize,
+    pub processed: u64,
+    pub loadavg: [f64; 3],
+}
+
+/// One event, before the common fields (hostname, clock, …) are added.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    WorkerOnline(WorkerStatus),
+    WorkerHeartbeat(WorkerStatus),
+    WorkerOffline(WorkerStatus),
+    TaskReceived {
+        uuid: String,
+        name: String,
+        /// `argsrepr` / `kwargsrepr`.
+        args: String,
+        kwargs: String,
+        root_id: Option<String>,
+        parent_id: Option<String>,
+        retries: u32,
+        eta: Option<String>,
+        expires: Option<String>,
+    },
+    TaskStarted {
+        uuid: String,
+    },
+    TaskSucceeded {
+        uuid: String,
+        /// Python repr of the return value.
+        result: String,
+        runtime: f64,
+    },
+    TaskFailed {
+        uuid: String,
+        exception: String,
+        traceback: String,
+    },
+    TaskRetried {
+        uuid: String,
+        exception: String,
+        traceback: String,
+    },
+    TaskRejected {
+        uuid: String,
+        requeue: bool,
+    },
+    TaskRevoked {
+        uuid: String,
+        terminated: bool,
+        signum: Option<i32>,
+        expired: bool,
+    },
+}
+
+/// The fields every event carries, in Celery's order around the specific ones.
+#[derive(Debug, Clone)]
+pub struct Common<'a> {
+    pub hostname: &'a str,
+    pub pid: u32,
+    pub clock: u64,
+    pub timestamp: f64,
+}
+
+impl Event {
+    /// `worker-heartbeat`, `task-succeeded`, …
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::WorkerOnline(_) => "worker-online",
+            Event::WorkerHeartbeat(_) => "worker-heartbeat",
+            Event::WorkerOffline(_) => "worker-offline",
+            Event::TaskReceived { .. } => "task-received",
+            Event::TaskStarted { .. } => "task-started",
+            Event::TaskSucceeded { .. } => "task-succeeded",
+            Event::TaskFailed { .. } => "task-failed",
+            Event::TaskRetried { .. } => "task-retried",
+            Event::TaskRejected { .. } => "task-rejected",
+            Event::TaskRevoked { .. } => "task-revoked",
+        }
+    }
+
+    /// Task events belong to the `task` group that `-E` switches on.
+    pub fn is_task_event(&self) -> bool {
+        !matches!(
+            self,
+            Event::WorkerOnline(_) | Event::WorkerHeartbeat(_) | Event::WorkerOffline(_)
+        )
+    }
+
+    /// The routing key: the type with `-` as `.` (`worker.heartbeat`).
+    pub fn routing_key(&self) -> String {
+        self.type_name().replace('-', ".")
+    }
+
+    /// The event body as Celery's `event()` + dispatcher build it.
+    pub fn to_json(&self, c: &Common<'_>) -> Value {
+        let mut m = Map::new();
+        m.insert("hostname".into(), json!(c.hostname));
+        m.insert("utcoffset".into(), json!(utcoffset_hours()));
+        m.insert("pid".into(), json!(c.pid));
+        m.insert("clock".into(), json!(c.clock));
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.into(), v);
+        };
+        match self {
+            Event::WorkerOnline(s) | Event::WorkerHeartbeat(s) | Event::WorkerOffline(s) => {
+                put("freq", json!(s.freq));
+                put("active", json!(s.active));
+                put("processed", json!(s.processed));
+                put("loadavg", json!(s.loadavg));
+                put("sw_ident", json!(SW_IDENT));
+                put("sw_ver", json!(env!("CARGO_PKG_VERSION")));
+                put("sw_sys", json!(sw_sys()));
+            }
+            Event::TaskReceived {
+                uuid,
+                name,
+                args,
+                kwargs,
+                root_id,
+                parent_id,
+                retries,
+                eta,
+                expires,
+            } => {
+                put("uuid", json!(uuid));
+                put("name", json!(name));
+                put("args", json!(args));
+                put("kwargs", json!(kwargs));
+                put("root_id", json!(root_id));
+                put("parent_id", json!(parent_id));
+                put("retries", json!(retries));
+                put("eta", json!(eta));
+                put("expires", json!(expires));
+            }
+            Event::TaskStarted { uuid } => put("uuid", json!(uuid)),
+            Event::TaskSucceeded {
+                uuid,
+                result,
+                runtime,
+            } => {
+                put("uuid", json!(uuid));
+                put("result", json!(result));
+                put("runtime", json!(runtime));
+            }
+            Event::TaskFailed {
+                uuid,
+                exception,
+                traceback,
+            }
+            | Event::TaskRetried {
+                uuid,
+                exception,
+                traceback,
+            } => {
+                put("uuid", json!(uuid));
+                put("exception", json!(exception));
+                put("traceback", json!(traceback));
+            }
+            Event::TaskRejected { uuid, requeue } => {
+                put("uuid", json!(uuid));
+                put("requeue", json!(requeue));
+            }
+            Event::TaskRevoked {
+                uuid,
+                terminated,
+                signum,
+                expired,
+            } => {
+                put("uuid", json!(uuid));
+                put("terminated", json!(terminated));
+                put("signum", json!(signum));
+                put("expired", json!(expired));
+            }
+        }
+        m.insert("timestamp".into(), json!(c.timestamp));
+        m.insert("type".into(), json!(self.type_name()));
+        Value::Object(m)
+    }
+}
+
+/// `sw_ident` of worker events: who is speaking, for `celery events` and Flower.
+pub const SW_IDENT: &str = "rust-celery-worker";
+
+/// `platform.system()`.
+pub fn sw_sys() -> &'static str {
+    match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        "freebsd" => "FreeBSD",
+        other => other,
+    }
+}
+
+/// Celery's `utcoffset()`: hours west of UTC of the local zone (`0.0` in UTC).
+pub fn utcoffset_hours() -> f64 {
+    let secs = chrono::Local::now().offset().local_minus_utc();
+    // Celery: `(timezone if not isdst else altzone) // 3600`, i.e. minus the east offset.
+    (-(secs as f64) / 3600.0).floor() + 0.0
+}
+
+/// The 1, 5 and 15 minute load averages, rounded as Celery's `load_average`.
+pub fn loadavg() -> [f64; 3] {
+    let mut out = [0.0; 3];
+    if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
+        for (slot, part) in out.iter_mut().zip(text.split_whitespace()) {
+            *slot = part
+                .parse::<f64>()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+/// Unix time now, as a float.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_received_has_celerys_fields_in_order() {
+        let e = Event::TaskReceived {
+            uuid: "u".into(),
+            name: "tasks.add".into(),
+            args: "(2, 3)".into(),
+            kwargs: "{}".into(),
+            root_id: Some("u".into()),
+            parent_id: None,
+            retries: 0,
+            eta: None,
+            expires: None,
+        };
+        let v = e.to_json(&Common {
+            hostname: "w@h",
+            pid: 7,
+            clock: 4,
+            timestamp: 1.5,
+        });
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "hostname",
+                "utcoffset",
+                "pid",
+                "clock",
+                "uuid",
+                "name",
+                "args",
+                "kwargs",
+                "root_id",
+                "parent_id",
+                "retries",
+                "eta",
+                "expires",
+                "timestamp",
+                "type"
+            ]
+        );
+        assert_eq!(e.routing_key(), "task.received");
+    }
+}
