@@ -53,7 +53,12 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
         "- *** --- * --- .> concurrency: {} ({pool}), prefetch {prefetch}",
         cfg.concurrency
     );
-    let _ = writeln!(out, "-- ******* ---- .> task events: OFF");
+    let events = if cfg.task_events {
+        "ON"
+    } else {
+        "OFF (enable -E to monitor tasks in this worker)"
+    };
+    let _ = writeln!(out, "-- ******* ---- .> task events: {events}");
     let _ = writeln!(out, "--- ***** ----- ");
     let _ = writeln!(out, " -------------- [queues]");
     for q in &cfg.queues {
@@ -63,7 +68,8 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
         );
     }
     let _ = writeln!(out, "\n[tasks]");
-    for name in registry.names() {
+    // As Celery's banner: the app's tasks, not the built-in `celery.*` ones.
+    for name in registry.names().into_iter().filter(|n| !n.starts_with("celery.")) {
         let _ = writeln!(out, "  . {name}");
     }
     out

@@ -276,6 +276,7 @@ pub async fn start(config: Config, app: App) -> Result<()> {
         .context("installing signal handlers")?;
 
     let mut registry = Registry::new();
+    crate::builtins::register(&mut registry);
     crate::tasks::register_all(
         &mut registry,
         &crate::tasks::TaskEnv {

@@ -45,6 +45,7 @@
 
 pub mod backend;
 pub mod banner;
+pub mod builtins;
 pub mod broker;
 pub mod canvas;
 pub mod cli;
