@@ -63,12 +63,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if let Some(expires) = expires
         && expires <= chrono::Utc::now()
     {
-        let request = build_request(shared, &def, msg, &envelope, &queue);
-        return Box::pin(discard(shared, &tag, &name, &request, Discard::Expired)).await;
+        let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
+        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
     }
     if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
-        let request = build_request(shared, &def, msg, &envelope, &queue);
-        return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+        let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
+        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
@@ -106,7 +106,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.stopped() => {
-                return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+                return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
             }
             _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
@@ -114,7 +114,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         if let Some(expires) = expires
             && expires <= chrono::Utc::now()
         {
-            return Box::pin(discard(shared, &tag, &name, &request, Discard::Expired)).await;
+            return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
         }
     }
 
@@ -125,7 +125,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         tokio::select! {
             _ = bucket.acquire() => {}
             _ = stop.stopped() => {
-                return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+                return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
             }
             _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
@@ -140,7 +140,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let slot = tokio::select! {
         s = slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
         _ = stop.stopped() => {
-            return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+            return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
         }
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
@@ -150,7 +150,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     // Revoked while it waited (Celery checks again before executing).
     if stop.is_stopped() || shared.state.is_revoked(&id) {
         drop(slot);
-        return Box::pin(discard(shared, &tag, &name, &request, Discard::Revoked)).await;
+        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
     }
     let acks_late = def
         .options
@@ -309,7 +309,14 @@ enum Discard {
 
 /// Celery's `Request.revoked()` / expiry: `Discarding revoked task`,
 /// `task-revoked`, REVOKED stored (reason `expired` or `revoked`), acked.
-async fn discard(shared: &Shared, tag: &str, name: &str, request: &Request, why: Discard) {
+async fn discard(
+    shared: &Arc<Shared>,
+    def: &TaskDef,
+    tag: &str,
+    name: &str,
+    request: &Arc<Request>,
+    why: Discard,
+) {
     tracing::info!("Discarding revoked task: {name}[{}]", request.id);
     let expired = why == Discard::Expired;
     shared.events.task(
@@ -325,5 +332,8 @@ async fn discard(shared: &Shared, tag: &str, name: &str, request: &Request, why:
     m.group_id = request.group.clone();
     m.parent_id = request.parent_id.clone();
     shared.store_state(&m).await;
+    if request.embed.chord.is_some() {
+        super::trace::chord_part_revoked(shared, def, request, m.result).await;
+    }
     shared.ack(tag).await;
 }

@@ -47,24 +47,7 @@ pub(crate) async fn trace(
     stop: Arc<Stop>,
 ) -> Verdict {
     let cfg = &shared.config;
-    let ignore_result = request
-        .headers
-        .get("ignore_result")
-        .and_then(Value::as_bool)
-        .or(def.options.ignore_result)
-        .unwrap_or(cfg.task_ignore_result);
-    let store_errors = !ignore_result
-        || def
-            .options
-            .store_errors_even_if_ignored
-            .unwrap_or(cfg.task_store_errors_even_if_ignored);
-    let t = Tracer {
-        shared,
-        def: &def,
-        request: &request,
-        ignore_result,
-        store_errors,
-    };
+    let t = Tracer::new(shared, &def, &request);
     let name = request
         .headers
         .get("shadow")
@@ -72,7 +55,7 @@ pub(crate) async fn trace(
         .unwrap_or(&request.task)
         .to_string();
 
-    if !ignore_result && def.options.track_started.unwrap_or(cfg.task_track_started) {
+    if !t.ignore_result && def.options.track_started.unwrap_or(cfg.task_track_started) {
         let started = json!({"pid": std::process::id(), "hostname": cfg.hostname});
         shared.store_state(&t.meta("STARTED", started)).await;
     }
@@ -131,6 +114,43 @@ struct Tracer<'a> {
     request: &'a Arc<Request>,
     ignore_result: bool,
     store_errors: bool,
+}
+
+/// A chord header task revoked before it ran still counts for its chord
+/// (Celery's `mark_as_revoked` → `on_chord_part_return`): the chord fails.
+pub(crate) async fn chord_part_revoked(
+    shared: &Arc<Shared>,
+    def: &TaskDef,
+    request: &Arc<Request>,
+    exc: Value,
+) {
+    Tracer::new(shared, def, request)
+        .chord_part("REVOKED", exc)
+        .await;
+}
+
+impl<'a> Tracer<'a> {
+    fn new(shared: &'a Arc<Shared>, def: &'a TaskDef, request: &'a Arc<Request>) -> Tracer<'a> {
+        let cfg = &shared.config;
+        let ignore_result = request
+            .headers
+            .get("ignore_result")
+            .and_then(Value::as_bool)
+            .or(def.options.ignore_result)
+            .unwrap_or(cfg.task_ignore_result);
+        let store_errors = !ignore_result
+            || def
+                .options
+                .store_errors_even_if_ignored
+                .unwrap_or(cfg.task_store_errors_even_if_ignored);
+        Tracer {
+            shared,
+            def,
+            request,
+            ignore_result,
+            store_errors,
+        }
+    }
 }
 
 impl Tracer<'_> {
