@@ -372,3 +372,151 @@ async fn rediss_urls_speak_tls() {
             .is_err()
     );
 }
+
+// ---- broadcast and remote control ----
+
+#[tokio::test]
+async fn fanout_reaches_subscribers_on_kombus_topic_with_the_key_prefix() {
+    let server = RedisServer::start();
+    let opts = TransportOptions {
+        global_keyprefix: "pfx:".into(),
+        ..Default::default()
+    };
+    let b = broker(&server, &["celery"], opts).await;
+    let mut rx = b
+        .subscribe_fanout("celery.pidbox", "w1@h.celery.pidbox")
+        .await
+        .unwrap();
+    // The binding a Python worker declares for its pidbox queue.
+    let mut c = server.conn();
+    let members: Vec<String> = c.smembers("pfx:_kombu.binding.celery.pidbox").unwrap();
+    assert_eq!(members, ["\x06\x16\x06\x16w1@h.celery.pidbox"]);
+    // A raw PUBLISH on the prefixed topic, as kombu sends it.
+    let env = envelope("f-1", "celery", 0);
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("pfx:/0.celery.pidbox")
+        .arg(env.to_json())
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let raw = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Envelope::parse(&raw).unwrap(), env);
+    // Our own fanout publish lands on the same topic.
+    b.publish_fanout("celery.pidbox", "", &env).await.unwrap();
+    let raw = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Envelope::parse(&raw).unwrap(), env);
+}
+
+#[tokio::test]
+async fn direct_publish_follows_the_binding_table_and_drops_unrouted() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    let mut c = server.conn();
+    let _: () = c
+        .sadd(
+            "_kombu.binding.reply.celery.pidbox",
+            "oid-1\x06\x16\x06\x16oid-1.reply.celery.pidbox",
+        )
+        .unwrap();
+    let env = envelope("r-1", "x", 0);
+    b.publish_direct("reply.celery.pidbox", "oid-1", &env)
+        .await
+        .unwrap();
+    b.publish_direct("reply.celery.pidbox", "nobody", &env)
+        .await
+        .unwrap();
+    let raw: Vec<u8> = c.rpop("oid-1.reply.celery.pidbox", None).unwrap();
+    assert_eq!(Envelope::parse(&raw).unwrap(), env);
+    let keys: Vec<String> = c.keys("*nobody*").unwrap();
+    assert!(keys.is_empty(), "unrouted reply was stored: {keys:?}");
+}
+
+#[tokio::test]
+async fn collect_replies_gathers_until_the_timeout_and_cleans_up() {
+    let server = RedisServer::start();
+    let b = std::sync::Arc::new(broker(&server, &["celery"], TransportOptions::default()).await);
+    // A neighbour answering every broadcast on the reply queue it names.
+    let mut rx = b
+        .subscribe_fanout("celery.pidbox", "n@h.celery.pidbox")
+        .await
+        .unwrap();
+    let answering = std::sync::Arc::clone(&b);
+    tokio::spawn(async move {
+        while let Some(raw) = rx.recv().await {
+            let req = rust_celery_worker::protocol::pidbox::ControlRequest::from_envelope(
+                &Envelope::parse(&raw).unwrap(),
+            )
+            .unwrap();
+            let reply_to = req.reply_to.unwrap();
+            let env = rust_celery_worker::protocol::pidbox::reply_envelope(
+                "n@h",
+                json!({"revoked": ["a"], "clock": 5}),
+                &reply_to,
+                req.ticket.as_deref().unwrap(),
+                6,
+            );
+            answering
+                .publish_direct(&reply_to.exchange, &reply_to.routing_key, &env)
+                .await
+                .unwrap();
+        }
+    });
+    let reply_to = rust_celery_worker::protocol::pidbox::ReplyTo {
+        exchange: "reply.celery.pidbox".into(),
+        routing_key: "oid-9".into(),
+    };
+    let req = rust_celery_worker::protocol::pidbox::request_envelope(
+        "hello",
+        json!({"from_node": "me@h", "revoked": []}),
+        Some(&reply_to),
+        Some("t-1"),
+        1,
+        0.0,
+    );
+    let started = std::time::Instant::now();
+    let replies = b
+        .collect_replies(
+            "reply.celery.pidbox",
+            "oid-9",
+            &req,
+            "celery.pidbox",
+            Duration::from_millis(700),
+        )
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(650));
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].headers["ticket"], "t-1");
+    let mut c = server.conn();
+    let left: Vec<String> = c.smembers("_kombu.binding.reply.celery.pidbox").unwrap();
+    assert!(left.is_empty(), "reply binding left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn consumed_queues_change_live() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["celery"], TransportOptions::default()).await;
+    assert!(b.add_queue("extra").await.unwrap());
+    assert!(!b.add_queue("extra").await.unwrap());
+    assert_eq!(b.queues(), ["celery", "extra"]);
+    let mut c = server.conn();
+    let bound: bool = c
+        .sismember("_kombu.binding.extra", "extra\x06\x16\x06\x16extra")
+        .unwrap();
+    assert!(bound);
+    b.publish("extra", &envelope("q-1", "extra", 0)).await.unwrap();
+    let got = b.fetch(1).await.unwrap();
+    assert_eq!(task_id(&got[0]), "q-1");
+    assert!(b.cancel_queue("extra"));
+    assert!(!b.cancel_queue("extra"));
+    b.publish("extra", &envelope("q-2", "extra", 0)).await.unwrap();
+    assert!(b.fetch(4).await.unwrap().is_empty());
+    let waiting: i64 = c.llen("extra").unwrap();
+    assert_eq!(waiting, 1);
+}

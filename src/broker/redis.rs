@@ -163,12 +163,15 @@ impl RedisBroker {
         })
     }
 
-    /// kombu's fanout topic: `/{db}.<exchange>`, `/<routing_key>` appended when set.
+    /// kombu's fanout topic: `/{db}.<exchange>`, `/<routing_key>` appended
+    /// when set; `global_keyprefix` in front (kombu prefixes PUBLISH and
+    /// PSUBSCRIBE alike).
     fn fanout_topic(&self, exchange: &str, routing_key: &str) -> String {
+        let g = &self.opts.global_keyprefix;
         if routing_key.is_empty() {
-            format!("{}{exchange}", self.fanout_prefix)
+            format!("{g}{}{exchange}", self.fanout_prefix)
         } else {
-            format!("{}{exchange}/{routing_key}", self.fanout_prefix)
+            format!("{g}{}{exchange}/{routing_key}", self.fanout_prefix)
         }
     }
 

@@ -147,10 +147,15 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             return Box::pin(shared.restore(&tag)).await;
         }
     };
-    // Revoked while it waited (Celery checks again before executing).
+    // Revoked or expired while it waited (Celery's `Request.revoked()`
+    // checks both again before executing).
     if stop.is_stopped() || shared.state.is_revoked(&id) {
         drop(slot);
         return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+    }
+    if expires.is_some_and(|e| e <= chrono::Utc::now()) {
+        drop(slot);
+        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
     }
     let acks_late = def
         .options
