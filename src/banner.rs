@@ -69,7 +69,11 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
     }
     let _ = writeln!(out, "\n[tasks]");
     // As Celery's banner: the app's tasks, not the built-in `celery.*` ones.
-    for name in registry.names().into_iter().filter(|n| !n.starts_with("celery.")) {
+    for name in registry
+        .names()
+        .into_iter()
+        .filter(|n| !n.starts_with("celery."))
+    {
         let _ = writeln!(out, "  . {name}");
     }
     out

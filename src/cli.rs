@@ -152,7 +152,7 @@ impl Cli {
         cfg.mingle &= !self.without_mingle;
         cfg.gossip &= !self.without_gossip;
         if let Some(i) = self.heartbeat_interval {
-            if !(i > 0.0) {
+            if i.is_nan() || i <= 0.0 {
                 bail!("--heartbeat-interval must be a positive number of seconds");
             }
             cfg.heartbeat_interval = i;

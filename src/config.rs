@@ -54,7 +54,10 @@ impl TransportOptions {
             m.insert("visibility_timeout".into(), self.visibility_timeout.into());
         }
         if self.global_keyprefix != d.global_keyprefix {
-            m.insert("global_keyprefix".into(), self.global_keyprefix.clone().into());
+            m.insert(
+                "global_keyprefix".into(),
+                self.global_keyprefix.clone().into(),
+            );
         }
         if self.priority_steps != d.priority_steps {
             m.insert("priority_steps".into(), self.priority_steps.clone().into());
@@ -418,6 +421,35 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// Celery's `node_format` for file names (`--statedb`, later `--pidfile`,
+/// `--logfile`): `%p` the node name, `%n` its name part, `%h` its host part,
+/// `%d` the host's domain, `%%` a percent sign.
+pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
+    let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
+    let domain = host.split_once('.').map_or("", |(_, d)| d);
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('p') => out.push_str(nodename),
+            Some('n') => out.push_str(name),
+            Some('h') => out.push_str(host),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,33 +496,4 @@ mod tests {
         assert_eq!(expand_hostname("w1@%h"), format!("w1@{host}"));
         assert_eq!(expand_hostname("w1"), "celery@w1");
     }
-}
-
-/// Celery's `node_format` for file names (`--statedb`, later `--pidfile`,
-/// `--logfile`): `%p` the node name, `%n` its name part, `%h` its host part,
-/// `%d` the host's domain, `%%` a percent sign.
-pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
-    let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
-    let domain = host.split_once('.').map_or("", |(_, d)| d);
-    let mut out = String::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('p') => out.push_str(nodename),
-            Some('n') => out.push_str(name),
-            Some('h') => out.push_str(host),
-            Some('d') => out.push_str(domain),
-            Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
 }

@@ -45,8 +45,8 @@
 
 pub mod backend;
 pub mod banner;
-pub mod builtins;
 pub mod broker;
+pub mod builtins;
 pub mod canvas;
 pub mod cli;
 pub mod config;

@@ -703,7 +703,10 @@ impl Broker for RedisBroker {
         let mut consumed = self.consumed.lock().expect("queues lock");
         let before = consumed.len();
         consumed.retain(|q| q != queue);
-        self.cycle.lock().expect("cycle lock").retain(|q| q != queue);
+        self.cycle
+            .lock()
+            .expect("cycle lock")
+            .retain(|q| q != queue);
         consumed.len() != before
     }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub(crate) fn request_info(shared: &Shared, h: &Held, safe: bool) -> Value {
     let r = &h.request;
     let (time_start, worker_pid) = match h.phase {
-        Phase::Active { time_start } => (json!(time_start), json!(h.worker_pid(shared.state.pid()))),
+        Phase::Active { time_start } => {
+            (json!(time_start), json!(h.worker_pid(shared.state.pid())))
+        }
         _ => (Value::Null, Value::Null),
     };
     let name = r
@@ -63,11 +65,7 @@ fn is_active(p: &Phase) -> bool {
 
 pub(crate) fn active(shared: &Shared, safe: bool) -> Value {
     let held = shared.state.in_phase(is_active);
-    Value::Array(
-        held.iter()
-            .map(|h| request_info(shared, h, safe))
-            .collect(),
-    )
+    Value::Array(held.iter().map(|h| request_info(shared, h, safe)).collect())
 }
 
 pub(crate) fn reserved(shared: &Shared) -> Value {
@@ -100,7 +98,10 @@ const DEFAULT_TASK_INFO_ITEMS: [&str; 3] = ["exchange", "routing_key", "rate_lim
 
 pub(crate) fn registered(shared: &Shared, items: Vec<String>, builtins: bool) -> Value {
     let items: Vec<String> = if items.is_empty() {
-        DEFAULT_TASK_INFO_ITEMS.iter().map(|s| s.to_string()).collect()
+        DEFAULT_TASK_INFO_ITEMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         items.into_iter().filter(|i| !i.starts_with('_')).collect()
     };
@@ -189,10 +190,7 @@ pub(crate) fn query_task(shared: &Shared, ids: &[String]) -> Value {
                 Phase::Reserved => "reserved",
                 Phase::Scheduled => "scheduled",
             };
-            out.insert(
-                id.clone(),
-                json!([state, request_info(shared, &h, false)]),
-            );
+            out.insert(id.clone(), json!([state, request_info(shared, &h, false)]));
         }
     }
     Value::Object(out)
@@ -205,10 +203,8 @@ pub(crate) fn stats(shared: &Arc<Shared>) -> Value {
     for (name, n) in shared.state.totals() {
         total.insert(name, json!(n));
     }
-    let timeouts = |n: &Option<serde_json::Number>| {
-        n.as_ref()
-            .map_or(json!(0), |n| Value::Number(n.clone()))
-    };
+    let timeouts =
+        |n: &Option<serde_json::Number>| n.as_ref().map_or(json!(0), |n| Value::Number(n.clone()));
     let pool = match &shared.pool {
         Some(p) => json!({
             "implementation": "rust_celery_worker.pool:PreforkPool",
@@ -285,7 +281,11 @@ fn own_conf(shared: &Shared, with_defaults: bool) -> Value {
         json!(c.result_backend.as_deref().map(mask_url)),
         Value::Null,
     );
-    put("task_default_queue", json!(c.task_default_queue), json!(d.task_default_queue));
+    put(
+        "task_default_queue",
+        json!(c.task_default_queue),
+        json!(d.task_default_queue),
+    );
     put("worker_concurrency", json!(c.concurrency), Value::Null);
     put(
         "worker_prefetch_multiplier",
@@ -293,8 +293,16 @@ fn own_conf(shared: &Shared, with_defaults: bool) -> Value {
         json!(d.prefetch_multiplier),
     );
     put("task_acks_late", json!(c.task_acks_late), json!(false));
-    put("task_track_started", json!(c.task_track_started), json!(false));
-    put("task_ignore_result", json!(c.task_ignore_result), json!(false));
+    put(
+        "task_track_started",
+        json!(c.task_track_started),
+        json!(false),
+    );
+    put(
+        "task_ignore_result",
+        json!(c.task_ignore_result),
+        json!(false),
+    );
     put("result_extended", json!(c.result_extended), json!(false));
     put(
         "result_expires",
@@ -302,13 +310,21 @@ fn own_conf(shared: &Shared, with_defaults: bool) -> Value {
         json!(d.result_expires.map(|e| e.as_secs_f64())),
     );
     put("task_time_limit", json!(c.task_time_limit), Value::Null);
-    put("task_soft_time_limit", json!(c.task_soft_time_limit), Value::Null);
+    put(
+        "task_soft_time_limit",
+        json!(c.task_soft_time_limit),
+        Value::Null,
+    );
     put(
         "task_default_rate_limit",
         json!(c.task_default_rate_limit),
         Value::Null,
     );
-    put("worker_send_task_events", json!(c.task_events), json!(false));
+    put(
+        "worker_send_task_events",
+        json!(c.task_events),
+        json!(false),
+    );
     put("accept_content", json!(["json"]), json!(["json"]));
     put("enable_utc", json!(true), json!(true));
     put("timezone", Value::Null, Value::Null);

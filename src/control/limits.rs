@@ -21,10 +21,7 @@ pub(crate) fn rate_limit(shared: &Arc<Shared>, args: &Map<String, Value>) -> Out
             Err(e) => {
                 return Ok(nok(format!(
                     "Invalid rate limit string: {}",
-                    crate::protocol::pyrepr::repr_exception(
-                        "ValueError",
-                        &[Value::String(e)]
-                    )
+                    crate::protocol::pyrepr::repr_exception("ValueError", &[Value::String(e)])
                 )));
             }
         }

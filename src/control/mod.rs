@@ -71,10 +71,17 @@ pub(crate) fn nok(text: impl Into<String>) -> Value {
 pub(crate) async fn serve(shared: Arc<Shared>) {
     let queue = format!("{}.{}", shared.config.hostname, pidbox::EXCHANGE);
     let mut requests = loop {
-        match shared.broker.subscribe_fanout(pidbox::EXCHANGE, &queue).await {
+        match shared
+            .broker
+            .subscribe_fanout(pidbox::EXCHANGE, &queue)
+            .await
+        {
             Ok(rx) => break rx,
             Err(e) => {
-                tracing::warn!("Remote control: cannot subscribe to {}: {e}", pidbox::EXCHANGE);
+                tracing::warn!(
+                    "Remote control: cannot subscribe to {}: {e}",
+                    pidbox::EXCHANGE
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     _ = shared.shutdown.warm() => return,
@@ -216,7 +223,10 @@ impl Args<'_> {
         match self.get(k) {
             Some(Value::Bool(b)) => *b,
             Some(Value::String(s)) => {
-                matches!(s.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on" | "y")
+                matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on" | "y"
+                )
             }
             Some(Value::Number(n)) => n.as_f64() != Some(0.0),
             _ => false,

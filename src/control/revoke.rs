@@ -38,7 +38,9 @@ async fn revoke_ids(
         for id in ids.iter().filter(|id| !active.contains(id)) {
             match backend.get_state(id).await {
                 Ok(s) if matches!(s.as_str(), "PENDING" | "RECEIVED" | "RETRY" | "REJECTED") => {
-                    shared.store_state(&crate::worker::revoked_meta(id, "revoked")).await;
+                    shared
+                        .store_state(&crate::worker::revoked_meta(id, "revoked"))
+                        .await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -96,7 +98,10 @@ pub(crate) fn signum(name: &str) -> Result<i32, CommandError> {
         _ => {
             return Err(CommandError::raised(
                 "TypeError",
-                &format!("signal name must be uppercase string, not {}", pyrepr::repr_str(n)),
+                &format!(
+                    "signal name must be uppercase string, not {}",
+                    pyrepr::repr_str(n)
+                ),
             ));
         }
     };

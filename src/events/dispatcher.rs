@@ -18,13 +18,18 @@ pub const EXCHANGE: &str = "celeryev";
 /// Most events published in one `task.multi` message.
 const MAX_BATCH: usize = 256;
 
+// Nearly every item is an event: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Item {
-    Event {
-        event: Event,
-        clock: u64,
-        timestamp: f64,
-    },
+    Event(Stamped),
     Flush(oneshot::Sender<()>),
+}
+
+/// An event with the clock and time it was sent at.
+struct Stamped {
+    event: Event,
+    clock: u64,
+    timestamp: f64,
 }
 
 /// The sending side, shared by everything that emits events.
@@ -75,11 +80,11 @@ impl Events {
 
     /// Queues an event stamped with `clock` and the current time.
     pub fn send(&self, event: Event, clock: u64) {
-        let _ = self.tx.send(Item::Event {
+        let _ = self.tx.send(Item::Event(Stamped {
             event,
             clock,
             timestamp: super::unix_now(),
-        });
+        }));
     }
 
     /// Waits until everything queued so far has been published (shutdown).
@@ -105,11 +110,11 @@ async fn publish_loop(
         for item in items.drain(..) {
             match item {
                 Item::Flush(done) => flushes.push(done),
-                Item::Event {
+                Item::Event(Stamped {
                     event,
                     clock,
                     timestamp,
-                } => {
+                }) => {
                     let common = Common {
                         hostname: &hostname,
                         pid,
@@ -122,7 +127,10 @@ async fn publish_loop(
                     } else {
                         let rk = event.routing_key();
                         let env = envelope(&hostname, &body, &rk);
-                        report(&mut failing, broker.publish_fanout(EXCHANGE, &rk, &env).await);
+                        report(
+                            &mut failing,
+                            broker.publish_fanout(EXCHANGE, &rk, &env).await,
+                        );
                     }
                 }
             }

@@ -96,7 +96,11 @@ impl ControlRequest {
             matcher: text(obj.remove("matcher")),
             ticket: text(obj.remove("ticket")),
             reply_to,
-            clock: env.headers.get("clock").and_then(Value::as_u64).unwrap_or(0),
+            clock: env
+                .headers
+                .get("clock")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             expires: env
                 .headers
                 .get("expires")

@@ -141,8 +141,7 @@ impl Pool {
     /// `pool_grow`: room for `n` more processes (started on first use).
     pub fn grow(&self, n: usize) {
         self.slots.add_permits(n);
-        self.size
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.size.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `pool_shrink`: up to `n` fewer processes (never below one); idle
@@ -261,7 +260,10 @@ pub fn pids() -> Vec<u32> {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                pids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+                pids.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
             }
         }
     }

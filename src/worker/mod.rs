@@ -122,11 +122,7 @@ impl Shared {
 /// REVOKED with Celery's `TaskRevokedError(reason)` (`revoked`, `expired`,
 /// `terminated`), as `mark_as_revoked` stores it.
 pub(crate) fn revoked_meta(id: &str, reason: &str) -> ResultMeta {
-    let err = TaskError::new(
-        "TaskRevokedError",
-        "celery.exceptions",
-        vec![reason.into()],
-    );
+    let err = TaskError::new("TaskRevokedError", "celery.exceptions", vec![reason.into()]);
     ResultMeta::new(id, "REVOKED", err.to_meta())
 }
 

@@ -5,8 +5,8 @@
 use super::Shared;
 use super::trace::Verdict;
 use crate::broker::Delivery;
-use crate::events::Event;
 use crate::config::Config;
+use crate::events::Event;
 use crate::protocol::pyrepr;
 use crate::protocol::result_meta::ResultMeta;
 use crate::protocol::{DecodeError, Envelope, TaskMessage};
@@ -64,11 +64,27 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         && expires <= chrono::Utc::now()
     {
         let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
-        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
+        return Box::pin(discard(
+            shared,
+            &def,
+            &tag,
+            &name,
+            &request,
+            Discard::Expired,
+        ))
+        .await;
     }
     if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
         let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
-        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+        return Box::pin(discard(
+            shared,
+            &def,
+            &tag,
+            &name,
+            &request,
+            Discard::Revoked,
+        ))
+        .await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
@@ -93,7 +109,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let wait = eta
         .map(|eta| (eta - chrono::Utc::now()).to_std().unwrap_or_default())
         .filter(|w| !w.is_zero());
-    let shown_eta = wait.and(eta).map(crate::protocol::result_meta::format_date_done);
+    let shown_eta = wait
+        .and(eta)
+        .map(crate::protocol::result_meta::format_date_done);
     let stop = shared.state.hold(Arc::clone(&request), shown_eta);
     // However this ends, the request stops being held.
     let _held_guard = Release(shared, &id);
@@ -114,7 +132,15 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         if let Some(expires) = expires
             && expires <= chrono::Utc::now()
         {
-            return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
+            return Box::pin(discard(
+                shared,
+                &def,
+                &tag,
+                &name,
+                &request,
+                Discard::Expired,
+            ))
+            .await;
         }
     }
 
@@ -151,11 +177,27 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     // checks both again before executing).
     if stop.is_stopped() || shared.state.is_revoked(&id) {
         drop(slot);
-        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+        return Box::pin(discard(
+            shared,
+            &def,
+            &tag,
+            &name,
+            &request,
+            Discard::Revoked,
+        ))
+        .await;
     }
     if expires.is_some_and(|e| e <= chrono::Utc::now()) {
         drop(slot);
-        return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Expired)).await;
+        return Box::pin(discard(
+            shared,
+            &def,
+            &tag,
+            &name,
+            &request,
+            Discard::Expired,
+        ))
+        .await;
     }
     let acks_late = def
         .options

@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 pub const REVOKES_MAX: usize = 50_000;
 pub const REVOKE_EXPIRES: Duration = Duration::from_secs(10_800);
 
+/// A task's (soft, hard) time limits in seconds, as `time_limit` sets them.
+pub type SoftHard = (Option<f64>, Option<f64>);
+
 /// Where a held request is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Phase {
@@ -166,7 +169,7 @@ pub struct WorkerState {
     clock: AtomicU64,
     started: Instant,
     /// Live changes made by `time_limit`: task → (soft, hard).
-    time_limits: Mutex<HashMap<String, (Option<f64>, Option<f64>)>>,
+    time_limits: Mutex<HashMap<String, SoftHard>>,
     /// `revoke_by_stamped_headers`: stamp name → revoked values.
     revoked_stamps: Mutex<HashMap<String, Vec<Value>>>,
     pid: AtomicU32,
@@ -474,7 +477,10 @@ fn stamp_matches(
         let Some(values) = revoked.get(name) else {
             continue;
         };
-        let Some(v) = stamps.and_then(|s| s.get(name)).or_else(|| headers.get(name)) else {
+        let Some(v) = stamps
+            .and_then(|s| s.get(name))
+            .or_else(|| headers.get(name))
+        else {
             continue;
         };
         let carried: Vec<&Value> = match v {

@@ -19,8 +19,12 @@ pub fn load(path: &Path) -> Result<Saved, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a rust-celery-worker state file: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a rust-celery-worker state file: {e}",
+            path.display()
+        )
+    })?;
     Ok(Saved {
         revoked: v
             .get("revoked")

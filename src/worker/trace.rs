@@ -4,10 +4,10 @@
 
 use super::Shared;
 use super::execute::{self, States};
+use super::state::Stop;
 use crate::backend::ChordPart;
 use crate::canvas::{self, Outgoing, Sender, Signature};
 use crate::events::Event;
-use super::state::Stop;
 use crate::protocol::pyrepr;
 use crate::protocol::result_meta::{Extended, ResultMeta};
 use crate::registry::TaskDef;
@@ -203,9 +203,11 @@ impl Tracer<'_> {
         let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit));
         let process = ctx.process_handle();
         let shared = self.shared;
-        shared
-            .state
-            .start(&self.request.id, &self.request.task, Some(Arc::clone(&process)));
+        shared.state.start(
+            &self.request.id,
+            &self.request.task,
+            Some(Arc::clone(&process)),
+        );
         shared.events.task(
             || shared.state.clock_forward(),
             || Event::TaskStarted {
