@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and memory: rust-celery-worker vs the real `celery worker` (prefork).
 
-Three scenarios, each measured for both workers in the same run, on the same private
+Five scenarios, each measured for both workers in the same run, on the same private
 redis-server (broker in db 0, results alone in db 1):
 
 plain (the original benchmark). For each worker:
@@ -15,6 +15,18 @@ plain (the original benchmark). For each worker:
    until all N `celery-task-meta-*` results are stored (results live alone in db 1,
    so DBSIZE counts them), sampling the process-tree RSS for the peak; then check
    the stored results.
+
+events: the cost of task events. For each worker, the plain scenario's loaded phase
+(no idle phase) twice, back to back: as in plain, then with `-E` added to the worker's
+command line. During the -E run a thread of this process holds `PSUBSCRIBE
+/0.celeryev/*` on the same Redis (subscribed before the worker starts; after the worker
+has exited, a sentinel published on the pattern marks the end) and keeps every message;
+afterwards each kombu envelope's base64 `body` is decoded (one event, or on
+`task.multi` a JSON array of them) and the events are counted by `type`. Reports
+tasks/s without and with -E and their ratio (also for the steady rate, first result ->
+last, which leaves out worker startup), and the task-succeeded events seen, which must
+equal `--tasks` for both workers (a mismatch fails the run). Target printed: our ratio
+>= 0.80; Celery's own ratio, from the same run, is printed beside it.
 
 canvas: with the worker stopped, a publisher subprocess (the real Celery producer)
 publishes `--chains` chains `chain(example_task.s(i, i), example_task.s(1),
@@ -55,7 +67,7 @@ listed before the stop and SIGKILLed if still running 3 s after the parent exite
 redis-server is stopped in a finally block, and at the very end any process still
 carrying this run's CELERY_BROKER_URL is reported and killed.
 
-    python bench/bench.py [--scenario all|plain|canvas|eta|python] [--tasks 20000]
+    python bench/bench.py [--scenario all|plain|events|canvas|eta|python] [--tasks 20000]
         [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
         [--py-noop 5000] [--py-cpu 2000]
         [--concurrency N] [--skip-rust] [--skip-celery]
@@ -71,6 +83,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -721,6 +734,111 @@ def measure_eta(label: str, argv: list[str], env: dict, server: RedisServer, arg
         r1.close()
 
 
+# --------------------------------------------------------------------------- events
+
+EVENTS_TARGET = 0.80  # required: our tasks/s with -E >= 0.80 x without
+
+
+class EventCounter:
+    """`PSUBSCRIBE /<db>.celeryev/*` on the bench Redis, in a thread that only keeps the
+    raw messages; `finish()` decodes them (kombu envelopes whose base64 `body` is one
+    event or, on `task.multi`, a JSON array of them) and counts. Subscribed when
+    `start()` returns (PSUBSCRIBE confirmed), so start it before the worker: Redis drops
+    PUB/SUB messages nobody is subscribed to. `finish()` publishes a sentinel on the
+    same pattern and waits for it, so everything published before (by a worker that has
+    exited) has been received."""
+
+    def __init__(self, server: RedisServer, db: int = 0):
+        self.pattern = f"/{db}.celeryev/*"
+        self._client = server.client(db)
+        self._pubsub = self._client.pubsub()
+        self._sentinel = f"/{db}.celeryev/bench.sentinel.{uuid.uuid4().hex[:8]}".encode()
+        self._raw: list = []  # (channel, data)
+        self._error = None
+        self._cpu_s = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, timeout: float = 10.0) -> "EventCounter":
+        self._pubsub.psubscribe(self.pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._pubsub.get_message(timeout=1.0)
+            if msg and msg["type"] == "psubscribe":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PSUBSCRIBE {self.pattern} not confirmed in {timeout}s")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while True:
+                msg = self._pubsub.get_message(timeout=1.0)
+                if msg and msg["type"] == "pmessage":
+                    if msg["channel"] == self._sentinel:
+                        break
+                    self._raw.append((msg["channel"], msg["data"]))
+        except Exception as exc:  # noqa: BLE001 — reported by finish()
+            self._error = exc
+        finally:
+            self._cpu_s = time.thread_time()
+
+    def finish(self, timeout: float = 30.0) -> dict:
+        try:
+            self._client.publish(self._sentinel, b"{}")
+            self._thread.join(timeout)
+        finally:
+            self._pubsub.close()
+            self._client.close()
+        error = repr(self._error) if self._error else \
+            f"sentinel not seen in {timeout}s" if self._thread.is_alive() else None
+        out: dict = {"pattern": self.pattern, "messages": len(self._raw), "channels": {},
+                     "events": 0, "types": {}, "undecodable": 0,
+                     "subscriber_cpu_s": self._cpu_s, "error": error}
+        succeeded = set()
+        for channel, data in self._raw:
+            ch = channel.decode(errors="replace")
+            out["channels"][ch] = out["channels"].get(ch, 0) + 1
+            try:
+                env = json.loads(data)
+                body = env["body"]
+                if env.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                payload = json.loads(body)
+            except (ValueError, KeyError, TypeError):
+                out["undecodable"] += 1
+                continue
+            for ev in payload if isinstance(payload, list) else [payload]:
+                kind = ev.get("type") if isinstance(ev, dict) else None
+                out["events"] += 1
+                out["types"][kind] = out["types"].get(kind, 0) + 1
+                if kind == "task-succeeded":
+                    succeeded.add(ev.get("uuid"))
+        out["task_succeeded"] = out["types"].get("task-succeeded", 0)
+        out["task_succeeded_unique"] = len(succeeded)
+        out["task_events"] = sum(v for k, v in out["types"].items()
+                                 if isinstance(k, str) and k.startswith("task-"))
+        return out
+
+
+def measure_events(label: str, argv: list[str], env: dict, server: RedisServer, template: dict,
+                   n: int, workdir: Path, timeout: float, with_events: bool) -> dict:
+    """The plain scenario's loaded phase (`measure(idle=False)`); with_events adds `-E`
+    to the worker's command line and counts what it publishes on `celeryev` (an
+    EventCounter subscribed from before the worker starts until after it exited)."""
+    if not with_events:
+        return measure(label, argv, env, server, template, n, workdir, timeout,
+                       idle=False, tag="events-off")
+    counter = EventCounter(server, 0).start()
+    try:
+        res = measure(label, argv + ["-E"], env, server, template, n, workdir, timeout,
+                      idle=False, tag="events-on")
+    finally:
+        seen = counter.finish()
+    res["events"] = seen
+    return res
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -763,10 +881,55 @@ def print_plain(results: list, n: int, failures: list) -> None:
               f"idle RSS x{ours['idle_rss_kib'] / max(theirs['idle_rss_kib'], 1):.3f}, "
               f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
     for r in results:
-        if r["results_stored"] != n or r["bad_results_in_sample"]:
-            print(f"WARNING: {r['worker']}: {r['results_stored']} results stored, "
-                  f"{r['bad_results_in_sample']} wrong in a sample of 200")
-            failures.append(r["worker"])
+        check_stored(r, n, failures)
+
+
+def check_stored(r: dict, n: int, failures: list, what: str = "") -> None:
+    """Warn about (and record) a plain loaded phase that stored too few or wrong results."""
+    if r["results_stored"] != n or r["bad_results_in_sample"]:
+        print(f"WARNING: {r['worker']}{what}: {r['results_stored']} results stored, "
+              f"{r['bad_results_in_sample']} wrong in a sample of 200")
+        failures.append(f"{r['worker']}{what}")
+
+
+def print_events(results: list, n: int, failures: list) -> None:
+    print(f"\nevents: {n} x {TASK}, the plain loaded phase without and with -E "
+          f"(PSUBSCRIBE {results[0]['with']['events']['pattern']} during the -E runs)")
+    head = (f"{'worker':<28} {'tasks/s':>9} {'tasks/s -E':>11} {'ratio':>6} "
+            f"{'steady/s':>9} {'steady -E':>10} {'ratio':>6} "
+            f"{'task-succeeded':>15} {'task events':>12} {'messages':>9}")
+    print(head)
+    print("-" * len(head))
+    for p in results:
+        off, on, ev = p["without"], p["with"], p["with"]["events"]
+        print(f"{p['worker']:<28} {off['tasks_per_s']:>9.0f} {on['tasks_per_s']:>11.0f} "
+              f"{p['ratio']:>6.2f} {off['steady_tasks_per_s']:>9.0f} "
+              f"{on['steady_tasks_per_s']:>10.0f} {p['steady_ratio']:>6.2f} "
+              f"{ev['task_succeeded']:>15} {ev['task_events']:>12} {ev['messages']:>9}")
+    print("(tasks/s = tasks / (worker start -> last result stored), polled every 100 ms, as in "
+          "plain; steady = from the first stored result to the last (startup excluded, coarse "
+          "when that span is short); ratio = with -E / without; task-succeeded, task events = "
+          "task-* events the subscriber decoded in the -E run, from `messages` PUB/SUB "
+          "messages: task.multi batches and worker events)")
+    ours = [p for p in results if p["worker"].startswith("rust")]
+    theirs = [p for p in results if not p["worker"].startswith("rust")]
+    for p in ours:
+        met = "met" if p["ratio"] >= EVENTS_TARGET else "NOT met"
+        celery_cost = "".join(f"; {q['worker']}: x{q['ratio']:.2f} (steady "
+                              f"x{q['steady_ratio']:.2f})" for q in theirs)
+        print(f"\n{p['worker']} with -E: x{p['ratio']:.2f} of its tasks/s without "
+              f"(target ≥ {EVENTS_TARGET:.2f}: {met}; steady x{p['steady_ratio']:.2f}: "
+              f"{'met' if p['steady_ratio'] >= EVENTS_TARGET else 'NOT met'}){celery_cost}")
+    for p in results:
+        check_stored(p["without"], n, failures, " (events)")
+        check_stored(p["with"], n, failures, " (events -E)")
+        ev = p["with"]["events"]
+        if ev["task_succeeded"] != n or ev["task_succeeded_unique"] != n or ev["undecodable"] \
+                or ev["error"]:
+            print(f"WARNING: {p['worker']}: -E run: {ev['task_succeeded']} task-succeeded events "
+                  f"seen ({ev['task_succeeded_unique']} distinct ids), wanted {n}; "
+                  f"{ev['undecodable']} undecodable messages; subscriber error {ev['error']}")
+            failures.append(f"{p['worker']} (events: task-succeeded count)")
 
 
 def cpu_per_task(r: dict) -> str:
@@ -908,9 +1071,10 @@ def print_eta(results: list, failures: list) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["all", "plain", "canvas", "eta", "python"],
+    ap.add_argument("--scenario", choices=["all", "plain", "events", "canvas", "eta", "python"],
                     default="all")
-    ap.add_argument("--tasks", type=int, default=20000, help="plain scenario (default 20000)")
+    ap.add_argument("--tasks", type=int, default=20000,
+                    help="plain and events scenarios (default 20000)")
     ap.add_argument("--chains", type=int, default=2000, help="canvas scenario (default 2000)")
     ap.add_argument("--chords", type=int, default=200, help="canvas scenario (default 200)")
     ap.add_argument("--eta-tasks", type=int, default=10000, help="eta scenario (default 10000)")
@@ -940,7 +1104,7 @@ def main() -> int:
     # Turn SIGTERM into an exception so the finally blocks clean up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    scenarios = ["plain", "canvas", "eta", "python"] if args.scenario == "all" \
+    scenarios = ["plain", "events", "canvas", "eta", "python"] if args.scenario == "all" \
         else [args.scenario]
     import celery
     workdir = Path(tempfile.mkdtemp(prefix="rcw-bench-"))
@@ -991,35 +1155,70 @@ def main() -> int:
     canvas_results = []
     eta_results = []
     py_results: dict = {}
+    events_results = []  # per worker: {"worker", "without": run, "with": run, "ratio"}
     failures = []
+
+    def attempt(label: str, what: str, fn):
+        """fn(), or None after printing its RuntimeError and recording `what` as failed."""
+        try:
+            return fn()
+        except RuntimeError as exc:
+            print(f"-- {label}: FAILED: {exc}", flush=True)
+            failures.append(what)
+            return None
+
     try:
         if "plain" in scenarios:
             print("== plain", flush=True)
             template = capture_template(broker_url, backend_url)
             for label, argv, run_env in runs("app.workers", env):
                 print(f"-- {label}: measuring ...", flush=True)
-                try:
-                    res = measure(label, argv, run_env, server, template, n, workdir,
-                                  args.timeout)
-                except RuntimeError as exc:
-                    print(f"-- {label}: FAILED: {exc}", flush=True)
-                    failures.append(label)
+                res = attempt(label, label, lambda: measure(
+                    label, argv, run_env, server, template, n, workdir, args.timeout))
+                if res is None:
                     continue
                 results.append(res)
                 print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s "
                       f"(preload {res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), "
                       f"idle RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak {fmt_mib(res['peak_rss_kib'])} MiB",
                       flush=True)
+        if "events" in scenarios:
+            print(f"== events: {n} x {TASK}, loaded phase without and with -E "
+                  f"(load average {fmt_load(loadavg())})", flush=True)
+            template = capture_template(broker_url, backend_url)
+            for label, argv, run_env in runs("app.workers", env):
+                pair: dict = {"worker": label}
+                for key, on in (("without", False), ("with", True)):
+                    name = f"events {label}{' -E' if on else ''}"
+                    print(f"-- {name}: measuring ...", flush=True)
+                    res = attempt(name, f"{label} (events{', -E' if on else ''})",
+                                  lambda: measure_events(label, argv, run_env, server, template,
+                                                         n, workdir, args.timeout, on))
+                    if res is None:
+                        break
+                    pair[key] = res
+                    ev = res.get("events")
+                    seen = f", {ev['task_succeeded']} task-succeeded events in " \
+                        f"{ev['messages']} messages (subscriber CPU " \
+                        f"{fmt_opt(ev['subscriber_cpu_s'], '.2f')}s)" if ev else ""
+                    print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s, steady "
+                          f"{res['steady_tasks_per_s']:.0f}/s (preload {res['preload_s']:.1f}s, "
+                          f"first result after "
+                          f"{res['first_result_s']:.2f}s), peak {fmt_mib(res['peak_rss_kib'])} "
+                          f"MiB{seen}", flush=True)
+                else:
+                    pair["ratio"] = pair["with"]["tasks_per_s"] / pair["without"]["tasks_per_s"]
+                    pair["steady_ratio"] = (pair["with"]["steady_tasks_per_s"]
+                                            / pair["without"]["steady_tasks_per_s"])
+                    events_results.append(pair)
         if "canvas" in scenarios:
             print(f"== canvas: {args.chains} chains + {args.chords} chords "
                   f"(load average {fmt_load(loadavg())})", flush=True)
             for label, argv, run_env in runs("pyworker_app", canvas_env):
                 print(f"-- {label}: publishing, then measuring ...", flush=True)
-                try:
-                    res = measure_canvas(label, argv, run_env, server, args, workdir)
-                except RuntimeError as exc:
-                    print(f"-- {label}: FAILED: {exc}", flush=True)
-                    failures.append(f"{label} (canvas)")
+                res = attempt(label, f"{label} (canvas)", lambda: measure_canvas(
+                    label, argv, run_env, server, args, workdir))
+                if res is None:
                     continue
                 canvas_results.append(res)
                 print(f"   {res['workflows_per_s']:.0f} workflows/s, {res['tasks_per_s']:.0f} "
@@ -1031,11 +1230,9 @@ def main() -> int:
                   f"(load average {fmt_load(loadavg())})", flush=True)
             for label, argv, run_env in runs("app.workers", env):
                 print(f"-- {label}: publishing, then measuring ...", flush=True)
-                try:
-                    res = measure_eta(label, argv, run_env, server, args, workdir)
-                except RuntimeError as exc:
-                    print(f"-- {label}: FAILED: {exc}", flush=True)
-                    failures.append(f"{label} (eta)")
+                res = attempt(label, f"{label} (eta)", lambda: measure_eta(
+                    label, argv, run_env, server, args, workdir))
+                if res is None:
                     continue
                 eta_results.append(res)
                 print(f"   drained in {res['drain_s']:.2f}s after due = {res['tasks_per_s']:.0f} "
@@ -1055,13 +1252,13 @@ def main() -> int:
                 py_results[kind] = []
                 for label, argv, run_env in runs("app.workers", env, ("-P", "prefork")):
                     print(f"-- python/{kind} {label}: measuring ...", flush=True)
-                    try:
-                        res = measure(label, argv, run_env, server, template, count, workdir,
-                                      args.timeout, args_for=lambda i, a=list(targs): a,
-                                      expected=expected, idle=label not in idle_of, tag=kind)
-                    except RuntimeError as exc:
-                        print(f"-- python/{kind} {label}: FAILED: {exc}", flush=True)
-                        failures.append(f"{label} (python/{kind})")
+                    res = attempt(f"python/{kind} {label}", f"{label} (python/{kind})",
+                                  lambda: measure(label, argv, run_env, server, template, count,
+                                                  workdir, args.timeout,
+                                                  args_for=lambda i, a=list(targs): a,
+                                                  expected=expected, idle=label not in idle_of,
+                                                  tag=kind))
+                    if res is None:
                         continue
                     res["task"] = task
                     res["loadavg_after"] = loadavg()
@@ -1096,6 +1293,8 @@ def main() -> int:
     load_end = loadavg()
     if results:
         print_plain(results, n, failures)
+    if events_results:
+        print_events(events_results, n, failures)
     if canvas_results:
         print_canvas(canvas_results, failures)
     if eta_results:
@@ -1104,7 +1303,7 @@ def main() -> int:
         print_python(py_results, failures)
     if strays:
         failures.append(f"{len(strays)} process(es) left behind")
-    if results or canvas_results or eta_results or any(py_results.values()):
+    if results or events_results or canvas_results or eta_results or any(py_results.values()):
         print(f"\nload average: start {fmt_load(load_start)}, end {fmt_load(load_end)} "
               f"({os.cpu_count()} CPUs)")
         out_path = Path(args.json) if args.json else \
@@ -1112,6 +1311,14 @@ def main() -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"tasks": n, "concurrency": c, "results": results, "scenarios": scenarios,
                "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end}
+        if "events" in scenarios:
+            ours = [p for p in events_results if p["worker"].startswith("rust")]
+            doc["events"] = {"tasks": n, "target_ratio": EVENTS_TARGET,
+                             "rust_meets_target": ours[0]["ratio"] >= EVENTS_TARGET
+                             if ours else None,
+                             "rust_meets_target_steady": ours[0]["steady_ratio"] >= EVENTS_TARGET
+                             if ours else None,
+                             "results": events_results}
         if "canvas" in scenarios:
             doc["canvas"] = {"chains": args.chains, "chords": args.chords,
                              "results": canvas_results}

@@ -10,6 +10,8 @@
   with ``INTEROP_WORKER=python``, a real ``celery worker -P threads`` running the same
   app plus the ``rcw.testing.*`` twins of ``pyworker_tasks.py``. Workers are stopped
   with SIGTERM at teardown (SIGKILL after 30 s).
+* ``event_recorder``: every event on the ``celeryev`` exchange (worker-*, task-*),
+  subscribed before the test starts its workers.
 * Tests marked ``rust_only`` check behaviour where Celery's own worker legitimately
   differs; they are skipped with ``INTEROP_WORKER=python``.
 """
@@ -135,6 +137,15 @@ def celery_client(redis_server):
 
 
 @pytest.fixture
+def event_recorder(celery_client):
+    """A started :class:`helpers.EventRecorder` (subscribed to ``celeryev``); start
+    workers *after* requesting it so their ``worker-online`` is seen."""
+    recorder = helpers.EventRecorder(celery_client).start()
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture
 def queue_name():
     return f"q-{uuid.uuid4().hex[:12]}"
 
@@ -165,9 +176,12 @@ def rust_bin():
 def worker(request, tmp_path, redis_server):
     """Factory: ``worker(name=..., queues=[...], concurrency=2, prefetch=None,
     settings={...}, kind=None, broker_url=None, backend_url=None, pool='threads',
-    wait_ready=True, app=None)`` → a started, ready :class:`helpers.WorkerProcess`.
-    ``app`` is the ``-A`` argument (default ``app.workers`` for ours, ``pyworker_app``
-    for Celery's).
+    wait_ready=True, app=None, events=False, heartbeat=None)`` → a started, ready
+    :class:`helpers.WorkerProcess`. ``app`` is the ``-A`` argument (default
+    ``app.workers`` for ours, ``pyworker_app`` for Celery's). ``events=True`` adds
+    ``-E`` and turns worker heartbeats on; ``heartbeat=True/False`` forces heartbeats
+    on/off (``None``: Celery's worker runs ``--without-heartbeat``, ours its default);
+    see :func:`helpers.worker_argv`.
 
     ``kind`` defaults to the suite's worker (``INTEROP_WORKER``); ``kind='python'``
     always gives a real Celery worker (used by the mixed-fleet test).
@@ -179,7 +193,8 @@ def worker(request, tmp_path, redis_server):
 
     def start(*, name=None, queues=None, concurrency=2, prefetch=None, settings=None,
               kind=None, broker_url=None, backend_url=None, pool="threads", loglevel="info",
-              extra_args=(), env=None, wait_ready=True, ready_timeout=30.0, app=None):
+              extra_args=(), env=None, wait_ready=True, ready_timeout=30.0, app=None,
+              events=False, heartbeat=None):
         kind = kind or WORKER_KIND
         name = name or f"w{next(counter)}-{uuid.uuid4().hex[:6]}"
         broker_url = broker_url or BROKER_URL
@@ -200,7 +215,8 @@ def worker(request, tmp_path, redis_server):
         argv = worker_argv(kind, broker_url=broker_url, backend_url=backend_url, name=name,
                            queues=queues, concurrency=concurrency, prefetch=prefetch,
                            loglevel=loglevel, settings=settings, pool=pool,
-                           extra_args=extra_args, app=app)
+                           extra_args=extra_args, app=app, events=events,
+                           heartbeat=heartbeat)
         envd = worker_env(broker_url, backend_url, extra_env)
         if kind == "python":
             envd["RCW_PY_SETTINGS"] = extra_env["RCW_PY_SETTINGS"]

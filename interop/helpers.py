@@ -191,6 +191,11 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def node(self) -> str:
+        """Full node name (``-n NAME@%h``), the key of its remote-control replies."""
+        return node_name(self.name)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -268,7 +273,17 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
                 queues: Optional[Iterable[str]] = None, concurrency: int = 2,
                 prefetch: Optional[int] = None, loglevel: str = "info",
                 settings: Optional[dict] = None, pool: str = "threads",
-                extra_args: Iterable[str] = (), app: Optional[str] = None) -> List[str]:
+                extra_args: Iterable[str] = (), app: Optional[str] = None,
+                events: bool = False, heartbeat: Optional[bool] = None) -> List[str]:
+    """Command line of a worker of ``kind``.
+
+    ``events=True`` adds ``-E`` (task events) and, unless ``heartbeat=False``, turns
+    worker heartbeats on. ``heartbeat``: None = the kind's default (Celery's worker
+    gets ``--without-heartbeat``; ours its own default), True = heartbeats on (no
+    ``--without-heartbeat``), False = ``--without-heartbeat`` for both kinds.
+    """
+    if heartbeat is None and events:
+        heartbeat = True
     if kind in ("rust", "rust-python"):
         default_app = "app.workers" if kind == "rust" else "pyworker_app"
         argv = [str(rust_binary_path()), "-A", app or default_app, "-b", broker_url,
@@ -280,10 +295,18 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
             argv += ["--prefetch-multiplier", str(prefetch)]
         for key, value in (settings or {}).items():
             argv += ["--setting", f"{key}={json.dumps(value)}"]
+        if events:
+            argv += ["-E"]
+        if heartbeat is False:
+            argv += ["--without-heartbeat"]
     else:
         argv = [sys.executable, "-m", "celery", "-A", app or "pyworker_app", "worker",
                 "-P", pool, "-c", str(concurrency), "-l", loglevel, "-n", f"{name}@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+                "--without-gossip", "--without-mingle"]
+        if not heartbeat:
+            argv += ["--without-heartbeat"]
+        if events:
+            argv += ["-E"]
         if queues:
             argv += ["-Q", ",".join(queues)]
         if prefetch is not None:
@@ -389,3 +412,90 @@ def log_count(worker_or_text, needle: str) -> int:
     """Occurrences of ``needle`` in a worker's log (or in a text)."""
     text = worker_or_text if isinstance(worker_or_text, str) else worker_or_text.log()
     return text.count(needle)
+
+
+# --------------------------------------------------------------------------- pidbox / events
+
+
+def node_name(name: str) -> str:
+    """The full node name a worker started with ``-n NAME@%h`` gets."""
+    return f"{name}@{socket.gethostname()}"
+
+
+def wait_for_pidbox(app, node: str, timeout: float = 15.0) -> list:
+    """Ping ``node`` until it answers (returns the reply list).
+
+    "ready." is logged before the worker's event loop subscribes to the broadcast
+    (pidbox) fanout, and Redis drops fanout messages nobody is subscribed to, so
+    a control command sent the instant a worker is ready can go unanswered."""
+    return wait_until(lambda: app.control.ping(destination=[node], timeout=0.5),
+                      timeout=timeout, interval=0.1, what=f"{node} to answer ping")
+
+
+class EventRecorder:
+    """Records every event on the ``celeryev`` exchange (an ``app.events.Receiver``
+    in a thread). Start it *before* the worker: Redis fanout messages published
+    while nobody is subscribed are lost. ``start()`` returns once a probe event
+    sent by this process has come back, i.e. once the receiver is subscribed."""
+
+    def __init__(self, app):
+        import threading
+        self.app = app
+        self._lock = threading.Lock()
+        self._events: List[dict] = []
+        self._receiver = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._probe = f"probe-{uuid.uuid4().hex[:8]}"
+
+    def _on_event(self, event: dict) -> None:
+        with self._lock:
+            self._events.append(dict(event))
+
+    def _run(self) -> None:
+        try:
+            with self.app.connection_for_read() as conn:
+                self._receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+                self._receiver.capture(limit=None, timeout=None, wakeup=False)
+        except BaseException as exc:  # noqa: BLE001 — surfaced by events()
+            if not (self._receiver is not None and self._receiver.should_stop):
+                self._error = exc
+
+    def start(self, timeout: float = 10.0) -> "EventRecorder":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        with self.app.connection_for_write() as conn:
+            dispatcher = self.app.events.Dispatcher(conn)
+            while True:
+                dispatcher.send("probe-subscribed", probe=self._probe)
+                if any(e.get("probe") == self._probe for e in self.events()):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"event receiver did not subscribe: {self._error!r}")
+                time.sleep(0.1)
+            dispatcher.close()
+        return self
+
+    def events(self, type_: Optional[str] = None, hostname: Optional[str] = None,
+               **fields) -> List[dict]:
+        if self._error is not None:
+            raise AssertionError(f"event receiver failed: {self._error!r}")
+        with self._lock:
+            out = list(self._events)
+        if type_ is not None:
+            out = [e for e in out if e.get("type") == type_]
+        if hostname is not None:
+            out = [e for e in out if e.get("hostname") == hostname]
+        return [e for e in out if all(e.get(k) == v for k, v in fields.items())]
+
+    def wait_for(self, type_: str, timeout: float = 15.0, hostname: Optional[str] = None,
+                 **fields) -> dict:
+        """The first event of ``type_`` (matching ``hostname`` and ``fields``)."""
+        found = wait_until(lambda: self.events(type_, hostname, **fields), timeout=timeout,
+                           what=f"event {type_} {fields or ''} from {hostname or 'any host'}")
+        return found[0]
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=5)

@@ -13,6 +13,8 @@ Names and semantics must match the Rust implementations exactly:
   ``PROGRESS`` with meta ``{"current": i, "total": steps}`` then sleeps ``delay``;
   returns ``{"done": steps}``.
 * ``rcw.testing.echo(value)``: returns ``value`` unchanged.
+* ``rcw.testing.async_sleep(seconds, result=None)``: as ``sleep``; the Rust one is an
+  async (abortable) body, so ``revoke(terminate=True)`` cancels it mid-sleep.
 """
 import time
 
@@ -23,6 +25,12 @@ from app.workers.tasks import IngestionError
 
 @shared_task(name="rcw.testing.sleep")
 def sleep(seconds, result=None):
+    time.sleep(seconds)
+    return seconds if result is None else result
+
+
+@shared_task(name="rcw.testing.async_sleep")
+def async_sleep(seconds, result=None):
     time.sleep(seconds)
     return seconds if result is None else result
 

@@ -44,14 +44,22 @@ fn stable_properties(env: &Envelope) -> Value {
 #[test]
 fn every_captured_request_decodes() {
     let all = samples("pidbox_");
-    assert!(all.len() >= 10, "expected the pidbox captures, found {}", all.len());
+    assert!(
+        all.len() >= 10,
+        "expected the pidbox captures, found {}",
+        all.len()
+    );
     for (name, doc) in &all {
         for req in doc["request"].as_array().unwrap() {
             let env = envelope_of(req);
             let r = ControlRequest::from_envelope(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
             let body = &req["body_decoded"];
             assert_eq!(r.method, body["method"], "{name}");
-            assert_eq!(Value::Object(r.arguments.clone()), body["arguments"], "{name}");
+            assert_eq!(
+                Value::Object(r.arguments.clone()),
+                body["arguments"],
+                "{name}"
+            );
             assert_eq!(r.ticket.as_deref(), body["ticket"].as_str(), "{name}");
             assert_eq!(
                 r.reply_to.as_ref().map(|t| t.routing_key.as_str()),
@@ -205,14 +213,16 @@ fn our_events_have_celerys_fields_order_and_envelope() {
         let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&ours), keys(theirs), "{name}: field order");
         // The carrier envelope: same headers, properties and routing.
-        let carrier = Envelope::parse(
-            doc["carrier_message"]["raw"].as_str().unwrap().as_bytes(),
-        )
-        .unwrap();
+        let carrier =
+            Envelope::parse(doc["carrier_message"]["raw"].as_str().unwrap().as_bytes()).unwrap();
         let (_, rk) = carrier.delivery_info();
         let env = dispatcher::envelope(theirs["hostname"].as_str().unwrap(), &ours, &rk);
         assert_eq!(env.headers, carrier.headers, "{name}");
-        assert_eq!(stable_properties(&env), stable_properties(&carrier), "{name}");
+        assert_eq!(
+            stable_properties(&env),
+            stable_properties(&carrier),
+            "{name}"
+        );
         let expected_rk = if event.is_task_event() {
             "task.multi".to_string()
         } else {

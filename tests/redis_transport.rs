@@ -510,12 +510,16 @@ async fn consumed_queues_change_live() {
         .sismember("_kombu.binding.extra", "extra\x06\x16\x06\x16extra")
         .unwrap();
     assert!(bound);
-    b.publish("extra", &envelope("q-1", "extra", 0)).await.unwrap();
+    b.publish("extra", &envelope("q-1", "extra", 0))
+        .await
+        .unwrap();
     let got = b.fetch(1).await.unwrap();
     assert_eq!(task_id(&got[0]), "q-1");
     assert!(b.cancel_queue("extra"));
     assert!(!b.cancel_queue("extra"));
-    b.publish("extra", &envelope("q-2", "extra", 0)).await.unwrap();
+    b.publish("extra", &envelope("q-2", "extra", 0))
+        .await
+        .unwrap();
     assert!(b.fetch(4).await.unwrap().is_empty());
     let waiting: i64 = c.llen("extra").unwrap();
     assert_eq!(waiting, 1);

@@ -499,13 +499,25 @@ impl Broker for RedisBroker {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let mut got = Vec::new();
         if max > 1 {
-            let batch = self.fetch_batch(max).await?;
-            if !batch.is_empty() {
-                return Ok(batch);
+            got = self.fetch_batch(max).await?;
+        }
+        if got.is_empty() {
+            got = self.brpop_one().await?.into_iter().collect();
+        }
+        // A pop already under way when `cancel_consumer` arrived may bring a
+        // message of a queue no longer consumed: it goes back, untouched.
+        let consumed = self.consumed.lock().expect("queues lock").clone();
+        let mut kept = Vec::with_capacity(got.len());
+        for d in got {
+            if d.tag.is_empty() || consumed.contains(&d.queue) {
+                kept.push(d);
+            } else {
+                self.restore_by_tag(&d.tag, false).await?;
             }
         }
-        Ok(self.brpop_one().await?.into_iter().collect())
+        Ok(kept)
     }
 
     async fn ack(&self, tag: &str) -> Result<(), BrokerError> {

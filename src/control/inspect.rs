@@ -118,7 +118,15 @@ pub(crate) fn registered(shared: &Shared, items: Vec<String>, builtins: bool) ->
             let def = shared.registry.get(name).expect("listed names exist");
             let fields: Vec<String> = items
                 .iter()
-                .filter_map(|item| task_attr(def, item).map(|v| format!("{item}={v}")))
+                .filter_map(|item| {
+                    let live = (item == "rate_limit")
+                        .then(|| shared.limits.get(name).map(|b| b.spec.clone()));
+                    match live {
+                        Some(spec) => spec,
+                        None => task_attr(def, item),
+                    }
+                    .map(|v| format!("{item}={v}"))
+                })
                 .collect();
             Value::String(if fields.is_empty() {
                 name.to_string()
@@ -138,7 +146,6 @@ fn task_attr(def: &crate::registry::TaskDef, item: &str) -> Option<String> {
     let boolean = |b: bool| if b { "True" } else { "False" }.to_string();
     match item {
         "name" => Some(def.name.clone()),
-        "rate_limit" => o.rate_limit.clone(),
         "time_limit" => o.time_limit.map(num),
         "soft_time_limit" => o.soft_time_limit.map(num),
         "acks_late" => o.acks_late.map(boolean),

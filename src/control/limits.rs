@@ -30,7 +30,7 @@ pub(crate) fn rate_limit(shared: &Arc<Shared>, args: &Map<String, Value>) -> Out
         tracing::error!("Rate limit attempt for unknown task {task}");
         return Ok(nok("unknown task"));
     }
-    shared.limits.set(&task, rate);
+    shared.limits.set(&task, rate.map(|r| (r, spec.clone())));
     if rate.is_none() {
         tracing::info!("Rate limits disabled for tasks of type {task}");
         return Ok(ok("rate limit disabled successfully"));
@@ -49,11 +49,15 @@ pub(crate) fn time_limit(shared: &Arc<Shared>, args: &Map<String, Value>) -> Out
     let soft = a.number("soft")?;
     let hard = a.number("hard")?;
     shared.state.set_time_limits(&task, soft, hard);
-    let show = |v: Option<f64>| v.map_or("None".to_string(), crate::protocol::pyrepr::repr_float);
+    // Logged as given (`soft=5`, `soft=5.0`), as Celery's %s shows them.
+    let show = |k: &str| {
+        a.get(k)
+            .map_or("None".to_string(), crate::protocol::pyrepr::repr)
+    };
     tracing::info!(
         "New time limits for tasks of type {task}: soft={} hard={}",
-        show(soft),
-        show(hard)
+        show("soft"),
+        show("hard")
     );
     Ok(ok("time limits set successfully"))
 }

@@ -126,6 +126,8 @@ pub(crate) async fn handle_message(shared: &Arc<Shared>, raw: &[u8]) {
             req.ticket
         );
     }
+    // `shutdown` raises WorkerShutdown in Celery: no reply, even if asked.
+    let replies = req.method != "shutdown";
     let reply = match dispatch(shared, &req).await {
         Ok(v) => v,
         Err(CommandError(repr)) => {
@@ -133,7 +135,7 @@ pub(crate) async fn handle_message(shared: &Arc<Shared>, raw: &[u8]) {
             nok(repr)
         }
     };
-    if let (Some(reply_to), Some(ticket)) = (&req.reply_to, &req.ticket) {
+    if let (true, Some(reply_to), Some(ticket)) = (replies, &req.reply_to, &req.ticket) {
         let clock = shared.state.clock_forward();
         let env = pidbox::reply_envelope(&shared.config.hostname, reply, reply_to, ticket, clock);
         if let Err(e) = shared

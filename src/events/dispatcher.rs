@@ -18,11 +18,20 @@ pub const EXCHANGE: &str = "celeryev";
 /// Most events published in one `task.multi` message.
 const MAX_BATCH: usize = 256;
 
+/// How long task events may wait for company before they are published.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
+
 // Nearly every item is an event: boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum Item {
     Event(Stamped),
     Flush(oneshot::Sender<()>),
+}
+
+impl Item {
+    fn is_task_event(&self) -> bool {
+        matches!(self, Item::Event(s) if s.event.is_task_event())
+    }
 }
 
 /// An event with the clock and time it was sent at.
@@ -38,6 +47,9 @@ pub struct Events {
     task_events: AtomicBool,
     /// Worker events (heartbeats) are on unless `--without-heartbeat`.
     worker_events: bool,
+    /// Celery starts no dispatcher when nothing would use it (no `-E`,
+    /// `--without-heartbeat` and `--without-gossip`); `enable_events` then fails.
+    available: bool,
 }
 
 impl Events {
@@ -47,6 +59,7 @@ impl Events {
         hostname: String,
         task_events: bool,
         worker_events: bool,
+        available: bool,
     ) -> Arc<Events> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(broker, hostname, rx));
@@ -54,7 +67,13 @@ impl Events {
             tx,
             task_events: AtomicBool::new(task_events),
             worker_events,
+            available,
         })
+    }
+
+    /// Is there a dispatcher at all (Celery's `event_dispatcher is not None`)?
+    pub fn available(&self) -> bool {
+        self.available
     }
 
     /// Task events are being sent (`-E` or `enable_events`).
@@ -105,6 +124,18 @@ async fn publish_loop(
     let mut items = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
     while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
+        // Under load, let a few milliseconds of events gather so they leave
+        // as one `task.multi` message (Celery's dispatcher buffers the same
+        // way); when idle that is all the delay an event sees.
+        if items.len() < MAX_BATCH && items.iter().any(Item::is_task_event) {
+            tokio::time::sleep(COALESCE).await;
+            while items.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut tasks = Vec::new();
         let mut flushes = Vec::new();
         for item in items.drain(..) {

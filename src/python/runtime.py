@@ -109,9 +109,22 @@ def conf_table(with_defaults=False):
     from kombu.utils.json import dumps
 
     table = _app.conf.table(with_defaults=bool(with_defaults))
-    return dumps(jsonify(table,
-                         keyfilter=lambda k: isinstance(k, str) and not k.startswith("__"),
-                         unknown_type_filter=safe_repr))
+    data = jsonify(table,
+                   keyfilter=lambda k: isinstance(k, str) and not k.startswith("__"),
+                   unknown_type_filter=safe_repr)
+    # JSON has no inf/nan (Celery's reply carries Python's `Infinity`, which
+    # strict parsers refuse): they travel as their repr, e.g. 'inf'.
+    return dumps(_finite(data))
+
+
+def _finite(value):
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def bugreport():

@@ -164,6 +164,7 @@ impl Worker {
             config.hostname.clone(),
             config.task_events,
             config.heartbeat,
+            config.task_events || config.heartbeat || config.gossip,
         );
         Ok(Worker {
             shared: Arc::new(Shared {

@@ -31,6 +31,8 @@ pub fn parse(spec: &str) -> Result<Option<f64>, String> {
 
 /// One task's bucket: the earliest instant the next start may happen.
 pub struct Bucket {
+    /// As given (`"10/s"`), for `inspect registered`.
+    pub spec: String,
     interval: Duration,
     next: Mutex<Option<Instant>>,
 }
@@ -38,6 +40,7 @@ pub struct Bucket {
 impl Bucket {
     pub fn new(per_second: f64) -> Bucket {
         Bucket {
+            spec: format!("{per_second}/s"),
             interval: Duration::from_secs_f64(1.0 / per_second),
             next: Mutex::new(None),
         }
@@ -75,7 +78,11 @@ impl Limits {
             if let Some(spec) = def.options.rate_limit.as_deref().or(default)
                 && let Some(rate) = parse(spec)?
             {
-                buckets.insert(name.to_string(), std::sync::Arc::new(Bucket::new(rate)));
+                let bucket = Bucket {
+                    spec: spec.to_string(),
+                    ..Bucket::new(rate)
+                };
+                buckets.insert(name.to_string(), std::sync::Arc::new(bucket));
             }
         }
         Ok(Limits {
@@ -93,11 +100,15 @@ impl Limits {
 
     /// Sets (or with `None`, removes) the limit of `task`, as Celery's
     /// `reset_rate_limits` does after the `rate_limit` command.
-    pub fn set(&self, task: &str, per_second: Option<f64>) {
+    pub fn set(&self, task: &str, limit: Option<(f64, String)>) {
         let mut buckets = self.buckets.write().expect("limits lock");
-        match per_second {
-            Some(rate) => {
-                buckets.insert(task.to_string(), std::sync::Arc::new(Bucket::new(rate)));
+        match limit {
+            Some((rate, spec)) => {
+                let bucket = Bucket {
+                    spec,
+                    ..Bucket::new(rate)
+                };
+                buckets.insert(task.to_string(), std::sync::Arc::new(bucket));
             }
             None => {
                 buckets.remove(task);

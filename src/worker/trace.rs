@@ -463,6 +463,11 @@ impl Tracer<'_> {
             Some(e) => format!("Retry {when}: {}", e.repr()),
             None => format!("Retry {when}"),
         };
+        // Celery's `on_retry` reports the retry's cause (`Retry.exc`).
+        let (cause_repr, cause_tb) = match &exc {
+            Some(e) => (e.repr(), e.traceback_text()),
+            None => ("None".to_string(), String::new()),
+        };
         if self.store_errors {
             let cause = exc.unwrap_or_else(|| {
                 TaskError::new(
@@ -482,8 +487,8 @@ impl Tracer<'_> {
             || shared.state.clock_forward(),
             || Event::TaskRetried {
                 uuid: r.id.clone(),
-                exception: format!("Retry({})", pyrepr::repr_str(&reason)),
-                traceback: String::new(),
+                exception: cause_repr,
+                traceback: cause_tb,
             },
         );
         tracing::info!("Task {name}[{}] retry: {reason}", r.id);
