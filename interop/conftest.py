@@ -194,7 +194,7 @@ def worker(request, tmp_path, redis_server):
     def start(*, name=None, queues=None, concurrency=2, prefetch=None, settings=None,
               kind=None, broker_url=None, backend_url=None, pool="threads", loglevel="info",
               extra_args=(), env=None, wait_ready=True, ready_timeout=30.0, app=None,
-              events=False, heartbeat=None):
+              events=False, heartbeat=None, mingle=False):
         kind = kind or WORKER_KIND
         name = name or f"w{next(counter)}-{uuid.uuid4().hex[:6]}"
         broker_url = broker_url or BROKER_URL
@@ -215,7 +215,7 @@ def worker(request, tmp_path, redis_server):
         argv = worker_argv(kind, broker_url=broker_url, backend_url=backend_url, name=name,
                            queues=queues, concurrency=concurrency, prefetch=prefetch,
                            loglevel=loglevel, settings=settings, pool=pool,
-                           extra_args=extra_args, app=app, events=events,
+                           extra_args=extra_args, app=app, events=events, mingle=mingle,
                            heartbeat=heartbeat)
         envd = worker_env(broker_url, backend_url, extra_env)
         if kind == "python":

@@ -274,13 +274,16 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
                 prefetch: Optional[int] = None, loglevel: str = "info",
                 settings: Optional[dict] = None, pool: str = "threads",
                 extra_args: Iterable[str] = (), app: Optional[str] = None,
-                events: bool = False, heartbeat: Optional[bool] = None) -> List[str]:
+                events: bool = False, heartbeat: Optional[bool] = None,
+                mingle: bool = False) -> List[str]:
     """Command line of a worker of ``kind``.
 
     ``events=True`` adds ``-E`` (task events) and, unless ``heartbeat=False``, turns
     worker heartbeats on. ``heartbeat``: None = the kind's default (Celery's worker
     gets ``--without-heartbeat``; ours its own default), True = heartbeats on (no
     ``--without-heartbeat``), False = ``--without-heartbeat`` for both kinds.
+    ``mingle=True`` lets Celery's worker mingle at start (ours always does, unless
+    ``--without-mingle`` is in ``extra_args``).
     """
     if heartbeat is None and events:
         heartbeat = True
@@ -302,7 +305,7 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
     else:
         argv = [sys.executable, "-m", "celery", "-A", app or "pyworker_app", "worker",
                 "-P", pool, "-c", str(concurrency), "-l", loglevel, "-n", f"{name}@%h",
-                "--without-gossip", "--without-mingle"]
+                "--without-gossip"] + ([] if mingle else ["--without-mingle"])
         if not heartbeat:
             argv += ["--without-heartbeat"]
         if events:

@@ -646,3 +646,44 @@ def test_mixed_fleet_broadcast_ping(celery_client, worker):
     stats = celery_client.control.inspect(timeout=3).stats()
     assert {n: s["pid"] for n, s in stats.items()} == {ours.node: ours.pid,
                                                        theirs.node: theirs.pid}
+
+
+@pytest.mark.timeout(90)
+def test_mingle_takes_revokes_from_a_running_python_worker(celery_client, worker, backend,
+                                                           queue_name):
+    """A worker starting up asks the running nodes for their revoked ids (mingle's
+    ``hello``): an id revoked before it started is discarded when it arrives."""
+    elder = _ready(worker, celery_client, kind="python")
+    revoked_id = f"mingle-{queue_name}"
+    reply = _control_reply(celery_client.control.revoke(
+        revoked_id, destination=[elder.node], reply=True), elder)
+    assert "flagged as revoked" in reply["ok"]
+    newcomer = _ready(worker, celery_client, queues=[queue_name], mingle=True)
+    newcomer.wait_for_log("sync with", timeout=10)
+    assert revoked_id in _only(_inspect(celery_client, newcomer).revoked(), newcomer)
+    res = celery_client.send_task("rcw.testing.echo", args=["x"], task_id=revoked_id,
+                                  queue=queue_name)
+    with pytest.raises(TaskRevokedError):
+        res.get(timeout=GET_TIMEOUT)
+    newcomer.wait_for_log(f"Discarding revoked task: rcw.testing.echo[{revoked_id}]",
+                          timeout=10)
+
+
+@pytest.mark.timeout(90)
+def test_statedb_keeps_revokes_across_restarts(celery_client, worker, tmp_path, queue_name):
+    """``-S FILE``: revokes survive a restart (mingle off, so the file is the only source)."""
+    state = tmp_path / "worker.state"
+    args = ["-S", str(state), "--without-mingle"]
+    first = _ready(worker, celery_client, queues=[queue_name], extra_args=args)
+    revoked_id = f"statedb-{queue_name}"
+    _control_reply(celery_client.control.revoke(
+        revoked_id, destination=[first.node], reply=True), first)
+    assert first.stop() == 0
+    second = _ready(worker, celery_client, queues=[queue_name], extra_args=args)
+    assert revoked_id in _only(_inspect(celery_client, second).revoked(), second)
+    res = celery_client.send_task("rcw.testing.echo", args=["x"], task_id=revoked_id,
+                                  queue=queue_name)
+    with pytest.raises(TaskRevokedError):
+        res.get(timeout=GET_TIMEOUT)
+    second.wait_for_log(f"Discarding revoked task: rcw.testing.echo[{revoked_id}]",
+                        timeout=10)
