@@ -143,3 +143,25 @@ pub(crate) fn by_stamped_headers(shared: &Arc<Shared>, args: &Map<String, Value>
         entries.join(", ")
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_as_celery_names_them() {
+        assert_eq!(signum("SIGTERM"), Ok(libc::SIGTERM));
+        assert_eq!(signum("kill"), Ok(libc::SIGKILL));
+        assert_eq!(signum("USR1"), Ok(libc::SIGUSR1));
+        assert_eq!(signum("9"), Ok(9));
+        assert!(signum("SIGNOPE").unwrap_err().0.starts_with("TypeError("));
+    }
+
+    #[test]
+    fn revoke_replies_show_a_python_set() {
+        assert_eq!(set_repr(&["a".into()]), "{'a'}");
+        assert_eq!(set_repr(&["a".into(), "b".into()]), "{'a', 'b'}");
+        assert_eq!(set_repr(&[]), "set()");
+        assert_eq!(unique(vec!["x".into(), "y".into(), "x".into()]), ["x", "y"]);
+    }
+}
