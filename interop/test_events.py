@@ -250,3 +250,17 @@ def test_heartbeat_command_sends_a_heartbeat_now(celery_client, worker, event_re
     _assert_common(beat, w)
     for key in ("sw_ident", "sw_ver", "sw_sys"):
         assert isinstance(beat[key], str) and beat[key]
+
+
+@pytest.mark.timeout(60)
+def test_unregistered_task_is_reported_failed(celery_client, worker, event_recorder):
+    """The consumer refuses an unknown task and tells monitors: ``task-failed`` with
+    ``NotRegistered('<name>')`` and no traceback (Celery's ``on_unknown_task``)."""
+    w = worker(events=True)
+    wait_for_pidbox(celery_client, w.node)
+    res = celery_client.send_task("rcw.testing.no_such_task", args=[1])
+    failed = event_recorder.wait_for("task-failed", hostname=w.node, uuid=res.id, timeout=10)
+    _assert_common(failed, w)
+    assert failed["exception"] == "NotRegistered('rcw.testing.no_such_task')"
+    assert "traceback" not in failed
+    assert _task_types(event_recorder, w, res.id) == ["task-failed"]

@@ -20,6 +20,7 @@ use crate::worker::Shared;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// What the `-A` app can tell about itself (`inspect conf`, `report`); the
 /// Python bridge implements it.
@@ -67,28 +68,38 @@ pub(crate) fn nok(text: impl Into<String>) -> Value {
     json!({"error": text.into()})
 }
 
-/// Subscribes to the pidbox and serves requests until warm shutdown.
-pub(crate) async fn serve(shared: Arc<Shared>) {
+/// Subscribes to the pidbox: done before the worker says it is ready, so a
+/// command sent the moment it is ready is heard (Redis drops broadcasts
+/// nobody is subscribed to). `None` if a warm shutdown came first.
+pub(crate) async fn subscribe(shared: &Arc<Shared>) -> Option<mpsc::Receiver<Vec<u8>>> {
     let queue = format!("{}.{}", shared.config.hostname, pidbox::EXCHANGE);
-    let mut requests = loop {
+    let mut failures = 0;
+    loop {
         match shared
             .broker
             .subscribe_fanout(pidbox::EXCHANGE, &queue)
             .await
         {
-            Ok(rx) => break rx,
+            Ok(rx) => return Some(rx),
             Err(e) => {
+                let wait = crate::worker::backoff(failures);
+                failures += 1;
                 tracing::warn!(
-                    "Remote control: cannot subscribe to {}: {e}",
-                    pidbox::EXCHANGE
+                    "Remote control: cannot subscribe to {}: {e}. Trying again in {:.2} seconds...",
+                    pidbox::EXCHANGE,
+                    wait.as_secs_f64()
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = shared.shutdown.warm() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.shutdown.warm() => return None,
                 }
             }
         }
-    };
+    }
+}
+
+/// Serves pidbox requests until warm shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, mut requests: mpsc::Receiver<Vec<u8>>) {
     loop {
         let raw = tokio::select! {
             r = requests.recv() => match r {

@@ -61,6 +61,12 @@ pub enum Event {
         uuid: String,
         requeue: bool,
     },
+    /// `task-failed` without a traceback: the consumer refused the message
+    /// (an unregistered task), as Celery's `on_unknown_task` reports it.
+    TaskRefused {
+        uuid: String,
+        exception: String,
+    },
     TaskRevoked {
         uuid: String,
         terminated: bool,
@@ -88,7 +94,7 @@ impl Event {
             Event::TaskReceived { .. } => "task-received",
             Event::TaskStarted { .. } => "task-started",
             Event::TaskSucceeded { .. } => "task-succeeded",
-            Event::TaskFailed { .. } => "task-failed",
+            Event::TaskFailed { .. } | Event::TaskRefused { .. } => "task-failed",
             Event::TaskRetried { .. } => "task-retried",
             Event::TaskRejected { .. } => "task-rejected",
             Event::TaskRevoked { .. } => "task-revoked",
@@ -172,6 +178,10 @@ impl Event {
                 put("uuid", json!(uuid));
                 put("exception", json!(exception));
                 put("traceback", json!(traceback));
+            }
+            Event::TaskRefused { uuid, exception } => {
+                put("uuid", json!(uuid));
+                put("exception", json!(exception));
             }
             Event::TaskRejected { uuid, requeue } => {
                 put("uuid", json!(uuid));

@@ -208,7 +208,9 @@ impl Worker {
         if shared.config.mingle {
             crate::control::mingle::sync(&shared).await;
         }
-        let control = tokio::spawn(crate::control::serve(Arc::clone(&shared)));
+        let control = crate::control::subscribe(&shared)
+            .await
+            .map(|requests| tokio::spawn(crate::control::serve(Arc::clone(&shared), requests)));
         if shared.events.worker_events() {
             shared.events.send(
                 Event::WorkerOnline(shared.worker_status()),
@@ -222,7 +224,9 @@ impl Worker {
         tracing::info!("{} ready.", shared.config.hostname);
 
         consumer::consume(&shared).await;
-        control.abort();
+        if let Some(c) = control {
+            c.abort();
+        }
 
         shared.tasks.close();
         let running = shared.tasks.len();

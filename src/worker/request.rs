@@ -299,6 +299,13 @@ async fn unknown_task(shared: &Shared, tag: &str, env: &Envelope, name: &str) {
         pyrepr::repr_str(&routing_key),
     );
     if let Some(id) = env.headers.get("id").and_then(Value::as_str) {
+        shared.events.task(
+            || shared.state.clock_forward(),
+            || Event::TaskRefused {
+                uuid: id.to_string(),
+                exception: format!("NotRegistered({})", pyrepr::repr_str(name)),
+            },
+        );
         let err = TaskError::not_registered(name);
         let mut m = ResultMeta::new(id, "FAILURE", err.to_meta());
         m.traceback = Some(err.traceback_text());
