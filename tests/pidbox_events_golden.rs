@@ -233,3 +233,24 @@ fn our_events_have_celerys_fields_order_and_envelope() {
     }
     assert!(checked >= 9, "only {checked} events compared");
 }
+
+#[test]
+fn a_task_multi_batch_is_byte_for_byte_celerys() {
+    let doc = load("event_task_multi_batch.json");
+    let carrier = &doc["carrier_message"];
+    let theirs = carrier["body_raw_text"].as_str().unwrap();
+    let events: Vec<Value> = serde_json::from_str(theirs).unwrap();
+    assert!(events.len() >= 2);
+    let mut batch = Vec::new();
+    for e in &events {
+        let common = Common {
+            hostname: e["hostname"].as_str().unwrap(),
+            pid: e["pid"].as_u64().unwrap() as u32,
+            clock: e["clock"].as_u64().unwrap(),
+            timestamp: e["timestamp"].as_f64().unwrap(),
+        };
+        dispatcher::batch_push(&mut batch, &rebuild(e), &common);
+    }
+    dispatcher::batch_close(&mut batch);
+    assert_eq!(String::from_utf8(batch).unwrap(), theirs);
+}

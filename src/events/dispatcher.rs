@@ -136,7 +136,8 @@ async fn publish_loop(
                 }
             }
         }
-        let mut tasks = Vec::new();
+        // Task events: one JSON array, written in place.
+        let mut tasks: Vec<u8> = Vec::new();
         let mut flushes = Vec::new();
         for item in items.drain(..) {
             match item {
@@ -152,12 +153,13 @@ async fn publish_loop(
                         clock,
                         timestamp,
                     };
-                    let body = event.to_json(&common);
                     if event.is_task_event() {
-                        tasks.push(body);
+                        batch_push(&mut tasks, &event, &common);
                     } else {
+                        let mut body = Vec::with_capacity(256);
+                        event.write_json(&common, &mut body);
                         let rk = event.routing_key();
-                        let env = envelope(&hostname, &body, &rk);
+                        let env = envelope_bytes(&hostname, body, &rk);
                         report(
                             &mut failing,
                             broker.publish_fanout(EXCHANGE, &rk, &env).await,
@@ -167,7 +169,8 @@ async fn publish_loop(
             }
         }
         if !tasks.is_empty() {
-            let env = envelope(&hostname, &Value::Array(tasks), "task.multi");
+            batch_close(&mut tasks);
+            let env = envelope_bytes(&hostname, tasks, "task.multi");
             report(
                 &mut failing,
                 broker.publish_fanout(EXCHANGE, "task.multi", &env).await,
@@ -177,6 +180,17 @@ async fn publish_loop(
             let _ = done.send(());
         }
     }
+}
+
+/// Appends an event to a `task.multi` body (`[e1, e2, ...]`, as `json.dumps`).
+pub fn batch_push(batch: &mut Vec<u8>, event: &Event, common: &Common<'_>) {
+    batch.extend_from_slice(if batch.is_empty() { b"[" } else { b", " });
+    event.write_json(common, batch);
+}
+
+/// Closes a non-empty `task.multi` body.
+pub fn batch_close(batch: &mut Vec<u8>) {
+    batch.push(b']');
 }
 
 /// Events are fire-and-forget (as on Celery's Redis transport): a failure is
@@ -198,7 +212,13 @@ fn report(failing: &mut bool, outcome: Result<(), crate::broker::BrokerError>) {
 
 /// The event envelope: header `hostname`, transient delivery.
 pub fn envelope(hostname: &str, body: &Value, routing_key: &str) -> crate::protocol::Envelope {
+    envelope_bytes(hostname, body.to_string().into_bytes(), routing_key)
+}
+
+fn envelope_bytes(hostname: &str, body: Vec<u8>, routing_key: &str) -> crate::protocol::Envelope {
     let mut headers = Map::new();
     headers.insert("hostname".into(), json!(hostname));
-    pidbox::envelope(body, headers, EXCHANGE, routing_key, 1)
+    let mut env = pidbox::envelope(&Value::Null, headers, EXCHANGE, routing_key, 1);
+    env.body = body;
+    env
 }

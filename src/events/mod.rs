@@ -8,7 +8,7 @@
 
 pub mod dispatcher;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 /// What the worker reports about itself in every worker event.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,23 +116,29 @@ impl Event {
 
     /// The event body as Celery's `event()` + dispatcher build it.
     pub fn to_json(&self, c: &Common<'_>) -> Value {
-        let mut m = Map::new();
-        m.insert("hostname".into(), json!(c.hostname));
-        m.insert("utcoffset".into(), json!(utcoffset_hours()));
-        m.insert("pid".into(), json!(c.pid));
-        m.insert("clock".into(), json!(c.clock));
-        let mut put = |k: &str, v: Value| {
-            m.insert(k.into(), v);
-        };
+        let mut out = Vec::with_capacity(256);
+        self.write_json(c, &mut out);
+        serde_json::from_slice(&out).expect("events serialise to valid JSON")
+    }
+
+    /// Writes the event body as Python's `json.dumps` does (`", "` and
+    /// `": "` separators, Celery's field order), straight into `out`: the
+    /// dispatcher's hot path builds no intermediate JSON tree.
+    pub fn write_json(&self, c: &Common<'_>, out: &mut Vec<u8>) {
+        let mut o = Obj::start(out);
+        o.field("hostname", c.hostname);
+        o.field("utcoffset", &utcoffset_hours());
+        o.field("pid", &c.pid);
+        o.field("clock", &c.clock);
         match self {
             Event::WorkerOnline(s) | Event::WorkerHeartbeat(s) | Event::WorkerOffline(s) => {
-                put("freq", json!(s.freq));
-                put("active", json!(s.active));
-                put("processed", json!(s.processed));
-                put("loadavg", json!(s.loadavg));
-                put("sw_ident", json!(SW_IDENT));
-                put("sw_ver", json!(env!("CARGO_PKG_VERSION")));
-                put("sw_sys", json!(sw_sys()));
+                o.field("freq", &s.freq);
+                o.field("active", &s.active);
+                o.field("processed", &s.processed);
+                o.field("loadavg", &s.loadavg);
+                o.field("sw_ident", SW_IDENT);
+                o.field("sw_ver", env!("CARGO_PKG_VERSION"));
+                o.field("sw_sys", sw_sys());
             }
             Event::TaskReceived {
                 uuid,
@@ -145,25 +151,25 @@ impl Event {
                 eta,
                 expires,
             } => {
-                put("uuid", json!(uuid));
-                put("name", json!(name));
-                put("args", json!(args));
-                put("kwargs", json!(kwargs));
-                put("root_id", json!(root_id));
-                put("parent_id", json!(parent_id));
-                put("retries", json!(retries));
-                put("eta", json!(eta));
-                put("expires", json!(expires));
+                o.field("uuid", uuid);
+                o.field("name", name);
+                o.field("args", args);
+                o.field("kwargs", kwargs);
+                o.field("root_id", root_id);
+                o.field("parent_id", parent_id);
+                o.field("retries", retries);
+                o.field("eta", eta);
+                o.field("expires", expires);
             }
-            Event::TaskStarted { uuid } => put("uuid", json!(uuid)),
+            Event::TaskStarted { uuid } => o.field("uuid", uuid),
             Event::TaskSucceeded {
                 uuid,
                 result,
                 runtime,
             } => {
-                put("uuid", json!(uuid));
-                put("result", json!(result));
-                put("runtime", json!(runtime));
+                o.field("uuid", uuid);
+                o.field("result", result);
+                o.field("runtime", runtime);
             }
             Event::TaskFailed {
                 uuid,
@@ -175,17 +181,17 @@ impl Event {
                 exception,
                 traceback,
             } => {
-                put("uuid", json!(uuid));
-                put("exception", json!(exception));
-                put("traceback", json!(traceback));
+                o.field("uuid", uuid);
+                o.field("exception", exception);
+                o.field("traceback", traceback);
             }
             Event::TaskRefused { uuid, exception } => {
-                put("uuid", json!(uuid));
-                put("exception", json!(exception));
+                o.field("uuid", uuid);
+                o.field("exception", exception);
             }
             Event::TaskRejected { uuid, requeue } => {
-                put("uuid", json!(uuid));
-                put("requeue", json!(requeue));
+                o.field("uuid", uuid);
+                o.field("requeue", requeue);
             }
             Event::TaskRevoked {
                 uuid,
@@ -193,15 +199,43 @@ impl Event {
                 signum,
                 expired,
             } => {
-                put("uuid", json!(uuid));
-                put("terminated", json!(terminated));
-                put("signum", json!(signum));
-                put("expired", json!(expired));
+                o.field("uuid", uuid);
+                o.field("terminated", terminated);
+                o.field("signum", signum);
+                o.field("expired", expired);
             }
         }
-        m.insert("timestamp".into(), json!(c.timestamp));
-        m.insert("type".into(), json!(self.type_name()));
-        Value::Object(m)
+        o.field("timestamp", &c.timestamp);
+        o.field("type", self.type_name());
+        o.end();
+    }
+}
+
+/// A JSON object written field by field in Python's `json.dumps` format.
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn start(out: &'a mut Vec<u8>) -> Obj<'a> {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    fn field<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if !self.first {
+            self.out.extend_from_slice(b", ");
+        }
+        self.first = false;
+        // Strings, numbers, bools and options of them cannot fail to serialise.
+        let _ = serde_json::to_writer(&mut *self.out, key);
+        self.out.extend_from_slice(b": ");
+        let _ = serde_json::to_writer(&mut *self.out, value);
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
     }
 }
 
@@ -219,11 +253,21 @@ pub fn sw_sys() -> &'static str {
     }
 }
 
-/// Celery's `utcoffset()`: hours west of UTC of the local zone (`0.0` in UTC).
+/// Celery's `utcoffset()`: hours west of UTC of the local zone (`0.0` in
+/// UTC). Looked up at most once a minute (it only moves with DST).
 pub fn utcoffset_hours() -> f64 {
-    let secs = chrono::Local::now().offset().local_minus_utc();
-    // Celery: `(timezone if not isdst else altzone) // 3600`, i.e. minus the east offset.
-    (-(secs as f64) / 3600.0).floor() + 0.0
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, f64)>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match *cache {
+        Some((at, v)) if at.elapsed() < std::time::Duration::from_secs(60) => v,
+        _ => {
+            let secs = chrono::Local::now().offset().local_minus_utc();
+            // Celery: `(timezone if not isdst else altzone) // 3600`: minus the east offset.
+            let v = (-(secs as f64) / 3600.0).floor() + 0.0;
+            *cache = Some((std::time::Instant::now(), v));
+            v
+        }
+    }
 }
 
 /// The 1, 5 and 15 minute load averages, rounded as Celery's `load_average`.
