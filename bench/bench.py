@@ -1141,7 +1141,8 @@ def main() -> int:
         else:
             out.append(("rust-celery-worker", [
                 args.bin, "-A", "app.workers", "-b", broker_url, "--result-backend", backend_url,
-                *rust_extra, "-c", str(c), "-l", "warning", "-n", "bench-rust@%h"], run_env))
+                *rust_extra, "-c", str(c), "--without-gossip", "--without-mingle",
+                "--without-heartbeat", "-l", "warning", "-n", "bench-rust@%h"], run_env))
         if args.skip_celery:
             print("celery: skipped (--skip-celery)")
         else:
