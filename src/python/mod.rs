@@ -138,7 +138,9 @@ impl PythonApp {
             .unwrap_or_default())
     }
 
-    /// Names of the app's tasks that have no Rust handler in `registry`.
+    /// Names of the app's own tasks that have no Rust handler in `registry`
+    /// (Celery's built-in `celery.*` tasks every app carries don't count:
+    /// they alone never justify starting a pool).
     pub fn python_only_tasks(&self, registry: &Registry) -> anyhow::Result<Vec<String>> {
         let tasks = self.call_json("tasks_json")?;
         Ok(tasks
@@ -146,7 +148,7 @@ impl PythonApp {
             .into_iter()
             .flatten()
             .map(|(k, _)| k.clone())
-            .filter(|k| registry.get(k).is_none())
+            .filter(|k| !k.starts_with("celery.") && registry.get(k).is_none())
             .collect())
     }
 

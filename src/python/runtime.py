@@ -178,8 +178,6 @@ def tasks_json():
     conf = _app.conf
     out = {}
     for name, task in sorted(_app.tasks.items()):
-        if name.startswith("celery."):
-            continue
         opts = {}
         for key in OPTION_NAMES:
             value = getattr(task, key, None)
