@@ -13,6 +13,7 @@ Names and semantics must match the Rust implementations exactly:
   ``PROGRESS`` with meta ``{"current": i, "total": steps}`` then sleeps ``delay``;
   returns ``{"done": steps}``.
 * ``rcw.testing.echo(value)``: returns ``value`` unchanged.
+* ``rcw.testing.routed_echo(value)``: ``echo`` defined with ``queue="routed"``.
 * ``rcw.testing.async_sleep(seconds, result=None)``: as ``sleep``; the Rust one is an
   async (abortable) body, so ``revoke(terminate=True)`` cancels it mid-sleep.
 """
@@ -55,6 +56,12 @@ def progress(self, steps, delay=0.05):
 
 @shared_task(name="rcw.testing.echo")
 def echo(value):
+    return value
+
+
+@shared_task(name="rcw.testing.routed_echo", queue="routed")
+def routed_echo(value):
+    """``echo`` whose definition names its queue (``@app.task(queue=...)``)."""
     return value
 
 

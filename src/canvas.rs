@@ -3,6 +3,8 @@
 //! `handle_failure` errbacks, the chord callback). Builds messages; never talks
 //! to Redis itself.
 
+pub mod routes;
+
 use crate::protocol::{Embed, Envelope, TaskMessage, pyrepr};
 use crate::task::Request;
 use serde_json::{Map, Value, json};
@@ -82,7 +84,7 @@ pub struct Sender<'a> {
     /// `gen<pid>@<host>`, Celery's producer origin.
     pub origin: &'a str,
     /// Where to send when a signature names no queue.
-    pub default_queue: &'a str,
+    pub router: &'a routes::Router,
 }
 
 impl Sender<'_> {
@@ -91,18 +93,19 @@ impl Sender<'_> {
     }
 }
 
-/// Where a follow-up goes: `options.queue` (name or `{"name": …}`), else the
-/// routing key, else the default queue.
-fn queue_of(sig: &Signature, default: &str) -> String {
-    match sig.options.get("queue") {
-        Some(Value::String(q)) => q.clone(),
-        Some(Value::Object(q)) => q
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(default)
-            .to_string(),
-        _ => sig.opt_str("routing_key").unwrap_or(default).to_string(),
-    }
+/// Where a follow-up goes: `options.queue` (name or `{"name": …}`), else its
+/// routing key, else what the router says for its task (its own `queue`,
+/// `task_routes`, the default queue).
+fn queue_of(sig: &Signature, router: &routes::Router) -> String {
+    let named = match sig.options.get("queue") {
+        Some(Value::String(q)) => Some(q.as_str()),
+        Some(Value::Object(q)) => q.get("name").and_then(Value::as_str),
+        _ => None,
+    };
+    named
+        .or_else(|| sig.opt_str("routing_key"))
+        .unwrap_or_else(|| router.route(&sig.task))
+        .to_string()
 }
 
 fn iso_in(seconds: f64) -> String {
@@ -183,7 +186,7 @@ pub fn message(
         chain,
         chord: sig.options.get("chord").filter(|c| !c.is_null()).cloned(),
     };
-    let queue = queue_of(sig, sender.default_queue);
+    let queue = queue_of(sig, sender.router);
     let priority = sig
         .options
         .get("priority")

@@ -153,6 +153,8 @@ pub struct Config {
     pub gossip: bool,
     /// `-S/--statedb` / `worker_state_db`: where revokes survive restarts.
     pub statedb: Option<String>,
+    /// `task_routes`, as data (see `canvas::routes`).
+    pub task_routes: Value,
 }
 
 impl Default for Config {
@@ -191,6 +193,7 @@ impl Default for Config {
             mingle: true,
             gossip: true,
             statedb: None,
+            task_routes: Value::Null,
         }
     }
 }
@@ -283,6 +286,7 @@ impl Config {
             "worker_max_tasks_per_child" => self.max_tasks_per_child = value.as_u64(),
             "worker_max_memory_per_child" => self.max_memory_per_child = value.as_u64(),
             "worker_send_task_events" => self.task_events = flag(&value)?,
+            "task_routes" => self.task_routes = value,
             "worker_state_db" => self.statedb = value.as_str().map(str::to_string),
             "worker_pool" => self.pool = value.as_str().map(str::to_ascii_lowercase),
             "task_default_queue" => {

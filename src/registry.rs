@@ -49,6 +49,9 @@ pub struct TaskOptions {
     pub soft_time_limit: Option<f64>,
     /// `"10/s"`, `"100/m"`, `"1000/h"`.
     pub rate_limit: Option<String>,
+    /// The queue messages of this task go to unless told otherwise
+    /// (`@app.task(queue=…)`).
+    pub queue: Option<String>,
 }
 
 /// A registered task.

@@ -4,6 +4,7 @@
 //! field by field. Only values that are random or machine-specific by nature
 //! are masked: fresh ids, delivery tags, etas, `origin` pids, client oids.
 
+use rust_celery_worker::canvas::routes::Router;
 use rust_celery_worker::canvas::{self, Outgoing, Sender, Signature};
 use rust_celery_worker::protocol::{Envelope, TaskMessage};
 use rust_celery_worker::task::Request;
@@ -62,10 +63,11 @@ fn assert_same(ours: &Outgoing, theirs: &Value, mask: &[&str]) {
 }
 
 fn sender(request: &Request) -> Sender<'_> {
+    static ROUTER: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
     Sender {
         request,
         origin: "gen1@vm",
-        default_queue: "celery",
+        router: ROUTER.get_or_init(|| Router::new("celery")),
     }
 }
 

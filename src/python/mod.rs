@@ -396,6 +396,9 @@ fn apply_options(o: &mut TaskOptions, opts: &Value) {
         o.max_retries = Some(m.as_u64().map(|n| n as u32));
     }
     o.default_retry_delay = f("default_retry_delay").or(o.default_retry_delay);
+    if let Some(q) = opts.get("queue").and_then(Value::as_str) {
+        o.queue = Some(q.to_string());
+    }
     o.retry_backoff = f("retry_backoff").filter(|v| *v > 0.0).or(o.retry_backoff);
     o.retry_backoff_max = f("retry_backoff_max").or(o.retry_backoff_max);
     o.retry_jitter = b("retry_jitter").or(o.retry_jitter);

@@ -88,7 +88,35 @@ CONF_KEYS = [
     "task_time_limit", "task_soft_time_limit", "worker_prefetch_multiplier",
     "worker_concurrency", "task_ignore_result", "task_store_errors_even_if_ignored",
     "task_default_rate_limit", "worker_send_task_events", "worker_state_db",
+    "task_routes",
 ]
+
+
+def _routes_json(routes):
+    """``task_routes`` as data the worker can route by: mappings keyed by task
+    name or glob; what is not data (regex keys, router functions or their
+    import paths, routes without a queue name) becomes an ``__unsupported__``
+    marker the worker names in its start-up warning."""
+    if isinstance(routes, (dict, str)) or callable(routes):
+        routes = [routes]
+    out = []
+    for router in routes:
+        if not isinstance(router, dict):
+            out.append({"__unsupported__": f"router {router!r}"})
+            continue
+        table = {}
+        for key, route in router.items():
+            if not isinstance(key, str):
+                out.append({"__unsupported__": f"route {getattr(key, 'pattern', key)!r}"})
+                continue
+            queue = getattr(route, "name", None) if not isinstance(route, (str, dict)) else None
+            if queue is not None:  # a kombu Queue object
+                route = {"queue": queue}
+            elif isinstance(route, dict) and not isinstance(route.get("queue"), (str, type(None))):
+                route = dict(route, queue=getattr(route["queue"], "name", None))
+            table[key] = _jsonable(route)
+        out.append(table)
+    return out
 
 
 def _jsonable(value):
@@ -144,6 +172,8 @@ def conf_json():
         value = conf.get(key)
         if key == "result_expires":
             value = _seconds(value)
+        if key == "task_routes" and value is not None:
+            value = _routes_json(value)
         if value is not None:
             out[key] = _jsonable(value)
     queues = conf.get("task_queues")
@@ -156,7 +186,7 @@ OPTION_NAMES = [
     "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result",
     "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "track_started", "reject_on_worker_lost",
-    "store_errors_even_if_ignored", "acks_on_failure_or_timeout",
+    "store_errors_even_if_ignored", "acks_on_failure_or_timeout", "queue",
 ]
 
 

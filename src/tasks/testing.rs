@@ -77,6 +77,14 @@ pub fn register(registry: &mut Registry) {
         let v = args.value(0).clone();
         async move { Ok(v) }
     });
+    // `echo` whose definition names its queue, as `@app.task(queue="routed")`.
+    registry.add(
+        Registry::async_def("rcw.testing.routed_echo", &["value"], |_ctx, args| {
+            let v = args.value(0).clone();
+            async move { Ok(v) }
+        })
+        .with(|o| o.queue = Some("routed".into())),
+    );
     // An async sleep: a terminate aborts it at once (a blocking sleep can't be).
     registry.asynchronous(
         "rcw.testing.async_sleep",

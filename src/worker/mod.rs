@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub limits: rate_limit::Limits,
     /// `gen<pid>@<host>`: the origin of messages this worker publishes.
     pub origin: String,
+    /// Where the messages this worker publishes go.
+    pub router: crate::canvas::routes::Router,
     /// Held requests, revokes, counts, clock.
     pub state: Arc<WorkerState>,
     pub events: Arc<Events>,
@@ -159,6 +161,21 @@ impl Worker {
             0 => UNLIMITED_PREFETCH,
             n => n,
         };
+        let mut router = crate::canvas::routes::Router::new(&config.task_default_queue);
+        let skipped = router.add_task_routes(&config.task_routes);
+        if !skipped.is_empty() {
+            tracing::warn!(
+                "task_routes: not supported yet, these routes are ignored (messages go to \
+                 the task's queue or {:?} instead): {}",
+                config.task_default_queue,
+                skipped.join("; ")
+            );
+        }
+        for name in registry.names() {
+            if let Some(q) = registry.get(name).and_then(|d| d.options.queue.clone()) {
+                router.task_queue(name, &q);
+            }
+        }
         let events = Events::start(
             Arc::clone(&broker),
             config.hostname.clone(),
@@ -169,6 +186,7 @@ impl Worker {
         Ok(Worker {
             shared: Arc::new(Shared {
                 limits,
+                router,
                 state: Arc::new(WorkerState::new()),
                 events,
                 pool: extras.pool,

@@ -177,7 +177,7 @@ impl Tracer<'_> {
         Sender {
             request: self.request,
             origin: &self.shared.origin,
-            default_queue: &self.shared.config.task_default_queue,
+            router: &self.shared.router,
         }
     }
 

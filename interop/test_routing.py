@@ -1,0 +1,58 @@
+"""Where the worker sends what it publishes (chain steps here), as Celery's router
+decides: the signature's own options, then the task's own ``queue``, then
+``task_routes`` (names and globs), then ``task_default_queue``. The client never
+routes these messages: the worker does, so a worker consuming only the default
+queue must leave a routed step in its queue for the worker that serves it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from celery import chain, signature
+
+from helpers import wait_until
+
+GET_TIMEOUT = 20
+
+
+def _sig(app, name, *args, **options):
+    return signature(name, args=args, app=app, **options)
+
+
+def _waiting_tasks(broker, queue):
+    """Task names of the messages waiting in ``queue``."""
+    return [json.loads(raw)["headers"]["task"] for raw in broker.lrange(queue, 0, -1)]
+
+
+@pytest.mark.timeout(60)
+def test_chain_step_follows_task_routes(celery_client, worker, broker):
+    routes = {"rcw.testing.mul": {"queue": "math"}, "rcw.testing.ts*": "sums"}
+    worker(settings={"task_routes": routes})
+    res = chain(_sig(celery_client, "rcw.testing.echo", 2),
+                _sig(celery_client, "rcw.testing.mul", 5))()
+    wait_until(lambda: _waiting_tasks(broker, "math") == ["rcw.testing.mul"], timeout=10,
+               what="the mul step waiting in 'math'")
+    glob = chain(_sig(celery_client, "rcw.testing.echo", [1, 2]),
+                 _sig(celery_client, "rcw.testing.tsum"))()
+    wait_until(lambda: _waiting_tasks(broker, "sums") == ["rcw.testing.tsum"], timeout=10,
+               what="the tsum step waiting in 'sums' (glob route)")
+    # An explicit queue on the signature wins over the routes.
+    explicit = chain(_sig(celery_client, "rcw.testing.echo", 3),
+                     _sig(celery_client, "rcw.testing.mul", 2, queue="celery"))()
+    assert explicit.get(timeout=GET_TIMEOUT) == 6
+    worker(queues=["math", "sums"])
+    assert res.get(timeout=GET_TIMEOUT) == 10
+    assert glob.get(timeout=GET_TIMEOUT) == 3
+
+
+@pytest.mark.timeout(60)
+def test_chain_step_goes_to_the_queue_its_task_names(celery_client, worker, broker):
+    """Seed 003's pattern: ``@app.task(queue='high-priority')`` as a later chain step."""
+    worker()
+    res = chain(_sig(celery_client, "rcw.testing.echo", "x"),
+                _sig(celery_client, "rcw.testing.routed_echo"))()
+    wait_until(lambda: _waiting_tasks(broker, "routed") == ["rcw.testing.routed_echo"],
+               timeout=10, what="the step waiting in its task's queue 'routed'")
+    assert broker.llen("celery") == 0
+    worker(queues=["routed"])
+    assert res.get(timeout=GET_TIMEOUT) == "x"
