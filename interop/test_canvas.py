@@ -237,3 +237,37 @@ def test_chord_across_python_and_rust_workers(celery_client, worker, backend, qu
     wait_until(lambda: backend.get(f"celery-taskset-meta-{gid}.c") == b"done", timeout=5,
                what="chord claim key 'done'")
     assert _chord_keys(backend, gid) == {"j": 0, "s": 0, "d": 0, "t": 0}
+
+
+# --------------------------------------------------------------------------- nested canvas
+
+
+@pytest.mark.timeout(60)
+def test_chain_runs_a_chord_step_and_continues(celery_client, worker):
+    """A chord reached as a chain step: the worker runs ``chord.run`` itself (the
+    header gets the previous result, the body carries the rest of the chain)."""
+    worker()
+    c = chain(_sig(celery_client, "rcw.testing.echo", 2),
+              chord([_sig(celery_client, "rcw.testing.mul", 2),
+                     _sig(celery_client, "rcw.testing.mul", 3)],
+                    _sig(celery_client, "rcw.testing.tsum")),
+              _sig(celery_client, "rcw.testing.mul", 10))
+    assert c.apply_async().get(timeout=GET_TIMEOUT) == 100
+
+
+@pytest.mark.timeout(60)
+def test_chain_ending_in_a_group_and_chords_in_a_row(celery_client, worker):
+    worker()
+    ends_in_group = chain(_sig(celery_client, "rcw.testing.echo", 3),
+                          group(_sig(celery_client, "rcw.testing.mul", 2),
+                                _sig(celery_client, "rcw.testing.mul", 5)))
+    assert ends_in_group.apply_async().get(timeout=GET_TIMEOUT) == [6, 15]
+    two_chords = chain(
+        chord([_sig(celery_client, "rcw.testing.echo", 1),
+               _sig(celery_client, "rcw.testing.echo", 2)],
+              _sig(celery_client, "rcw.testing.tsum")),
+        chord([_sig(celery_client, "rcw.testing.mul", 10),
+               _sig(celery_client, "rcw.testing.mul", 20)],
+              _sig(celery_client, "rcw.testing.tsum")))
+    # (1 + 2) → 3 → [30, 60] → 90
+    assert two_chords.apply_async().get(timeout=GET_TIMEOUT) == 90

@@ -183,7 +183,8 @@ pub fn message(
     msg.embed = Embed {
         callbacks: sig.option_list("link"),
         errbacks: sig.option_list("link_error"),
-        chain,
+        // A chord body carries the rest of its chain in its options.
+        chain: chain.or_else(|| sig.option_list("chain")),
         chord: sig.options.get("chord").filter(|c| !c.is_null()).cloned(),
     };
     let queue = queue_of(sig, sender.router);
@@ -258,11 +259,131 @@ pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Va
         && let Some((next, rest)) = chain.split_last()
         && let Some(sig) = Signature::from_value(next)
     {
-        let o = message(&sig, prepend, sender, None, Some(rest.to_vec()));
-        children.push(child_ref(&o.id));
-        out.push(o);
+        // `_chsig.apply_async((retval,), chain=rest)`.
+        let (msgs, child) = apply(&sig, prepend, sender, None, Some(rest.to_vec()));
+        children.extend(child);
+        out.extend(msgs);
     }
     (out, children)
+}
+
+/// `sig.apply_async(partial_args, chain=rest)` as Celery's worker runs it
+/// for a chain step, a callback or a chord body: a task is one message; a
+/// chain starts with its first task carrying the rest; group members get
+/// the partial args and the group id; a chord publishes its header as
+/// `chord.run` does, each part carrying the body (with `chord_size` and the
+/// rest of the chain), or sends the body with `[]` when the header is empty.
+/// Returns the messages and the `children` entry.
+pub fn apply(
+    sig: &Signature,
+    prepend: &[Value],
+    sender: &Sender<'_>,
+    group: Option<(&str, Option<i64>)>,
+    rest: Option<Vec<Value>>,
+) -> (Vec<Outgoing>, Option<Value>) {
+    match sig.subtask_type.as_deref() {
+        Some("chord") | Some("group") => {}
+        Some("chain") => {
+            // A chain starts with its first task, carrying its own rest
+            // (reversed, as `embed.chain`) before the outer rest.
+            let steps: Vec<Signature> = sig
+                .kwargs
+                .get("tasks")
+                .and_then(Value::as_array)
+                .map(|t| t.iter().filter_map(Signature::from_value).collect())
+                .unwrap_or_default();
+            let Some((first, inner)) = steps.split_first() else {
+                return (Vec::new(), None);
+            };
+            let mut chain = rest.unwrap_or_default();
+            chain.extend(inner.iter().rev().map(signature_value));
+            let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
+            return apply(first, prepend, sender, group, Some(chain));
+        }
+        Some(other) if !other.is_empty() => {
+            tracing::error!(
+                "signature {} of type {other:?} is not supported by this worker; not sent",
+                sig.task
+            );
+            return (Vec::new(), None);
+        }
+        _ => {
+            let o = message(sig, prepend, sender, group, rest);
+            let child = child_ref(&o.id);
+            return (vec![o], Some(child));
+        }
+    }
+    let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
+    let members = |v: Option<&Value>| -> (Option<String>, Vec<Signature>) {
+        match v {
+            Some(Value::Array(items)) => (
+                None,
+                items.iter().filter_map(Signature::from_value).collect(),
+            ),
+            Some(g) => match Signature::from_value(g) {
+                Some(group) => (
+                    group.id().map(str::to_string),
+                    group
+                        .kwargs
+                        .get("tasks")
+                        .and_then(Value::as_array)
+                        .map(|t| t.iter().filter_map(Signature::from_value).collect())
+                        .unwrap_or_default(),
+                ),
+                None => (None, Vec::new()),
+            },
+            None => (None, Vec::new()),
+        }
+    };
+    match sig.subtask_type.as_deref() {
+        Some("chord") => {
+            let (header_id, header) = members(sig.kwargs.get("header"));
+            let Some(mut body) = sig.kwargs.get("body").and_then(Signature::from_value) else {
+                tracing::error!("chord step without a body: {}", signature_value(sig));
+                return (Vec::new(), None);
+            };
+            let body_id = body
+                .id()
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            body.options.insert("task_id".into(), json!(body_id));
+            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                body.options.insert("chain".into(), Value::Array(rest));
+            }
+            if header.is_empty() {
+                let o = message(&body, &[json!([])], sender, None, None);
+                let child = child_ref(&o.id);
+                return (vec![o], Some(child));
+            }
+            body.options
+                .insert("chord_size".into(), json!(header.len()));
+            let gid = header_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            // Every part carries the body (and with it the rest of the chain).
+            let body_value = signature_value(&body);
+            let mut ids = Vec::new();
+            let mut out = Vec::new();
+            for (i, part) in header.iter().enumerate() {
+                let mut part = part.clone();
+                part.options.insert("chord".into(), body_value.clone());
+                let o = message(&part, prepend, sender, Some((&gid, Some(i as i64))), None);
+                ids.push(o.id.clone());
+                out.push(o);
+            }
+            (out, Some(group_ref(&gid, &ids)))
+        }
+        _ => {
+            let (_, tasks) = members(Some(&signature_value(sig)));
+            let gid = sig
+                .id()
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let out: Vec<Outgoing> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| message(t, prepend, sender, Some((&gid, Some(i as i64))), None))
+                .collect();
+            let ids: Vec<String> = out.iter().map(|o| o.id.clone()).collect();
+            (out, Some(group_ref(&gid, &ids)))
+        }
+    }
 }
 
 /// Expands nested canvas in a callback: a chain starts with its first task

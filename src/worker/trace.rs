@@ -580,14 +580,15 @@ impl Tracer<'_> {
             tracing::error!("Chord {} raised: {}", pyrepr::repr_str(group), err.repr());
         } else {
             let values: Vec<Value> = join.results.into_iter().map(|(_, _, v)| v).collect();
-            let m = canvas::message(
+            // The body may itself be a chain, group or chord (nested canvas).
+            let (msgs, _) = canvas::apply(
                 &body,
                 &[Value::Array(values)],
                 &sender,
                 Some((group_opt, None)),
                 None,
             );
-            self.publish_all(vec![m]).await;
+            self.publish_all(msgs).await;
         }
         super::store::until_ok("chord cleanup", &self.shared.shutdown, || {
             backend.chord_done(group, &join.token)
