@@ -271,3 +271,15 @@ def test_chain_ending_in_a_group_and_chords_in_a_row(celery_client, worker):
               _sig(celery_client, "rcw.testing.tsum")))
     # (1 + 2) → 3 → [30, 60] → 90
     assert two_chords.apply_async().get(timeout=GET_TIMEOUT) == 90
+
+
+@pytest.mark.timeout(60)
+def test_chord_whose_body_is_a_chain_then_more_steps(celery_client, worker):
+    worker()
+    c = chain(chord([_sig(celery_client, "rcw.testing.echo", 1),
+                     _sig(celery_client, "rcw.testing.echo", 2)],
+                    chain(_sig(celery_client, "rcw.testing.tsum"),
+                          _sig(celery_client, "rcw.testing.mul", 2))),
+              _sig(celery_client, "rcw.testing.mul", 10))
+    # (1 + 2) * 2 * 10
+    assert c.apply_async().get(timeout=GET_TIMEOUT) == 60

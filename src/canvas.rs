@@ -295,7 +295,11 @@ pub fn apply(
             let Some((first, inner)) = steps.split_first() else {
                 return (Vec::new(), None);
             };
-            let mut chain = rest.unwrap_or_default();
+            // The outer rest, else what the signature itself carries (a
+            // chord body holds the rest of its chain in its options).
+            let mut chain = rest
+                .or_else(|| sig.option_list("chain"))
+                .unwrap_or_default();
             chain.extend(inner.iter().rev().map(signature_value));
             let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
             return apply(first, prepend, sender, group, Some(chain));
@@ -346,7 +350,10 @@ pub fn apply(
                 .id()
                 .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
             body.options.insert("task_id".into(), json!(body_id));
-            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+            if let Some(rest) = rest
+                .or_else(|| sig.option_list("chain"))
+                .filter(|r| !r.is_empty())
+            {
                 body.options.insert("chain".into(), Value::Array(rest));
             }
             if header.is_empty() {
