@@ -304,13 +304,8 @@ pub fn apply(
             let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
             return apply(first, prepend, sender, group, Some(chain));
         }
-        Some(other) if !other.is_empty() => {
-            tracing::error!(
-                "signature {} of type {other:?} is not supported by this worker; not sent",
-                sig.task
-            );
-            return (Vec::new(), None);
-        }
+        // A task, or a primitive sent as its built-in task (`celery.chunks`,
+        // `celery.map`, …: run by the app's own code when it is loaded).
         _ => {
             let o = message(sig, prepend, sender, group, rest);
             let child = child_ref(&o.id);
