@@ -375,25 +375,12 @@ pub fn host_name() -> String {
 pub fn expand_hostname(pattern: &str) -> String {
     let host = host_name();
     let (short, domain) = host.split_once('.').unwrap_or((&host, ""));
-    let mut out = String::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => out.push_str(&host),
-            Some('n') => out.push_str(short),
-            Some('d') => out.push_str(domain),
-            Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
-            None => out.push('%'),
-        }
-    }
+    let out = expand_percent(pattern, |c| match c {
+        'h' => Some(host.as_str()),
+        'n' => Some(short),
+        'd' => Some(domain),
+        _ => None,
+    });
     if out.contains('@') {
         out
     } else {
@@ -431,6 +418,18 @@ pub fn mask_url(url: &str) -> String {
 pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
     let (name, host) = nodename.split_once('@').unwrap_or(("celery", nodename));
     let domain = host.split_once('.').map_or("", |(_, d)| d);
+    expand_percent(pattern, |c| match c {
+        'p' => Some(nodename),
+        'n' => Some(name),
+        'h' => Some(host),
+        'd' => Some(domain),
+        _ => None,
+    })
+}
+
+/// `%x` expansion as Celery's `host_format`: `lookup(x)` replaces it, `%%`
+/// is a percent sign, anything else is kept as written.
+fn expand_percent<'a>(pattern: &str, lookup: impl Fn(char) -> Option<&'a str>) -> String {
     let mut out = String::new();
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
@@ -439,15 +438,14 @@ pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
             continue;
         }
         match chars.next() {
-            Some('p') => out.push_str(nodename),
-            Some('n') => out.push_str(name),
-            Some('h') => out.push_str(host),
-            Some('d') => out.push_str(domain),
             Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
+            Some(o) => match lookup(o) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push('%');
+                    out.push(o);
+                }
+            },
             None => out.push('%'),
         }
     }

@@ -218,7 +218,5 @@ pub fn envelope(hostname: &str, body: &Value, routing_key: &str) -> crate::proto
 fn envelope_bytes(hostname: &str, body: Vec<u8>, routing_key: &str) -> crate::protocol::Envelope {
     let mut headers = Map::new();
     headers.insert("hostname".into(), json!(hostname));
-    let mut env = pidbox::envelope(&Value::Null, headers, EXCHANGE, routing_key, 1);
-    env.body = body;
-    env
+    pidbox::envelope(body, headers, EXCHANGE, routing_key, 1)
 }

@@ -155,7 +155,7 @@ fn glob(text: &[u8], pat: &[u8]) -> bool {
 
 /// A kombu JSON envelope with the given routing and headers.
 pub fn envelope(
-    body: &Value,
+    body: Vec<u8>,
     headers: Map<String, Value>,
     exchange: &str,
     routing_key: &str,
@@ -174,7 +174,7 @@ pub fn envelope(
         json!(uuid::Uuid::new_v4().to_string()),
     );
     Envelope {
-        body: body.to_string().into_bytes(),
+        body,
         content_type: Some("application/json".into()),
         content_encoding: Some("utf-8".into()),
         headers,
@@ -196,7 +196,7 @@ pub fn reply_envelope(
     headers.insert("ticket".into(), json!(ticket));
     headers.insert("clock".into(), json!(clock));
     envelope(
-        &Value::Object(body),
+        Value::Object(body).to_string().into_bytes(),
         headers,
         &reply_to.exchange,
         &reply_to.routing_key,
@@ -224,7 +224,7 @@ pub fn request_envelope(
     let mut headers = Map::new();
     headers.insert("clock".into(), json!(clock));
     headers.insert("expires".into(), json!(expires));
-    envelope(&body, headers, EXCHANGE, "", 2)
+    envelope(body.to_string().into_bytes(), headers, EXCHANGE, "", 2)
 }
 
 /// The node replies in a reply envelope: `(nodename, reply)` pairs.

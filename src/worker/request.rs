@@ -60,31 +60,16 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let id = msg.id().to_string();
     // Celery checks expiry before announcing the task (strategy.py).
     let (eta, expires) = (msg.eta(), msg.expires());
-    if let Some(expires) = expires
-        && expires <= chrono::Utc::now()
-    {
+    let refused = if expires.is_some_and(|e| e <= chrono::Utc::now()) {
+        Some(Discard::Expired)
+    } else if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
+        Some(Discard::Revoked)
+    } else {
+        None
+    };
+    if let Some(why) = refused {
         let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
-        return Box::pin(discard(
-            shared,
-            &def,
-            &tag,
-            &name,
-            &request,
-            Discard::Expired,
-        ))
-        .await;
-    }
-    if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
-        let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
-        return Box::pin(discard(
-            shared,
-            &def,
-            &tag,
-            &name,
-            &request,
-            Discard::Revoked,
-        ))
-        .await;
+        return Box::pin(discard(shared, &def, &tag, &name, &request, why)).await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
@@ -115,6 +100,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let stop = shared.state.hold(Arc::clone(&request), shown_eta);
     // However this ends, the request stops being held.
     let _held_guard = Release(shared, &id);
+    // Every later way out without running: revoked or expired meanwhile.
+    let give_up = |why| Box::pin(discard(shared, &def, &tag, &name, &request, why));
 
     let mut held = Some(held);
     if let Some(wait) = wait {
@@ -124,7 +111,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.stopped() => {
-                return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+                return give_up(Discard::Revoked).await;
             }
             _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
@@ -132,15 +119,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         if let Some(expires) = expires
             && expires <= chrono::Utc::now()
         {
-            return Box::pin(discard(
-                shared,
-                &def,
-                &tag,
-                &name,
-                &request,
-                Discard::Expired,
-            ))
-            .await;
+            return give_up(Discard::Expired).await;
         }
     }
 
@@ -151,7 +130,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         tokio::select! {
             _ = bucket.acquire() => {}
             _ = stop.stopped() => {
-                return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+                return give_up(Discard::Revoked).await;
             }
             _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
         }
@@ -166,7 +145,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let slot = tokio::select! {
         s = slots.clone().acquire_owned() => s.expect("slot semaphore is never closed"),
         _ = stop.stopped() => {
-            return Box::pin(discard(shared, &def, &tag, &name, &request, Discard::Revoked)).await;
+            return give_up(Discard::Revoked).await;
         }
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
@@ -177,27 +156,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     // checks both again before executing).
     if stop.is_stopped() || shared.state.is_revoked(&id) {
         drop(slot);
-        return Box::pin(discard(
-            shared,
-            &def,
-            &tag,
-            &name,
-            &request,
-            Discard::Revoked,
-        ))
-        .await;
+        return give_up(Discard::Revoked).await;
     }
     if expires.is_some_and(|e| e <= chrono::Utc::now()) {
         drop(slot);
-        return Box::pin(discard(
-            shared,
-            &def,
-            &tag,
-            &name,
-            &request,
-            Discard::Expired,
-        ))
-        .await;
+        return give_up(Discard::Expired).await;
     }
     let acks_late = def
         .options
