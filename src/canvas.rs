@@ -488,13 +488,33 @@ pub fn chord_error_message(failed_id: &str, exc: &Value) -> String {
 /// `retries + 1`, an eta `countdown` seconds away and `parent_id` = its own id;
 /// every other header (custom ones included), the embed, `reply_to` and the
 /// priority kept; `origin` repeated in the properties as Celery does.
-pub fn retry_message(request: &Request, countdown: f64, default_queue: &str) -> Outgoing {
+pub fn retry_message(
+    request: &Request,
+    countdown: f64,
+    args: Option<Vec<Value>>,
+    kwargs: Option<Map<String, Value>>,
+    default_queue: &str,
+) -> Outgoing {
     let r = request;
-    let mut msg = TaskMessage::new(&r.task, &r.id, r.args.clone(), r.kwargs.clone());
+    let mut msg = TaskMessage::new(
+        &r.task,
+        &r.id,
+        args.unwrap_or_else(|| r.args.clone()),
+        kwargs.unwrap_or_else(|| r.kwargs.clone()),
+    );
+    let (argsrepr, kwargsrepr) = (
+        pyrepr::repr_args(&msg.args),
+        pyrepr::repr(&Value::Object(msg.kwargs.clone())),
+    );
     msg.headers = r.headers.clone();
+    msg.headers.insert("argsrepr".into(), json!(argsrepr));
+    msg.headers.insert("kwargsrepr".into(), json!(kwargsrepr));
     msg.headers.insert("retries".into(), json!(r.retries + 1));
     msg.headers.insert("eta".into(), json!(iso_in(countdown)));
-    msg.headers.insert("parent_id".into(), json!(r.id));
+    // `as_execution_options` keeps the parent; a top-level task becomes
+    // the parent of its retry (`current_worker_task`).
+    let parent = r.parent_id.as_deref().unwrap_or(&r.id);
+    msg.headers.insert("parent_id".into(), json!(parent));
     msg.embed = r.embed.clone();
     let queue = if r.delivery_info.routing_key.is_empty() {
         default_queue.to_string()

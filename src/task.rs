@@ -40,6 +40,10 @@ pub struct RetryRequest {
     pub eta: Option<chrono::DateTime<chrono::Utc>>,
     /// Overrides the task's `max_retries`; `Some(None)` = unlimited.
     pub max_retries: Option<Option<u32>>,
+    /// New positional arguments for the retried message (`retry(args=…)`).
+    pub args: Option<Vec<Value>>,
+    /// New keyword arguments for the retried message (`retry(kwargs=…)`).
+    pub kwargs: Option<Map<String, Value>>,
 }
 
 impl RetryRequest {
@@ -135,6 +139,36 @@ impl TaskError {
                 .to_string(),
         };
         Self::os_error(class, errno, &strerror, filename)
+    }
+
+    /// Celery's `Ignore`: the worker stores nothing and acks the message
+    /// (after `update_state` the task's own state stays).
+    pub fn ignore() -> Self {
+        Self::new("Ignore", "celery.exceptions", Vec::new())
+    }
+
+    /// Celery's `Reject(reason, requeue)`: with `requeue` the message goes
+    /// back to its queue (under `acks_late`); without, FAILURE is stored.
+    pub fn reject(reason: impl Into<String>, requeue: bool) -> Self {
+        Self::new(
+            "Reject",
+            "celery.exceptions",
+            vec![Value::String(reason.into()), Value::Bool(requeue)],
+        )
+    }
+
+    pub fn is_ignore(&self) -> bool {
+        self.exc_module == "celery.exceptions" && self.exc_type == "Ignore"
+    }
+
+    /// `Some(requeue)` when this is Celery's `Reject`.
+    pub fn reject_requeue(&self) -> Option<bool> {
+        (self.exc_module == "celery.exceptions" && self.exc_type == "Reject").then(|| {
+            self.exc_message
+                .get(1)
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
     }
 
     /// Celery's `NotRegistered` for an unknown task name.
@@ -252,6 +286,8 @@ pub struct Request {
     pub embed: crate::protocol::Embed,
     /// All headers as received, unknown ones included (kept on retry).
     pub headers: Map<String, Value>,
+    /// The message properties as received (`request.properties`).
+    pub properties: Map<String, Value>,
 }
 
 impl Request {
@@ -303,6 +339,7 @@ impl Request {
             kwargs: msg.kwargs,
             embed: msg.embed,
             headers: msg.headers,
+            properties: env.properties.clone(),
         }
     }
 }
@@ -385,6 +422,9 @@ pub struct TaskContext {
     /// The process running the body when it is not this one (a prefork pool
     /// process); 0 until known. Read by `inspect active` and `terminate`.
     process: Arc<std::sync::atomic::AtomicU32>,
+    /// Results of tasks the body published (Celery's `request.children`),
+    /// stored with its result before the callbacks and chain.
+    children: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl TaskContext {
@@ -398,7 +438,23 @@ impl TaskContext {
             states,
             soft_limit,
             process: Arc::default(),
+            children: Arc::default(),
         }
+    }
+
+    /// Shares the list the body's `children` are collected in.
+    pub fn with_children(mut self, children: Arc<std::sync::Mutex<Vec<Value>>>) -> Self {
+        self.children = children;
+        self
+    }
+
+    /// Records a result tuple (`[[id, null], null]`, or a group's) of a task
+    /// the body published.
+    pub fn add_child(&self, child: Value) {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
     }
 
     /// Records the process the body runs in (pool processes call this).

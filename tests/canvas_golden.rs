@@ -76,7 +76,7 @@ fn retry_republish_matches_celery() {
     let msgs = messages("task_message_retry_republished.json");
     for pair in msgs.windows(2) {
         let req = request(&pair[0]);
-        let ours = canvas::retry_message(&req, 4.0, "celery");
+        let ours = canvas::retry_message(&req, 4.0, None, None, "celery");
         assert_eq!(ours.id, req.id, "same task id");
         assert_same(&ours, &pair[1], &["headers.eta"]);
         // The eta is a real ISO time about 4 s away.

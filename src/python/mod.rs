@@ -256,7 +256,7 @@ fn pooled_task(name: &str, pool: Arc<pool::Pool>) -> TaskDef {
                 let (args, kwargs, request) = job_parts(&ctx)?;
                 let job = serde_json::to_string(&[task, args, kwargs, request])?;
                 let reply = pool.run(job, &ctx).await?;
-                parse_reply(&reply)
+                parse_reply(&reply, &ctx)
             })
         })),
         options: TaskOptions::default(),
@@ -269,7 +269,11 @@ fn job_parts(ctx: &TaskContext) -> Result<(String, String, String), TaskError> {
     let r = ctx.request();
     let args = serde_json::to_string(&r.args)?;
     let kwargs = serde_json::to_string(&r.kwargs)?;
-    let request = json!({
+    // Celery's request dict: every header (custom ones become
+    // `request.headers`; `replaced_task_nesting`, `stamps`, … as sent), then
+    // what the worker knows of the delivery.
+    let mut request = r.headers.clone();
+    let known = json!({
         "id": r.id, "task": r.task, "retries": r.retries, "root_id": r.root_id,
         "parent_id": r.parent_id, "group": r.group, "group_index": r.group_index,
         "eta": r.eta, "expires": r.expires, "hostname": r.hostname,
@@ -281,9 +285,12 @@ fn job_parts(ctx: &TaskContext) -> Result<(String, String, String), TaskError> {
         "is_eager": false, "timelimit": [r.timelimit.0, r.timelimit.1],
         "callbacks": r.embed.callbacks, "errbacks": r.embed.errbacks,
         "chain": r.embed.chain, "chord": r.embed.chord,
-    })
-    .to_string();
-    Ok((args, kwargs, request))
+        "properties": r.properties,
+    });
+    if let Value::Object(known) = known {
+        request.extend(known);
+    }
+    Ok((args, kwargs, Value::Object(request).to_string()))
 }
 
 fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult {
@@ -310,12 +317,16 @@ fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult
             })
     });
     ctx.clear_soft_time_limit();
-    parse_reply(&out?)
+    parse_reply(&out?, ctx)
 }
 
-/// A runtime reply (`["ok", v]`, `["error", exc]`, `["retry", {...}]`) as the outcome.
-fn parse_reply(out: &str) -> TaskResult {
+/// A runtime reply (`["ok", v, children]`, `["error", exc, children]`,
+/// `["retry", {...}, children]`) as the outcome; children go to `ctx`.
+fn parse_reply(out: &str, ctx: &TaskContext) -> TaskResult {
     let reply: Value = serde_json::from_str(out)?;
+    for child in reply.get(2).and_then(Value::as_array).into_iter().flatten() {
+        ctx.add_child(child.clone());
+    }
     match (reply.get(0).and_then(Value::as_str), reply.get(1)) {
         (Some("ok"), Some(v)) => Ok(v.clone()),
         (Some("error"), Some(e)) => Err(exception(e)),
@@ -333,6 +344,12 @@ fn parse_reply(out: &str) -> TaskResult {
                 .and_then(crate::protocol::json_tags::parse_header_time)
             {
                 req = req.eta(eta);
+            }
+            if let Some(args) = p.get("args").and_then(Value::as_array) {
+                req.args = Some(args.clone());
+            }
+            if let Some(kwargs) = p.get("kwargs").and_then(Value::as_object) {
+                req.kwargs = Some(kwargs.clone());
             }
             if p.get("has_max").and_then(Value::as_bool) == Some(true) {
                 req = req.max_retries(

@@ -17,10 +17,11 @@ _app = None
 class RcwRetry(Exception):
     """Raised by the patched ``Task.retry``: Rust republishes, not Python."""
 
-    def __init__(self, exc, countdown, eta, max_retries, has_max):
+    def __init__(self, exc, countdown, eta, max_retries, has_max, args, kwargs, options):
         super().__init__(exc, countdown, eta)
         self.exc, self.countdown, self.eta = exc, countdown, eta
         self.max_retries, self.has_max = max_retries, has_max
+        self.args_, self.kwargs_, self.options = args, kwargs, options
 
 
 def prepare(cwd):
@@ -226,25 +227,62 @@ def tasks_json():
 
 
 def _patch_retry(app):
-    """`self.retry()` decides exhaustion exactly as Celery does (re-raising the
-    cause or MaxRetriesExceededError, so the failure hooks fire), and
-    otherwise raises for Rust to republish (one retry machinery)."""
+    """`self.retry()` decides exhaustion and merges `args=`/`kwargs=` with the
+    request exactly as Celery does (re-raising the cause or
+    MaxRetriesExceededError, so the failure hooks fire), and otherwise raises
+    for Rust to republish (one retry machinery)."""
+    import inspect
+
     from celery.app.task import Task
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None,
               countdown=None, max_retries=None, **options):
         request = self.request
         retries = request.retries + 1
+        if max_retries is not None:
+            self.override_max_retries = max_retries
         limit = self.max_retries if max_retries is None else max_retries
+        # Celery's own merge: positional args given for a request that came
+        # with kwargs (or the other way round) replace the matching ones.
+        if ((args is not None and kwargs is None and request.kwargs) or
+                (kwargs is not None and args is None and request.args)):
+            try:
+                sig = inspect.signature(self.run)
+            except (TypeError, ValueError):
+                sig = None
+            if sig is not None and args is not None:
+                positional = [p for p in sig.parameters.values()
+                              if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+                kwargs = dict(request.kwargs)
+                for p in positional[:len(args)]:
+                    if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                        kwargs.pop(p.name, None)
+            elif sig is not None:
+                try:
+                    bound = sig.bind_partial(*request.args)
+                except TypeError:
+                    pass
+                else:
+                    kwargs = dict(kwargs)
+                    for name in list(kwargs):
+                        if (name in bound.arguments and sig.parameters[name].kind ==
+                                inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                            bound.arguments[name] = kwargs.pop(name)
+                    args, kwargs = bound.args, {**bound.kwargs, **kwargs}
+        new_args = list(request.args or ()) if args is None else list(args)
+        new_kwargs = dict(request.kwargs or {}) if kwargs is None else dict(kwargs)
         if limit is not None and retries > limit:
             if exc:
                 raise exc
             raise self.MaxRetriesExceededError(
                 "Can't retry {}[{}] args:{} kwargs:{}".format(
-                    self.name, request.id, tuple(request.args or ()), request.kwargs or {}),
-                task_args=request.args, task_kwargs=request.kwargs)
+                    self.name, request.id, tuple(new_args), new_kwargs),
+                task_args=new_args, task_kwargs=new_kwargs)
+        if not eta and countdown is None:
+            countdown = self.default_retry_delay
         raise RcwRetry(exc, countdown, eta.isoformat() if eta else None, max_retries,
-                       max_retries is not None)
+                       max_retries is not None, new_args, new_kwargs, options)
 
     Task.retry = retry
 
@@ -313,12 +351,31 @@ def raise_soft_time_limit(task_id):
             ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
 
 
+def _stored_value(retval):
+    """A returned AsyncResult/GroupResult is stored as its result tuple, as
+    Celery's ``prepare_value`` stores it for every serializer but pickle."""
+    from celery.result import ResultBase
+
+    if isinstance(retval, ResultBase):
+        return retval.as_tuple()
+    return retval
+
+
+def _children(task):
+    """Results published from the body (``add_to_parent``), as tuples."""
+    return [r.as_tuple() for r in (task.request.children or [])]
+
+
 def run(name, args_json, kwargs_json, request_json):
     """Runs one task body under Celery's request context, hooks and signals.
-    Returns JSON `["ok", value]`, `["error", exc]` or `["retry", {...}]`."""
+    Returns JSON `["ok", value, children]`, `["error", exc, children]`,
+    `["retry", {...}, children]` or, for Celery's `Ignore` and `Reject`,
+    `["error", exc, children]` without the failure hooks (Rust settles them
+    as Celery's worker does)."""
     from celery import signals
     from celery._state import _task_stack
     from celery.app.trace import task_has_custom
+    from celery.exceptions import Ignore, Reject
     from kombu.utils.json import dumps, loads
 
     task = _app.tasks[name]
@@ -341,7 +398,7 @@ def run(name, args_json, kwargs_json, request_json):
             retval = fun(*args, **kwargs)
             task.on_success(retval, task_id, args, kwargs)
             signals.task_success.send(sender=task, result=retval)
-            outcome = ["ok", retval]
+            outcome = ["ok", _stored_value(retval)]
         except RcwRetry as r:
             state = "RETRY"
             from celery.exceptions import Retry
@@ -355,8 +412,18 @@ def run(name, args_json, kwargs_json, request_json):
                 "exc": _exc_payload(r.exc) if isinstance(r.exc, BaseException) else None,
                 "countdown": r.countdown, "eta": r.eta,
                 "max_retries": r.max_retries, "has_max": r.has_max,
+                "args": r.args_, "kwargs": r.kwargs_,
             }
             outcome = ["retry", payload]
+        except (Ignore, Reject) as exc:
+            # Celery's IGNORED / REJECTED: no failure hooks, no after_return.
+            state = "REJECTED" if isinstance(exc, Reject) else "IGNORED"
+            retval = exc
+            outcome = ["error", _exc_payload(exc)]
+            if isinstance(exc, Reject) and not exc.requeue:
+                signals.task_failure.send(sender=task, task_id=task_id, exception=exc,
+                                          args=args, kwargs=kwargs,
+                                          traceback=exc.__traceback__, einfo=None)
         except BaseException as exc:  # noqa: B902 - report everything, SystemExit included
             if isinstance(exc, (KeyboardInterrupt,)):
                 raise
@@ -372,12 +439,14 @@ def run(name, args_json, kwargs_json, request_json):
             signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args,
                                       kwargs=kwargs, traceback=exc.__traceback__, einfo=einfo)
             outcome = ["error", payload]
-        try:
-            task.after_return(state, retval, task_id, args, kwargs, None)
-        except Exception:
-            pass
+        if state not in ("RETRY", "IGNORED", "REJECTED"):
+            try:
+                task.after_return(state, retval, task_id, args, kwargs, None)
+            except Exception:
+                pass
         signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
                                   kwargs=kwargs, retval=retval, state=state)
+        outcome.append(_children(task))
     finally:
         _threads.pop(task_id, None)
         _task_stack.pop()
@@ -385,4 +454,4 @@ def run(name, args_json, kwargs_json, request_json):
     try:
         return dumps(outcome)
     except Exception as exc:  # a return value JSON can't carry
-        return dumps(["error", _exc_payload(exc)])
+        return dumps(["error", _exc_payload(exc), outcome[2]])

@@ -78,9 +78,24 @@ pub(crate) async fn trace(
             t.succeeded(&name, value, runtime).await;
             Verdict::Ack
         }
+        Ending::Raised(err) if err.is_ignore() => {
+            // Celery's IGNORED: nothing stored, nothing sent, the message acked.
+            tracing::info!("Task {name}[{}] ignored", request.id);
+            Verdict::Ack
+        }
+        Ending::Raised(err) if err.reject_requeue() == Some(true) => {
+            tracing::warn!("Task {name}[{}] {}", request.id, err.repr());
+            Verdict::Reject { requeue: true }
+        }
+        Ending::Raised(err) if err.reject_requeue() == Some(false) => {
+            // A rejected message never runs again: FAILURE is stored
+            // (Celery's #4222), then the message is dropped.
+            t.failed(&name, err, true).await;
+            Verdict::Reject { requeue: false }
+        }
         Ending::Raised(err) => match t.retry_plan(err) {
-            Ok((exc, countdown)) => {
-                if t.republish(&name, exc, countdown).await {
+            Ok(plan) => {
+                if t.republish(&name, plan).await {
                     Verdict::Ack
                 } else {
                     Verdict::Reject { requeue: false }
@@ -108,12 +123,23 @@ pub(crate) async fn trace(
     }
 }
 
+/// A retry to publish: its cause, delay and (when `retry(args=…,
+/// kwargs=…)` gave them) the new arguments.
+struct RetryPlan {
+    exc: Option<TaskError>,
+    countdown: f64,
+    args: Option<Vec<Value>>,
+    kwargs: Option<serde_json::Map<String, Value>>,
+}
+
 struct Tracer<'a> {
     shared: &'a Arc<Shared>,
     def: &'a TaskDef,
     request: &'a Arc<Request>,
     ignore_result: bool,
     store_errors: bool,
+    /// What the body published (`request.children`).
+    children: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 /// A chord header task revoked before it ran still counts for its chord
@@ -149,6 +175,7 @@ impl<'a> Tracer<'a> {
             request,
             ignore_result,
             store_errors,
+            children: Arc::default(),
         }
     }
 }
@@ -200,7 +227,8 @@ impl Tracer<'_> {
             handle: tokio::runtime::Handle::current(),
             ignore_result: self.ignore_result,
         });
-        let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit));
+        let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit))
+            .with_children(Arc::clone(&self.children));
         let process = ctx.process_handle();
         let shared = self.shared;
         shared.state.start(
@@ -283,8 +311,11 @@ impl Tracer<'_> {
     }
 
     async fn succeeded(&self, name: &str, value: Value, runtime: f64) {
-        let (follow_ups, children) = canvas::on_success(&value, &self.sender());
+        let (follow_ups, sent) = canvas::on_success(&value, &self.sender());
         self.publish_all(follow_ups).await;
+        let mut children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
+        children.extend(sent);
         let shown = pyrepr::repr(&value);
         if !self.ignore_result {
             let mut m = self.meta("SUCCESS", value.clone());
@@ -380,10 +411,10 @@ impl Tracer<'_> {
     }
 
     /// Decides whether an error becomes a retry: an explicit `ctx.retry()`, or
-    /// an `autoretry_for` match. `Ok((cause, countdown))` to retry; `Err` with
-    /// the exception to store as FAILURE when retries are exhausted (or none
-    /// was asked for).
-    fn retry_plan(&self, err: TaskError) -> Result<(Option<TaskError>, f64), TaskError> {
+    /// an `autoretry_for` match. `Ok(plan)` to retry; `Err` with the
+    /// exception to store as FAILURE when retries are exhausted (or none was
+    /// asked for).
+    fn retry_plan(&self, err: TaskError) -> Result<RetryPlan, TaskError> {
         let opts = &self.def.options;
         let req = match err.retry {
             Some(r) => *r,
@@ -436,18 +467,35 @@ impl Tracer<'_> {
             (None, Some(c)) => c,
             (None, None) => opts.default_retry_delay.unwrap_or(180.0),
         };
-        Ok((exc, countdown))
+        Ok(RetryPlan {
+            exc,
+            countdown,
+            args: req.args,
+            kwargs: req.kwargs,
+        })
     }
 
     /// Celery's `Task.retry`: the same message again with `retries + 1`, an
     /// eta, and `parent_id` = its own id; RETRY stored with the cause.
-    async fn republish(&self, name: &str, exc: Option<TaskError>, countdown: f64) -> bool {
+    async fn republish(&self, name: &str, plan: RetryPlan) -> bool {
         let r = self.request;
+        let RetryPlan {
+            exc,
+            countdown,
+            args,
+            kwargs,
+        } = plan;
         let Outgoing {
             queue,
             envelope: env,
             ..
-        } = canvas::retry_message(r, countdown, &self.shared.config.task_default_queue);
+        } = canvas::retry_message(
+            r,
+            countdown,
+            args,
+            kwargs,
+            &self.shared.config.task_default_queue,
+        );
         let what = format!("republish {name}[{}] for retry", r.id);
         let published = super::store::until_ok(&what, &self.shared.shutdown, || {
             self.shared.broker.publish(&queue, &env)
