@@ -62,9 +62,11 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
     let _ = writeln!(out, "--- ***** ----- ");
     let _ = writeln!(out, " -------------- [queues]");
     for q in &cfg.queues {
+        let d = cfg.queue_decl(q);
         let _ = writeln!(
             out,
-            "                .> {q:<16} exchange={q}(direct) key={q}"
+            "                .> {q:<16} exchange={}(direct) key={}",
+            d.exchange, d.routing_key
         );
     }
     let _ = writeln!(out, "\n[tasks]");

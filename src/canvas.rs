@@ -3,6 +3,7 @@
 //! `handle_failure` errbacks, the chord callback). Builds messages; never talks
 //! to Redis itself.
 
+pub mod host;
 pub mod routes;
 
 use crate::protocol::{Embed, Envelope, TaskMessage, pyrepr};
@@ -174,6 +175,23 @@ pub fn message(
     );
     if let Some(ir) = sig.options.get("ignore_result").filter(|v| !v.is_null()) {
         h.insert("ignore_result".into(), ir.clone());
+    }
+    if let Some(n) = sig
+        .options
+        .get("replaced_task_nesting")
+        .filter(|v| v.is_number())
+    {
+        h.insert("replaced_task_nesting".into(), n.clone());
+    }
+    // Stamps travel as `stamped_headers` + `stamps` (Celery's send_task).
+    if let Some(Value::Array(names)) = sig.options.get("stamped_headers") {
+        let stamps: Map<String, Value> = names
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|k| sig.options.get(k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        h.insert("stamped_headers".into(), Value::Array(names.clone()));
+        h.insert("stamps".into(), Value::Object(stamps));
     }
     if let Some(Value::Object(custom)) = sig.options.get("headers") {
         for (k, v) in custom {

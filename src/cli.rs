@@ -112,6 +112,19 @@ impl Cli {
             .filter(|q| !q.is_empty())
             .collect();
         if !queues.is_empty() {
+            // Celery's `select_queues`: with task_create_missing_queues off,
+            // -Q may only pick queues task_queues declares.
+            if !cfg.create_missing_queues && !cfg.queue_decls.is_empty() {
+                let declared: Vec<&str> = cfg.queue_decls.iter().map(|d| d.name.as_str()).collect();
+                if let Some(q) = queues.iter().find(|q| !declared.contains(&q.as_str())) {
+                    bail!(
+                        "Trying to select queue subset of {queues:?}, but queue {q:?} isn't \
+                         defined in the `task_queues` setting.\n\nIf you want to automatically \
+                         declare unknown queues you can enable the \
+                         `task_create_missing_queues` setting."
+                    );
+                }
+            }
             cfg.queues = queues;
         }
         if let Some(c) = self.concurrency {
@@ -291,6 +304,7 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     #[cfg(feature = "python")]
     if let Some(app) = &app {
         extras.app = Some(Arc::clone(app) as Arc<dyn crate::control::AppInfo>);
+        extras.canvas_host = Some(Arc::clone(app) as Arc<dyn crate::canvas::host::CanvasHost>);
         let python_only = app.python_only_tasks(&registry)?;
         let prefork = matches!(config.pool.as_deref(), None | Some("prefork"));
         let pool = if prefork && !python_only.is_empty() {
@@ -315,7 +329,10 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     let _ = app;
 
     let broker = connect_retrying("broker", &config.broker_url, &shutdown, || {
-        RedisBroker::connect(&config.broker_url, &config.queues, config.transport.clone())
+        let decls = config.queue_decls.clone();
+        let connecting =
+            RedisBroker::connect(&config.broker_url, &config.queues, config.transport.clone());
+        async move { connecting.await.map(|b| b.with_bindings(&decls)) }
     })
     .await?;
     let broker: Arc<dyn Broker> = Arc::new(broker);

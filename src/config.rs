@@ -99,6 +99,98 @@ impl TransportOptions {
     }
 }
 
+/// How the worker uses a Celery setting of the app's conf. This table is the
+/// one list of conf keys: the Python side reads exactly the `Applied` ones
+/// and names every other setting the app changed that is not here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Use {
+    /// Read by the worker ([`Config::apply_setting`]).
+    Applied,
+    /// Honoured by the app's own Celery code in the interpreter (publishing
+    /// from task bodies, serializers, routing of what Python sends), or
+    /// already what this worker always does.
+    ByApp,
+}
+
+pub const SETTINGS: &[(&str, Use)] = &[
+    ("broker_url", Use::Applied),
+    ("result_backend", Use::Applied),
+    ("broker_transport_options", Use::Applied),
+    ("result_backend_transport_options", Use::Applied),
+    ("task_default_queue", Use::Applied),
+    ("task_queues", Use::Applied),
+    ("task_create_missing_queues", Use::Applied),
+    ("task_serializer", Use::Applied),
+    ("result_serializer", Use::Applied),
+    ("accept_content", Use::Applied),
+    ("result_expires", Use::Applied),
+    ("result_extended", Use::Applied),
+    ("task_track_started", Use::Applied),
+    ("task_acks_late", Use::Applied),
+    ("task_reject_on_worker_lost", Use::Applied),
+    ("task_acks_on_failure_or_timeout", Use::Applied),
+    ("task_time_limit", Use::Applied),
+    ("task_soft_time_limit", Use::Applied),
+    ("task_ignore_result", Use::Applied),
+    ("task_store_errors_even_if_ignored", Use::Applied),
+    ("task_default_rate_limit", Use::Applied),
+    ("task_routes", Use::Applied),
+    ("worker_prefetch_multiplier", Use::Applied),
+    ("worker_concurrency", Use::Applied),
+    ("worker_max_tasks_per_child", Use::Applied),
+    ("worker_max_memory_per_child", Use::Applied),
+    ("worker_send_task_events", Use::Applied),
+    ("worker_state_db", Use::Applied),
+    ("worker_pool", Use::Applied),
+    // The app's own code applies these.
+    ("task_annotations", Use::ByApp),
+    ("task_compression", Use::ByApp),
+    ("task_protocol", Use::ByApp),
+    ("task_publish_retry", Use::ByApp),
+    ("task_publish_retry_policy", Use::ByApp),
+    ("task_default_exchange", Use::ByApp),
+    ("task_default_exchange_type", Use::ByApp),
+    ("task_default_routing_key", Use::ByApp),
+    ("task_default_delivery_mode", Use::ByApp),
+    ("task_default_priority", Use::ByApp),
+    ("task_inherit_parent_priority", Use::ByApp),
+    ("task_send_sent_event", Use::ByApp),
+    ("task_always_eager", Use::ByApp),
+    ("task_eager_propagates", Use::ByApp),
+    ("task_store_eager_result", Use::ByApp),
+    ("task_remote_tracebacks", Use::ByApp),
+    ("task_allow_error_cb_on_chord_header", Use::ByApp),
+    ("result_compression", Use::ByApp),
+    ("result_accept_content", Use::ByApp),
+    ("result_chord_join_timeout", Use::ByApp),
+    ("result_chord_retry_interval", Use::ByApp),
+    ("result_persistent", Use::ByApp),
+    ("result_cache_max", Use::ByApp),
+    ("timezone", Use::ByApp),
+    ("enable_utc", Use::ByApp),
+    ("imports", Use::ByApp),
+    ("include", Use::ByApp),
+    ("beat_schedule", Use::ByApp),
+    // What this worker always does: it reconnects forever, with back-off.
+    ("broker_connection_retry", Use::ByApp),
+    ("broker_connection_retry_on_startup", Use::ByApp),
+    ("broker_connection_max_retries", Use::ByApp),
+    ("broker_connection_timeout", Use::ByApp),
+    ("worker_hijack_root_logger", Use::ByApp),
+    ("worker_redirect_stdouts", Use::ByApp),
+    ("worker_redirect_stdouts_level", Use::ByApp),
+];
+
+/// A queue of `task_queues` as kombu declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDecl {
+    pub name: String,
+    pub exchange: String,
+    pub routing_key: String,
+    /// `queue_arguments` (`x-max-priority`, …), for brokers that take them.
+    pub arguments: serde_json::Map<String, Value>,
+}
+
 /// Everything the worker needs, resolved once at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,6 +200,10 @@ pub struct Config {
     /// `None` = results disabled.
     pub result_backend: Option<String>,
     pub queues: Vec<String>,
+    /// `task_queues` as declared (exchange, routing key, arguments).
+    pub queue_decls: Vec<QueueDecl>,
+    /// `task_create_missing_queues`: `-Q` may name queues `task_queues` lacks.
+    pub create_missing_queues: bool,
     pub concurrency: usize,
     /// Node name, `celery@<host>` by default.
     pub hostname: String,
@@ -164,6 +260,8 @@ impl Default for Config {
             broker_url: "redis://localhost:6379/0".into(),
             result_backend: Some("redis://localhost:6379/0".into()),
             queues: vec!["celery".into()],
+            queue_decls: Vec::new(),
+            create_missing_queues: true,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hostname: format!("celery@{}", host_name()),
             loglevel: "WARNING".into(),
@@ -231,12 +329,33 @@ impl Config {
                 self.result_backend_explicit = true;
             }
             "task_queues" => {
-                let names: Vec<String> = serde_json::from_value(value.clone())
-                    .with_context(|| format!("task_queues expects queue names, got {value}"))?;
-                if !names.is_empty() {
-                    self.queues = names;
+                // Names, or kombu Queue objects as `{name, exchange, routing_key, …}`.
+                let decls: Vec<QueueDecl> = value
+                    .as_array()
+                    .with_context(|| format!("task_queues expects a list of queues, got {value}"))?
+                    .iter()
+                    .filter_map(|q| {
+                        let name = q.as_str().or_else(|| q.get("name")?.as_str())?.to_string();
+                        let field =
+                            |k: &str| q.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+                        Some(QueueDecl {
+                            exchange: field("exchange").unwrap_or(&name).to_string(),
+                            routing_key: field("routing_key").unwrap_or(&name).to_string(),
+                            arguments: q
+                                .get("queue_arguments")
+                                .and_then(Value::as_object)
+                                .cloned()
+                                .unwrap_or_default(),
+                            name,
+                        })
+                    })
+                    .collect();
+                if !decls.is_empty() {
+                    self.queues = decls.iter().map(|d| d.name.clone()).collect();
+                    self.queue_decls = decls;
                 }
             }
+            "task_create_missing_queues" => self.create_missing_queues = flag(&value)?,
             // Python-side serialisation settings: we consume JSON and say so
             // when the app expects something else.
             "task_serializer" | "result_serializer" => {
@@ -321,14 +440,45 @@ impl Config {
         Ok(())
     }
 
-    /// Applies an app's conf: every setting this worker understands, the
-    /// rest ignored (each Celery app carries dozens we have no use for).
+    /// Applies an app's conf: the `Applied` settings of [`SETTINGS`]; the
+    /// settings the app changed that this worker does not support
+    /// (`__unsupported__`) are named in one warning.
     pub fn apply_app_conf(&mut self, conf: &serde_json::Map<String, Value>) -> Result<()> {
         for (name, value) in conf {
+            if name == "__unsupported__" {
+                let names: Vec<&str> = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if !names.is_empty() {
+                    tracing::warn!(
+                        "app conf: not supported by this worker, ignored: {}",
+                        names.join(", ")
+                    );
+                }
+                continue;
+            }
             self.apply_setting(name, value.clone())
                 .with_context(|| format!("app conf {name}"))?;
         }
         Ok(())
+    }
+
+    /// The `task_queues` declaration of `queue`, else kombu's default one
+    /// (exchange and routing key named after the queue).
+    pub fn queue_decl(&self, queue: &str) -> QueueDecl {
+        self.queue_decls
+            .iter()
+            .find(|d| d.name == queue)
+            .cloned()
+            .unwrap_or_else(|| QueueDecl {
+                name: queue.to_string(),
+                exchange: queue.to_string(),
+                routing_key: queue.to_string(),
+                arguments: serde_json::Map::new(),
+            })
     }
 
     /// Parses `NAME=VALUE` (value as JSON, else as a plain string).

@@ -344,6 +344,35 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Celery's request dict (`Task.request` / `Context`) without args and
+    /// kwargs: every header (custom ones become `request.headers`;
+    /// `replaced_task_nesting`, `stamps`, … as sent), then what the worker
+    /// knows of the delivery, and the embed.
+    pub fn celery_context(&self) -> Map<String, Value> {
+        let r = self;
+        let mut request = r.headers.clone();
+        let known = serde_json::json!({
+            "id": r.id, "task": r.task, "retries": r.retries, "root_id": r.root_id,
+            "parent_id": r.parent_id, "group": r.group, "group_index": r.group_index,
+            "eta": r.eta, "expires": r.expires, "hostname": r.hostname,
+            "delivery_info": {
+                "exchange": r.delivery_info.exchange, "routing_key": r.delivery_info.routing_key,
+                "priority": r.delivery_info.priority, "redelivered": r.delivery_info.redelivered,
+            },
+            "correlation_id": r.correlation_id, "reply_to": r.reply_to, "origin": r.origin,
+            "is_eager": false, "timelimit": [r.timelimit.0, r.timelimit.1],
+            "callbacks": r.embed.callbacks, "errbacks": r.embed.errbacks,
+            "chain": r.embed.chain, "chord": r.embed.chord,
+            "properties": r.properties,
+        });
+        if let Value::Object(known) = known {
+            request.extend(known);
+        }
+        request
+    }
+}
+
 /// Writes intermediate states (`update_state`) for a running task.
 ///
 /// Kept as a trait so the task API does not depend on a backend.

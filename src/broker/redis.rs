@@ -125,6 +125,8 @@ pub struct RedisBroker {
     /// Acks go through one flusher that settles every ack waiting at that
     /// moment in a single transaction (same commands as kombu, fewer trips).
     acks: mpsc::UnboundedSender<(String, AckReply)>,
+    /// `task_queues` declarations: queue → (exchange, routing key).
+    bindings: std::collections::HashMap<String, (String, String)>,
 }
 
 impl RedisBroker {
@@ -160,7 +162,18 @@ impl RedisBroker {
             restore: redis::Script::new(RESTORE_LUA),
             unlock: redis::Script::new(UNLOCK_LUA),
             last_visibility_scan: Mutex::new(None),
+            bindings: Default::default(),
         })
+    }
+
+    /// Binds queues as their `task_queues` declarations say (kombu's
+    /// default binds a queue to the exchange and routing key of its name).
+    pub fn with_bindings(mut self, decls: &[crate::config::QueueDecl]) -> Self {
+        self.bindings = decls
+            .iter()
+            .map(|d| (d.name.clone(), (d.exchange.clone(), d.routing_key.clone())))
+            .collect();
+        self
     }
 
     /// kombu's fanout topic: `/{db}.<exchange>`, `/<routing_key>` appended
@@ -202,14 +215,21 @@ impl RedisBroker {
     }
 
     /// Declares a queue's binding as a Celery worker does
-    /// (`SADD _kombu.binding.<q>` + `_kombu.binding_permanent.<q>`).
+    /// (`SADD _kombu.binding.<exchange>` + `_kombu.binding_permanent.<exchange>`).
     async fn declare(&self, q: &str) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
-        let member = format!("{q}{SEP}{SEP}{q}");
+        let (exchange, rk) = self
+            .bindings
+            .get(q)
+            .map_or((q, q), |(e, k)| (e.as_str(), k.as_str()));
+        let member = format!("{rk}{SEP}{SEP}{q}");
         redis::pipe()
             .atomic()
-            .sadd(self.key(&format!("_kombu.binding.{q}")), &member)
-            .sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member)
+            .sadd(self.key(&format!("_kombu.binding.{exchange}")), &member)
+            .sadd(
+                self.key(&format!("_kombu.binding_permanent.{exchange}")),
+                &member,
+            )
             .query_async::<()>(&mut conn)
             .await
             .map_err(conn_err)

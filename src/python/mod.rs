@@ -131,8 +131,12 @@ impl PythonApp {
 
     /// The app's settings the worker understands (Celery names, JSON values).
     pub fn conf(&self) -> anyhow::Result<Map<String, Value>> {
-        Ok(self
-            .call_json("conf_json")?
+        let table: Map<String, Value> = crate::config::SETTINGS
+            .iter()
+            .map(|(k, u)| (k.to_string(), json!(format!("{u:?}"))))
+            .collect();
+        let text = self.call_strs("conf_json", vec![Value::Object(table).to_string()])?;
+        Ok(serde_json::from_str::<Value>(&text)?
             .as_object()
             .cloned()
             .unwrap_or_default())
@@ -269,28 +273,8 @@ fn job_parts(ctx: &TaskContext) -> Result<(String, String, String), TaskError> {
     let r = ctx.request();
     let args = serde_json::to_string(&r.args)?;
     let kwargs = serde_json::to_string(&r.kwargs)?;
-    // Celery's request dict: every header (custom ones become
-    // `request.headers`; `replaced_task_nesting`, `stamps`, … as sent), then
-    // what the worker knows of the delivery.
-    let mut request = r.headers.clone();
-    let known = json!({
-        "id": r.id, "task": r.task, "retries": r.retries, "root_id": r.root_id,
-        "parent_id": r.parent_id, "group": r.group, "group_index": r.group_index,
-        "eta": r.eta, "expires": r.expires, "hostname": r.hostname,
-        "delivery_info": {
-            "exchange": r.delivery_info.exchange, "routing_key": r.delivery_info.routing_key,
-            "priority": r.delivery_info.priority, "redelivered": r.delivery_info.redelivered,
-        },
-        "correlation_id": r.correlation_id, "reply_to": r.reply_to, "origin": r.origin,
-        "is_eager": false, "timelimit": [r.timelimit.0, r.timelimit.1],
-        "callbacks": r.embed.callbacks, "errbacks": r.embed.errbacks,
-        "chain": r.embed.chain, "chord": r.embed.chord,
-        "properties": r.properties,
-    });
-    if let Value::Object(known) = known {
-        request.extend(known);
-    }
-    Ok((args, kwargs, Value::Object(request).to_string()))
+    let request = Value::Object(r.celery_context()).to_string();
+    Ok((args, kwargs, request))
 }
 
 fn run_python(runner: &Arc<Runner>, task: &str, ctx: &TaskContext) -> TaskResult {
@@ -426,6 +410,76 @@ fn apply_options(o: &mut TaskOptions, opts: &Value) {
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
+    }
+}
+
+impl PythonApp {
+    /// Calls a runtime function with string arguments; its string reply.
+    fn call_strs(&self, func: &str, args: Vec<String>) -> anyhow::Result<String> {
+        Python::attach(|py| {
+            let f = self.runtime.bind(py).getattr(func)?;
+            let args = pyo3::types::PyTuple::new(py, args)?;
+            let out = f.call1(args)?;
+            if out.is_none() {
+                Ok(String::new())
+            } else {
+                out.extract::<String>()
+            }
+        })
+        .map_err(|e: PyErr| {
+            Python::attach(|py| anyhow::anyhow!("{}", load_error(py, func, e).traceback))
+        })
+    }
+}
+
+impl crate::canvas::host::CanvasHost for PythonApp {
+    fn dispatch(
+        &self,
+        retval: &Value,
+        callbacks: &[Value],
+        chain: &[Value],
+        request: &Value,
+    ) -> anyhow::Result<Vec<Value>> {
+        let out = self.call_strs(
+            "dispatch",
+            vec![
+                retval.to_string(),
+                serde_json::to_string(callbacks)?,
+                serde_json::to_string(chain)?,
+                request.to_string(),
+            ],
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    fn mark_failure(
+        &self,
+        request: &Value,
+        exc: &Value,
+        traceback: Option<&str>,
+        store_result: bool,
+    ) -> anyhow::Result<()> {
+        Python::attach(|py| {
+            let f = self.runtime.bind(py).getattr("mark_failure")?;
+            f.call1((
+                request.to_string(),
+                exc.to_string(),
+                traceback,
+                store_result,
+            ))?;
+            Ok::<_, PyErr>(())
+        })
+        .map_err(|e| {
+            Python::attach(|py| anyhow::anyhow!("{}", load_error(py, "mark_failure", e).traceback))
+        })
+    }
+
+    fn chord_part(&self, request: &Value, state: &str, result: &Value) -> anyhow::Result<()> {
+        self.call_strs(
+            "chord_part",
+            vec![request.to_string(), state.to_string(), result.to_string()],
+        )
+        .map(drop)
     }
 }
 

@@ -81,16 +81,6 @@ def _seconds(v):
     return v
 
 
-CONF_KEYS = [
-    "broker_url", "result_backend", "broker_transport_options",
-    "result_backend_transport_options", "task_default_queue", "task_serializer",
-    "accept_content", "result_expires", "result_extended", "task_track_started",
-    "task_acks_late", "task_reject_on_worker_lost", "task_acks_on_failure_or_timeout",
-    "task_time_limit", "task_soft_time_limit", "worker_prefetch_multiplier",
-    "worker_concurrency", "task_ignore_result", "task_store_errors_even_if_ignored",
-    "task_default_rate_limit", "worker_send_task_events", "worker_state_db",
-    "task_routes",
-]
 
 
 def _routes_json(routes):
@@ -163,24 +153,54 @@ def bugreport():
     return dumps(_app.bugreport())
 
 
-def conf_json():
-    """The settings the worker understands, JSON-safe."""
+def _queue_json(q):
+    """A ``kombu.Queue`` (or a name) as the worker declares it."""
+    if isinstance(q, str):
+        return q
+    exchange = getattr(q, "exchange", None)
+    return {
+        "name": q.name,
+        "exchange": getattr(exchange, "name", exchange) or "",
+        "routing_key": q.routing_key or "",
+        "queue_arguments": _jsonable(dict(q.queue_arguments or {})),
+    }
+
+
+def conf_json(settings_json):
+    """The app's values of the settings the worker applies (``settings``: the
+    worker's table, name → "Applied" | "ByApp"), JSON-safe (timedeltas as
+    seconds, sets as lists, Queue objects as dicts, routers as data or
+    markers), and ``__unsupported__``: the settings the app changed that are
+    not in the table."""
+    import json
+
     from kombu.utils.json import dumps
 
+    settings = json.loads(settings_json)
     conf = _app.conf
     out = {}
-    for key in CONF_KEYS:
+    for key, use in settings.items():
+        if use != "Applied":
+            continue
         value = conf.get(key)
-        if key == "result_expires":
-            value = _seconds(value)
-        if key == "task_routes" and value is not None:
+        if value is None:
+            continue
+        if key == "task_routes":
             value = _routes_json(value)
-        if value is not None:
-            out[key] = _jsonable(value)
-    queues = conf.get("task_queues")
-    if queues:
-        out["task_queues"] = [getattr(q, "name", q) for q in queues]
+        elif key == "task_queues":
+            value = [_queue_json(q) for q in value]
+        out[key] = _jsonable(_seconds(value))
+    conf.finalize()
+    changed = [k for k in conf.without_defaults().keys() if isinstance(k, str)]
+    out["__unsupported__"] = sorted(
+        k for k in changed if k not in settings and k in _setting_names())
     return dumps(out)
+
+
+def _setting_names():
+    from celery.app.defaults import NAMESPACES, flatten
+
+    return {name for name, _ in flatten(NAMESPACES)}
 
 
 OPTION_NAMES = [
@@ -455,3 +475,126 @@ def run(name, args_json, kwargs_json, request_json):
         return dumps(outcome)
     except Exception as exc:  # a return value JSON can't carry
         return dumps(["error", _exc_payload(exc), outcome[2]])
+
+
+# --- Canvas handed to Celery's own code (the app is loaded) -----------------
+# The worker's Rust canvas handles plain steps; nested shapes, failures that
+# touch a canvas and chord completion run here, in the worker's main
+# interpreter, through the same functions Celery's worker calls.
+
+def _request(request_json):
+    from celery.app.task import Context
+    from kombu.utils.json import loads
+
+    return Context(loads(request_json))
+
+
+class _current:
+    """Runs Celery code as if inside the task ``request`` belongs to (the
+    task on the stack, its request pushed), so what it sends gets the
+    task as parent, as in Celery's worker."""
+
+    def __init__(self, request):
+        self.task = _app.tasks.get(request.task)
+        self.request = request
+
+    def __enter__(self):
+        from celery._state import _task_stack
+
+        if self.task is not None:
+            self.request.called_directly = False
+            self.task.request_stack.push(self.request)
+            _task_stack.push(self.task)
+        return self
+
+    def __exit__(self, *exc):
+        from celery._state import _task_stack
+
+        if self.task is not None:
+            _task_stack.pop()
+            self.task.request_stack.pop()
+        return False
+
+
+def _backend_for(name):
+    task = _app.tasks.get(name) if name else None
+    return task.backend if task is not None else _app.backend
+
+
+def _exception(backend, exc_json):
+    from kombu.utils.json import loads
+
+    return backend.exception_to_python(loads(exc_json))
+
+
+def dispatch(retval_json, callbacks_json, chain_json, request_json):
+    """Celery's ``_dispatch_callbacks_and_chain`` for a finished task; returns
+    the result tuples of what was sent (the task's ``children``)."""
+    from celery.canvas import group, signature
+    from kombu.utils.json import dumps, loads
+
+    retval = loads(retval_json)
+    callbacks = loads(callbacks_json) or []
+    chain = loads(chain_json) or []
+    request = _request(request_json)
+    parent_id = request.id
+    root_id = request.root_id or request.id
+    priority = None
+    if _app.conf.task_inherit_parent_priority:
+        priority = (request.delivery_info or {}).get("priority")
+    sent = []
+    publish = _app.amqp._retry_publish
+    with _current(request):
+        _dispatch(retval, callbacks, chain, parent_id, root_id, priority, publish, sent)
+    return dumps([r.as_tuple() for r in sent if r is not None])
+
+
+def _dispatch(retval, callbacks, chain, parent_id, root_id, priority, publish, sent):
+    from celery.canvas import group, signature
+
+    if len(callbacks) > 1:
+        sigs, groups = [], []
+        for sig in callbacks:
+            sig = signature(sig, app=_app)
+            (groups if isinstance(sig, group) else sigs).append(sig)
+        for group_ in groups:
+            sent.append(publish(group_.apply_async, (retval,), parent_id=parent_id,
+                                root_id=root_id, priority=priority))
+        if sigs:
+            sent.append(publish(group(sigs, app=_app).apply_async, (retval,),
+                                parent_id=parent_id, root_id=root_id, priority=priority))
+    elif callbacks:
+        sent.append(publish(signature(callbacks[0], app=_app).apply_async, (retval,),
+                            parent_id=parent_id, root_id=root_id, priority=priority))
+    if chain:
+        step = signature(chain[-1], app=_app)
+        sent.append(publish(step.apply_async, (retval,), chain=chain[:-1],
+                            parent_id=parent_id, root_id=root_id, priority=priority))
+
+
+def mark_failure(request_json, exc_json, traceback, store_result):
+    """Celery's ``backend.mark_as_failure`` for a failed task: FAILURE stored,
+    its chord told, the rest of its chain failed, errbacks called (new-style
+    ones in this process, as Celery calls them) or sent."""
+    request = _request(request_json)
+    backend = _backend_for(request.task)
+    exc = _exception(backend, exc_json)
+    with _current(request):
+        backend.mark_as_failure(request.id, exc, traceback or None, request=request,
+                                store_result=bool(store_result), call_errbacks=True)
+
+
+def chord_part(request_json, state, result_json):
+    """Celery's ``backend.on_chord_part_return`` for a finished header part:
+    counted, and when it completes the chord the body is applied (any
+    canvas shape) or, after a failure, failed with its errbacks."""
+    from kombu.utils.json import loads
+
+    request = _request(request_json)
+    backend = _backend_for(request.task)
+    if state == "SUCCESS":
+        result = loads(result_json)
+    else:
+        result = _exception(backend, result_json)
+    with _current(request):
+        backend.on_chord_part_return(request, state, result)

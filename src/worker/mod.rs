@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub pool: Option<Arc<dyn ProcessPool>>,
     /// The `-A` app, for `inspect conf` / `report`.
     pub app: Option<Arc<dyn AppInfo>>,
+    /// Celery's canvas code, when the app is loaded.
+    pub canvas_host: Option<Arc<dyn crate::canvas::host::CanvasHost>>,
     /// Current size of `slots` (`pool_grow`/`pool_shrink` change it).
     slots_size: AtomicUsize,
 }
@@ -133,6 +135,7 @@ pub(crate) fn revoked_meta(id: &str, reason: &str) -> ResultMeta {
 pub struct Extras {
     pub pool: Option<Arc<dyn ProcessPool>>,
     pub app: Option<Arc<dyn AppInfo>>,
+    pub canvas_host: Option<Arc<dyn crate::canvas::host::CanvasHost>>,
 }
 
 /// A configured worker, ready to [`Worker::run`].
@@ -191,6 +194,7 @@ impl Worker {
                 events,
                 pool: extras.pool,
                 app: extras.app,
+                canvas_host: extras.canvas_host,
                 slots_size: AtomicUsize::new(config.concurrency.max(1)),
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),

@@ -311,8 +311,33 @@ impl Tracer<'_> {
     }
 
     async fn succeeded(&self, name: &str, value: Value, runtime: f64) {
-        let (follow_ups, sent) = canvas::on_success(&value, &self.sender());
-        self.publish_all(follow_ups).await;
+        let embed = &self.request.embed;
+        let nested = embed
+            .callbacks
+            .iter()
+            .flatten()
+            .chain(embed.chain.iter().flat_map(|c| c.last()))
+            .any(|s| !canvas::host::is_plain(s));
+        let sent = match &self.shared.canvas_host {
+            Some(_) if nested => {
+                let (retval, callbacks, chain) = (
+                    value.clone(),
+                    embed.callbacks.clone().unwrap_or_default(),
+                    embed.chain.clone().unwrap_or_default(),
+                );
+                let request = self.context_value();
+                self.on_host("dispatch callbacks and chain", move |h| {
+                    h.dispatch(&retval, &callbacks, &chain, &request)
+                })
+                .await
+                .unwrap_or_default()
+            }
+            _ => {
+                let (follow_ups, sent) = canvas::on_success(&value, &self.sender());
+                self.publish_all(follow_ups).await;
+                sent
+            }
+        };
         let mut children =
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         children.extend(sent);
@@ -365,24 +390,22 @@ impl Tracer<'_> {
         let traceback = err.traceback_text();
         let stored_tb = raised.then(|| traceback.clone());
         let exc = err.to_meta();
-        if self.store_errors {
-            let mut m = self.meta("FAILURE", exc.clone());
-            m.traceback = stored_tb.clone();
-            self.shared.store_state(&m).await;
-            for id in canvas::pending_chain_ids(&self.request.embed) {
-                let mut m = ResultMeta::new(&id, "FAILURE", exc.clone());
-                m.traceback = stored_tb.clone();
-                self.shared.store_state(&m).await;
-            }
+        let embed = &self.request.embed;
+        let in_canvas = embed.chord.as_ref().is_some_and(|c| !c.is_null())
+            || embed.chain.as_ref().is_some_and(|c| !c.is_empty())
+            || embed.errbacks.as_ref().is_some_and(|e| !e.is_empty());
+        if self.shared.canvas_host.is_some() && in_canvas {
+            // Celery's `mark_as_failure` with the request: stored, chord
+            // told, the rest of the chain failed, errbacks called or sent.
+            let (request, exc, tb, store) =
+                (self.context_value(), exc, stored_tb, self.store_errors);
+            self.on_host("mark the failure", move |h| {
+                h.mark_failure(&request, &exc, tb.as_deref(), store)
+            })
+            .await;
+        } else {
+            self.settle_failure(exc, stored_tb).await;
         }
-        self.chord_part("FAILURE", exc).await;
-        let errbacks = self.request.embed.errbacks.clone().unwrap_or_default();
-        self.publish_all(canvas::on_failure(
-            &self.request.id,
-            &errbacks,
-            &self.sender(),
-        ))
-        .await;
         let shared = self.shared;
         shared.events.task(
             || shared.state.clock_forward(),
@@ -407,6 +430,60 @@ impl Tracer<'_> {
             Verdict::Ack
         } else {
             Verdict::Reject { requeue: false }
+        }
+    }
+
+    /// The Rust port of `mark_as_failure`: FAILURE stored for this task and
+    /// the chain steps that won't run, chord told, errbacks sent.
+    async fn settle_failure(&self, exc: Value, stored_tb: Option<String>) {
+        if self.store_errors {
+            let mut m = self.meta("FAILURE", exc.clone());
+            m.traceback = stored_tb.clone();
+            self.shared.store_state(&m).await;
+            for id in canvas::pending_chain_ids(&self.request.embed) {
+                let mut m = ResultMeta::new(&id, "FAILURE", exc.clone());
+                m.traceback = stored_tb.clone();
+                self.shared.store_state(&m).await;
+            }
+        }
+        self.chord_part("FAILURE", exc).await;
+        let errbacks = self.request.embed.errbacks.clone().unwrap_or_default();
+        self.publish_all(canvas::on_failure(
+            &self.request.id,
+            &errbacks,
+            &self.sender(),
+        ))
+        .await;
+    }
+
+    /// Celery's request dict with args and kwargs, for the app's own code.
+    fn context_value(&self) -> Value {
+        let r = self.request;
+        let mut ctx = r.celery_context();
+        ctx.insert("args".into(), Value::Array(r.args.clone()));
+        ctx.insert("kwargs".into(), Value::Object(r.kwargs.clone()));
+        Value::Object(ctx)
+    }
+
+    /// Runs a blocking call into the app's interpreter off the async
+    /// threads; a failure is logged (as Celery logs a failing callback).
+    async fn on_host<T: Send + 'static>(
+        &self,
+        what: &str,
+        call: impl FnOnce(&dyn canvas::host::CanvasHost) -> anyhow::Result<T> + Send + 'static,
+    ) -> Option<T> {
+        let host = Arc::clone(self.shared.canvas_host.as_ref()?);
+        let r = self.request;
+        match tokio::task::spawn_blocking(move || call(host.as_ref())).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::error!("{what} for {}[{}]: {e:#}", r.task, r.id);
+                None
+            }
+            Err(e) => {
+                tracing::error!("{what} for {}[{}]: {e}", r.task, r.id);
+                None
+            }
         }
     }
 
@@ -577,6 +654,14 @@ impl Tracer<'_> {
         let (Some(chord), Some(group)) = (&r.embed.chord, &r.group) else {
             return;
         };
+        if self.shared.canvas_host.is_some() {
+            let (request, state) = (self.context_value(), state.to_string());
+            self.on_host("chord part", move |h| {
+                h.chord_part(&request, &state, &result)
+            })
+            .await;
+            return;
+        }
         let Some(backend) = &self.shared.backend else {
             return;
         };

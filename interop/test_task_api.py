@@ -1,0 +1,111 @@
+"""Celery's task API corners through ``-A``, as Celery's worker settles them:
+``Ignore`` after ``update_state`` keeps what the task stored, ``Reject(requeue=True)``
+redelivers, ``retry(args=…)`` changes the arguments, children published from a
+body are recorded, returned results are stored as tuples, ``replace()`` counts
+``replaced_task_nesting``, the request carries the message properties and custom
+headers, new-style errbacks are called with the request, nested canvases run as
+Celery's canvas runs them — and a conf holding every kind of value loads, its
+worker settings apply and what is not supported is named."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from celery import chain, chord, group
+
+from helpers import result_meta, wait_until
+
+import apiapp
+
+GET = 20
+
+
+@pytest.fixture
+def api_worker(worker):
+    return worker(app="apiapp", queues=["apiq"], concurrency=1, pool="prefork")
+
+
+def test_ignore_keeps_the_state_the_task_stored(celery_client, api_worker, backend):
+    r = apiapp.custom_failure.delay()
+    wait_until(lambda: (result_meta(backend, r.id) or {}).get("status") == "FAILURE",
+               timeout=10, what="the custom FAILURE")
+    time.sleep(0.5)
+    meta = result_meta(backend, r.id)
+    assert meta["result"]["custom"] == 1 and meta["result"]["exc_message"] == ["mine"]
+
+
+def test_reject_with_requeue_redelivers(celery_client, api_worker):
+    assert apiapp.reject_once.delay().get(timeout=GET) == "second delivery"
+
+
+def test_retry_with_new_args(celery_client, api_worker):
+    assert apiapp.retry_with_args.delay(2, y=5).get(timeout=GET) == [20, 5, 1]
+
+
+def test_children_published_from_the_body_are_recorded(celery_client, api_worker, backend):
+    r = apiapp.spawn.delay(3)
+    first = r.get(timeout=GET)
+    # A returned AsyncResult is stored as its result tuple.
+    assert first == [[first[0][0], None], None]
+    meta = result_meta(backend, r.id)
+    assert len(meta["children"]) == 3
+    assert meta["children"][0] == [[first[0][0], None], None]
+    g = apiapp.spawn_group.delay().get(timeout=GET)
+    (gid, _), members = g
+    assert len(members) == 2 and gid
+
+
+def test_replace_with_a_chain_counts_nesting(celery_client, api_worker):
+    assert apiapp.replace_with_task.delay(4).get(timeout=GET) == [4, 1]
+    assert apiapp.replace_twice.delay(4).get(timeout=GET) == [4, 2]
+    # A chain replacing a task keeps its id for its last step, which the
+    # worker publishes as a chain step: the count travels with it.
+    r = apiapp.replace_with_chain.delay(4)
+    assert r.get(timeout=GET) == [5, 1]
+
+
+def test_request_properties_and_custom_headers(celery_client, api_worker):
+    r = apiapp.properties.apply_async(app_id="app-7", headers={"x-custom": "yes"})
+    assert r.get(timeout=GET) == {"app_id": "app-7", "custom": "yes"}
+
+
+def test_new_style_errback_is_called_with_the_request(celery_client, api_worker, backend):
+    r = apiapp.fail.apply_async(("boom",), link_error=apiapp.record_errback.s())
+    with pytest.raises(ValueError):
+        r.get(timeout=GET)
+    wait_until(lambda: backend.llen("apiapp:errbacks") == 1, timeout=10,
+               what="the errback's record")
+    assert backend.lrange("apiapp:errbacks", 0, -1) == [f"{r.id}:ValueError:boom".encode()]
+
+
+def test_nested_canvases(celery_client, api_worker):
+    # A group followed by a task (upgraded to a chord), then a chord whose
+    # header holds a chain and whose body is a chain.
+    c = chain(apiapp.add.s(1, 1),
+              group(apiapp.add.s(10), apiapp.add.s(20)),
+              apiapp.tsum.s())
+    assert c.delay().get(timeout=GET) == 34
+    inner = chord([chain(apiapp.add.s(1, 1), apiapp.add.s(1)), apiapp.add.s(2, 2)],
+                  chain(apiapp.tsum.s(), apiapp.add.s(100)))
+    assert inner.delay().get(timeout=GET) == 107
+    # A group of chains inside a chain.
+    res = chain(apiapp.add.s(1, 2),
+                group(chain(apiapp.add.s(1), apiapp.add.s(1)), apiapp.add.s(5)))()
+    assert res.get(timeout=GET) == [5, 8]
+
+
+def test_conf_with_every_kind_of_value_applies(celery_client, worker, broker):
+    w = worker(app="apiapp", queues=["apiq", "hp"], concurrency=1, pool="prefork")
+    # worker_max_tasks_per_child=3 from the conf: a fourth task gets a new process.
+    pids = [apiapp.pid.delay().get(timeout=GET) for _ in range(4)]
+    assert len(set(pids[:3])) == 1 and pids[3] != pids[0]
+    # Queue("hp", Exchange("hpx"), routing_key="hp.key") is bound as declared.
+    members = broker.smembers("_kombu.binding.hpx")
+    assert b"hp.key\x06\x16\x06\x16hp" in members
+    assert apiapp.add.apply_async((2, 3), queue="hp").get(timeout=GET) == 5
+    if w.kind != "python":
+        # What the worker does not support is named, in one line.
+        warned = [line for line in w.log().splitlines()
+                  if "not supported by this worker" in line]
+        assert len(warned) == 1 and "worker_disable_rate_limits" in warned[0]

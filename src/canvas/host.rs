@@ -1,0 +1,43 @@
+//! Celery's own canvas code, when the `-A` app is loaded.
+//!
+//! Plain follow-ups (a task as the next chain step or as a callback) are
+//! built in Rust: they are the hot path. Nested shapes, failures that touch a
+//! canvas (errbacks, the rest of a chain, a chord) and chord completion are
+//! rare per task and full of Celery's corner rules (`_fail_chain`, new-style
+//! errbacks called in-process, `GroupResult.restore` of complex headers,
+//! group bodies failing member by member), so with the app at hand they run
+//! through the very functions Celery's worker calls. Without an app the
+//! Rust port in [`super`] does the work.
+
+use serde_json::Value;
+
+/// Blocking calls into the app's interpreter (run them off the async threads).
+pub trait CanvasHost: Send + Sync {
+    /// `_dispatch_callbacks_and_chain`: returns the sent results' tuples.
+    fn dispatch(
+        &self,
+        retval: &Value,
+        callbacks: &[Value],
+        chain: &[Value],
+        request: &Value,
+    ) -> anyhow::Result<Vec<Value>>;
+    /// `backend.mark_as_failure(…, request=…)`.
+    fn mark_failure(
+        &self,
+        request: &Value,
+        exc: &Value,
+        traceback: Option<&str>,
+        store_result: bool,
+    ) -> anyhow::Result<()>;
+    /// `backend.on_chord_part_return(request, state, result)`.
+    fn chord_part(&self, request: &Value, state: &str, result: &Value) -> anyhow::Result<()>;
+}
+
+/// A signature dict that is a plain task (no chain/group/chord/map/…).
+pub fn is_plain(sig: &Value) -> bool {
+    match sig.get("subtask_type") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        _ => false,
+    }
+}
