@@ -8,7 +8,7 @@ Celery's canvas runs them — and a conf holding every kind of value loads, its
 worker settings apply and what is not supported is named."""
 from __future__ import annotations
 
-import json
+import os
 import time
 
 import pytest
@@ -70,6 +70,8 @@ def test_request_properties_and_custom_headers(celery_client, api_worker):
     assert r.get(timeout=GET) == {"app_id": "app-7", "custom": "yes"}
 
 
+@pytest.mark.skipif(os.environ.get("RCW_CANVAS") == "rust",
+                    reason="new-style errbacks are called by the app's own code")
 def test_new_style_errback_is_called_with_the_request(celery_client, api_worker, backend):
     r = apiapp.fail.apply_async(("boom",), link_error=apiapp.record_errback.s())
     with pytest.raises(ValueError):

@@ -240,9 +240,10 @@ pub fn group_ref(gid: &str, members: &[String]) -> Value {
     ])
 }
 
-/// Follow-ups of a success: link callbacks (several plain ones go out as one
-/// group), then the next chain step with the remaining chain. Returns the
-/// messages and the `children` entries for the result meta.
+/// Follow-ups of a success, as `_dispatch_callbacks_and_chain`: one callback
+/// is applied alone; of several, each group is applied by itself and the
+/// rest go out as one group; then the next chain step with the remaining
+/// chain. Returns the messages and the `children` entries for the result meta.
 pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Value>) {
     let embed = &sender.request.embed;
     let mut out = Vec::new();
@@ -254,23 +255,22 @@ pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Va
         .filter_map(Signature::from_value)
         .collect();
     let prepend = std::slice::from_ref(retval);
-    match callbacks.len() {
-        0 => {}
-        1 => {
-            let m = expand(&callbacks[0], prepend, sender, None);
-            children.extend(m.iter().map(|o| child_ref(&o.id)));
-            out.extend(m);
+    let mut send = |sig: &Signature, rest: Option<Vec<Value>>| {
+        let (msgs, child) = apply(sig, prepend, sender, None, rest);
+        out.extend(msgs);
+        children.extend(child);
+    };
+    if callbacks.len() == 1 {
+        send(&callbacks[0], None);
+    } else if !callbacks.is_empty() {
+        let (groups, sigs): (Vec<&Signature>, Vec<&Signature>) = callbacks
+            .iter()
+            .partition(|c| c.subtask_type.as_deref() == Some("group"));
+        for g in groups {
+            send(g, None);
         }
-        _ => {
-            let gid = uuid::Uuid::new_v4().to_string();
-            let mut ids = Vec::new();
-            for (i, cb) in callbacks.iter().enumerate() {
-                for o in expand(cb, prepend, sender, Some((&gid, Some(i as i64)))) {
-                    ids.push(o.id.clone());
-                    out.push(o);
-                }
-            }
-            children.push(group_ref(&gid, &ids));
+        if !sigs.is_empty() {
+            send(&group_of(sigs.into_iter().cloned()), None);
         }
     }
     if let Some(chain) = &embed.chain
@@ -278,20 +278,36 @@ pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Va
         && let Some(sig) = Signature::from_value(next)
     {
         // `_chsig.apply_async((retval,), chain=rest)`.
-        let (msgs, child) = apply(&sig, prepend, sender, None, Some(rest.to_vec()));
-        children.extend(child);
-        out.extend(msgs);
+        send(&sig, Some(rest.to_vec()));
     }
     (out, children)
 }
 
+/// `group(sigs)` as a signature.
+fn group_of(sigs: impl IntoIterator<Item = Signature>) -> Signature {
+    let tasks: Vec<Value> = sigs.into_iter().map(|s| signature_value(&s)).collect();
+    let mut kwargs = Map::new();
+    kwargs.insert("tasks".into(), Value::Array(tasks));
+    Signature {
+        task: "celery.group".into(),
+        args: Vec::new(),
+        kwargs,
+        options: Map::new(),
+        subtask_type: Some("group".into()),
+        immutable: false,
+    }
+}
+
 /// `sig.apply_async(partial_args, chain=rest)` as Celery's worker runs it
 /// for a chain step, a callback or a chord body: a task is one message; a
-/// chain starts with its first task carrying the rest; group members get
-/// the partial args and the group id; a chord publishes its header as
-/// `chord.run` does, each part carrying the body (with `chord_size` and the
-/// rest of the chain), or sends the body with `[]` when the header is empty.
-/// Returns the messages and the `children` entry.
+/// chain starts with its first task carrying the rest (a group followed by
+/// a task becomes a chord, as `prepare_steps` upgrades it); group members
+/// get the partial args and the group id (nested groups flattened, as
+/// `group._prepared` does); a chord publishes its header as `chord.run`
+/// does, each part carrying the body (with `chord_size` and the rest of the
+/// chain), or sends the body with `[]` when the header is empty. A member
+/// that is itself a chain or chord takes part through its last task or its
+/// body. Returns the messages and the `children` entry.
 pub fn apply(
     sig: &Signature,
     prepend: &[Value],
@@ -299,17 +315,132 @@ pub fn apply(
     group: Option<(&str, Option<i64>)>,
     rest: Option<Vec<Value>>,
 ) -> (Vec<Outgoing>, Option<Value>) {
+    let mut sig = sig.clone();
+    if let Some((gid, idx)) = group {
+        join_group(&mut sig, gid, idx, None);
+    }
+    apply_sig(&sig, prepend, sender, rest)
+}
+
+fn tasks_of(sig: &Signature, key: &str) -> Vec<Signature> {
+    match sig.kwargs.get(key) {
+        Some(Value::Array(items)) => items.iter().filter_map(Signature::from_value).collect(),
+        // A chord header given as a group signature.
+        Some(g @ Value::Object(_)) => Signature::from_value(g)
+            .map(|g| tasks_of(&g, "tasks"))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Makes `sig` count as member `idx` of group `gid` (and, in a chord
+/// header, toward `chord`): a task directly, a chain through its last task,
+/// a chord through its body (`freeze(group_id=…, chord=…)`).
+fn join_group(sig: &mut Signature, gid: &str, idx: Option<i64>, chord: Option<&Value>) {
     match sig.subtask_type.as_deref() {
-        Some("chord") | Some("group") => {}
         Some("chain") => {
-            // A chain starts with its first task, carrying its own rest
-            // (reversed, as `embed.chain`) before the outer rest.
-            let steps: Vec<Signature> = sig
-                .kwargs
-                .get("tasks")
-                .and_then(Value::as_array)
-                .map(|t| t.iter().filter_map(Signature::from_value).collect())
-                .unwrap_or_default();
+            let mut steps = tasks_of(sig, "tasks");
+            if let Some(last) = steps.last_mut() {
+                join_group(last, gid, idx, chord);
+            }
+            sig.kwargs.insert(
+                "tasks".into(),
+                Value::Array(steps.iter().map(signature_value).collect()),
+            );
+        }
+        Some("chord") => {
+            if let Some(mut body) = sig.kwargs.get("body").and_then(Signature::from_value) {
+                join_group(&mut body, gid, idx, chord);
+                sig.kwargs.insert("body".into(), signature_value(&body));
+            }
+        }
+        _ => {
+            sig.options.insert("group_id".into(), json!(gid));
+            sig.options
+                .insert("group_index".into(), idx.map_or(Value::Null, Value::from));
+            if let Some(c) = chord {
+                sig.options.insert("chord".into(), c.clone());
+            }
+        }
+    }
+}
+
+/// Celery's `_chord._descend`: how many completions `sig` adds to a chord.
+fn chord_weight(sig: &Signature) -> usize {
+    match sig.subtask_type.as_deref() {
+        Some("group") => tasks_of(sig, "tasks").iter().map(chord_weight).sum(),
+        Some("chain") => tasks_of(sig, "tasks")
+            .iter()
+            .rev()
+            .map(chord_weight)
+            .find(|n| *n > 0)
+            .unwrap_or(0),
+        Some("chord") => sig
+            .kwargs
+            .get("body")
+            .and_then(Signature::from_value)
+            .map_or(0, |b| chord_weight(&b)),
+        _ => 1,
+    }
+}
+
+/// Group members as `group._prepared` unrolls them: nested groups
+/// flattened (their members keep their own index), empty chains dropped.
+fn unroll(tasks: Vec<Signature>) -> Vec<(Signature, i64)> {
+    let mut out = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.subtask_type.as_deref() {
+            Some("group") => out.extend(unroll(tasks_of(&t, "tasks"))),
+            Some("chain") if tasks_of(&t, "tasks").is_empty() => {}
+            _ => out.push((t, i as i64)),
+        }
+    }
+    out
+}
+
+fn apply_sig(
+    sig: &Signature,
+    prepend: &[Value],
+    sender: &Sender<'_>,
+    rest: Option<Vec<Value>>,
+) -> (Vec<Outgoing>, Option<Value>) {
+    let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
+    match sig.subtask_type.as_deref() {
+        Some("chain") => {
+            let mut steps = flatten_chain(tasks_of(sig, "tasks"));
+            // `prepare_steps`: a group followed by a task becomes a chord.
+            let mut i = 1;
+            while i < steps.len() {
+                if steps[i - 1].subtask_type.as_deref() == Some("group")
+                    && steps[i].subtask_type.as_deref() != Some("group")
+                {
+                    let body = steps.remove(i);
+                    let header = steps.remove(i - 1);
+                    let mut kwargs = Map::new();
+                    kwargs.insert(
+                        "header".into(),
+                        json!(
+                            tasks_of(&header, "tasks")
+                                .iter()
+                                .map(signature_value)
+                                .collect::<Vec<_>>()
+                        ),
+                    );
+                    kwargs.insert("body".into(), signature_value(&body));
+                    kwargs.insert("kwargs".into(), json!({}));
+                    let chord = Signature {
+                        task: "celery.chord".into(),
+                        args: Vec::new(),
+                        kwargs,
+                        options: Map::new(),
+                        subtask_type: Some("chord".into()),
+                        immutable: false,
+                    };
+                    steps.insert(i - 1, chord);
+                } else {
+                    i += 1;
+                }
+            }
             let Some((first, inner)) = steps.split_first() else {
                 return (Vec::new(), None);
             };
@@ -319,42 +450,29 @@ pub fn apply(
                 .or_else(|| sig.option_list("chain"))
                 .unwrap_or_default();
             chain.extend(inner.iter().rev().map(signature_value));
-            let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
-            return apply(first, prepend, sender, group, Some(chain));
+            apply_sig(first, prepend, sender, Some(chain))
         }
-        // A task, or a primitive sent as its built-in task (`celery.chunks`,
-        // `celery.map`, …: run by the app's own code when it is loaded).
-        _ => {
-            let o = message(sig, prepend, sender, group, rest);
-            let child = child_ref(&o.id);
-            return (vec![o], Some(child));
+        Some("group") => {
+            let gid = sig
+                .id()
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let mut out = Vec::new();
+            let mut members = Vec::new();
+            for (mut t, idx) in unroll(tasks_of(sig, "tasks")) {
+                join_group(&mut t, &gid, Some(idx), None);
+                let (msgs, child) = apply_sig(&t, prepend, sender, None);
+                out.extend(msgs);
+                members.extend(child);
+            }
+            (out, Some(json!([[gid, null], members])))
         }
-    }
-    let prepend: &[Value] = if sig.immutable { &[] } else { prepend };
-    let members = |v: Option<&Value>| -> (Option<String>, Vec<Signature>) {
-        match v {
-            Some(Value::Array(items)) => (
-                None,
-                items.iter().filter_map(Signature::from_value).collect(),
-            ),
-            Some(g) => match Signature::from_value(g) {
-                Some(group) => (
-                    group.id().map(str::to_string),
-                    group
-                        .kwargs
-                        .get("tasks")
-                        .and_then(Value::as_array)
-                        .map(|t| t.iter().filter_map(Signature::from_value).collect())
-                        .unwrap_or_default(),
-                ),
-                None => (None, Vec::new()),
-            },
-            None => (None, Vec::new()),
-        }
-    };
-    match sig.subtask_type.as_deref() {
         Some("chord") => {
-            let (header_id, header) = members(sig.kwargs.get("header"));
+            let header = tasks_of(sig, "header");
+            let header_id = sig
+                .kwargs
+                .get("header")
+                .and_then(Signature::from_value)
+                .and_then(|g| g.id().map(str::to_string));
             let Some(mut body) = sig.kwargs.get("body").and_then(Signature::from_value) else {
                 tracing::error!("chord step without a body: {}", signature_value(sig));
                 return (Vec::new(), None);
@@ -363,6 +481,12 @@ pub fn apply(
                 .id()
                 .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
             body.options.insert("task_id".into(), json!(body_id));
+            // The chord's own membership (an outer group or chord) goes to its body.
+            for k in ["group_id", "group_index", "chord"] {
+                if let Some(v) = sig.options.get(k).filter(|v| !v.is_null()) {
+                    body.options.insert(k.into(), v.clone());
+                }
+            }
             if let Some(rest) = rest
                 .or_else(|| sig.option_list("chain"))
                 .filter(|r| !r.is_empty())
@@ -370,85 +494,45 @@ pub fn apply(
                 body.options.insert("chain".into(), Value::Array(rest));
             }
             if header.is_empty() {
-                let o = message(&body, &[json!([])], sender, None, None);
-                let child = child_ref(&o.id);
-                return (vec![o], Some(child));
+                let (msgs, child) = apply_sig(&body, &[json!([])], sender, None);
+                return (msgs, child);
             }
-            body.options
-                .insert("chord_size".into(), json!(header.len()));
+            let size: usize = header.iter().map(chord_weight).sum();
+            body.options.insert("chord_size".into(), json!(size));
             let gid = header_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             // Every part carries the body (and with it the rest of the chain).
             let body_value = signature_value(&body);
-            let mut ids = Vec::new();
             let mut out = Vec::new();
-            for (i, part) in header.iter().enumerate() {
-                let mut part = part.clone();
-                part.options.insert("chord".into(), body_value.clone());
-                let o = message(&part, prepend, sender, Some((&gid, Some(i as i64))), None);
-                ids.push(o.id.clone());
-                out.push(o);
+            let mut members = Vec::new();
+            for (mut part, idx) in unroll(header) {
+                join_group(&mut part, &gid, Some(idx), Some(&body_value));
+                let (msgs, child) = apply_sig(&part, prepend, sender, None);
+                out.extend(msgs);
+                members.extend(child);
             }
-            (out, Some(group_ref(&gid, &ids)))
+            (out, Some(json!([[gid, null], members])))
         }
+        // A task, or a primitive sent as its built-in task (`celery.map`,
+        // `celery.starmap`, `celery.chunks`).
         _ => {
-            let (_, tasks) = members(Some(&signature_value(sig)));
-            let gid = sig
-                .id()
-                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-            let out: Vec<Outgoing> = tasks
-                .iter()
-                .enumerate()
-                .map(|(i, t)| message(t, prepend, sender, Some((&gid, Some(i as i64))), None))
-                .collect();
-            let ids: Vec<String> = out.iter().map(|o| o.id.clone()).collect();
-            (out, Some(group_ref(&gid, &ids)))
+            let o = message(sig, prepend, sender, None, rest);
+            let child = child_ref(&o.id);
+            (vec![o], Some(child))
         }
     }
 }
 
-/// Expands nested canvas in a callback: a chain starts with its first task
-/// carrying the rest; a group sends every member; a plain task is one message.
-fn expand(
-    sig: &Signature,
-    prepend: &[Value],
-    sender: &Sender<'_>,
-    group: Option<(&str, Option<i64>)>,
-) -> Vec<Outgoing> {
-    let tasks = || -> Vec<Signature> {
-        sig.kwargs
-            .get("tasks")
-            .and_then(Value::as_array)
-            .map(|t| t.iter().filter_map(Signature::from_value).collect())
-            .unwrap_or_default()
-    };
-    match sig.subtask_type.as_deref() {
-        Some("chain") => {
-            let steps = tasks();
-            let Some((first, rest)) = steps.split_first() else {
-                return Vec::new();
-            };
-            let rest: Vec<Value> = rest.iter().rev().map(signature_value).collect();
-            vec![message(first, prepend, sender, group, Some(rest))]
+/// Chains inside a chain are spliced in (`prepare_steps`).
+fn flatten_chain(steps: Vec<Signature>) -> Vec<Signature> {
+    let mut out = Vec::new();
+    for s in steps {
+        if s.subtask_type.as_deref() == Some("chain") {
+            out.extend(flatten_chain(tasks_of(&s, "tasks")));
+        } else {
+            out.push(s);
         }
-        Some("group") => {
-            let gid = sig
-                .opt_str("task_id")
-                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-            tasks()
-                .iter()
-                .enumerate()
-                .map(|(i, t)| message(t, prepend, sender, Some((&gid, Some(i as i64))), None))
-                .collect()
-        }
-        Some(other) if !other.is_empty() => {
-            tracing::error!(
-                "callback {} of type {other:?} is not supported by this worker; not sent",
-                sig.task
-            );
-            Vec::new()
-        }
-        _ => vec![message(sig, prepend, sender, group, None)],
     }
+    out
 }
 
 /// A signature back to its dict form.
@@ -466,12 +550,8 @@ pub fn on_failure(failed_id: &str, errbacks: &[Value], sender: &Sender<'_>) -> V
     if sigs.is_empty() {
         return Vec::new();
     }
-    let gid = uuid::Uuid::new_v4().to_string();
     let prepend = [Value::String(failed_id.to_string())];
-    sigs.iter()
-        .enumerate()
-        .flat_map(|(i, s)| expand(s, &prepend, sender, Some((&gid, Some(i as i64)))))
-        .collect()
+    apply(&group_of(sigs), &prepend, sender, None, None).0
 }
 
 /// Ids of the chain steps still to run: they get the failure stored too.

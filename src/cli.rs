@@ -304,7 +304,11 @@ pub async fn start(config: Config, app: App) -> Result<()> {
     #[cfg(feature = "python")]
     if let Some(app) = &app {
         extras.app = Some(Arc::clone(app) as Arc<dyn crate::control::AppInfo>);
-        extras.canvas_host = Some(Arc::clone(app) as Arc<dyn crate::canvas::host::CanvasHost>);
+        // RCW_CANVAS=rust keeps the Rust canvas even with the app loaded
+        // (to compare the two, and to test the Rust port through the app).
+        if std::env::var("RCW_CANVAS").as_deref() != Ok("rust") {
+            extras.canvas_host = Some(Arc::clone(app) as Arc<dyn crate::canvas::host::CanvasHost>);
+        }
         let python_only = app.python_only_tasks(&registry)?;
         let prefork = matches!(config.pool.as_deref(), None | Some("prefork"));
         let pool = if prefork && !python_only.is_empty() {
