@@ -289,7 +289,9 @@ def worker_argv(kind: str, *, broker_url: str, backend_url: str, name: str,
         heartbeat = True
     if kind in ("rust", "rust-python"):
         default_app = "app.workers" if kind == "rust" else "pyworker_app"
-        argv = [str(rust_binary_path()), "-A", app or default_app, "-b", broker_url,
+        # app="" starts our worker without any Python app (Rust tasks only).
+        app_args = [] if app == "" else ["-A", app or default_app]
+        argv = [str(rust_binary_path()), *app_args, "-b", broker_url,
                 "--result-backend", backend_url, "-l", loglevel, "-n", f"{name}@%h",
                 "-c", str(concurrency)]
         if queues:

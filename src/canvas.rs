@@ -510,7 +510,8 @@ fn apply_sig(
                 out.extend(msgs);
                 members.extend(child);
             }
-            (out, Some(json!([[gid, null], members])))
+            // The chord's result is its body's, whose parent is the header.
+            (out, Some(json!([[body_id, [[gid, null], members]], null])))
         }
         // A task, or a primitive sent as its built-in task (`celery.map`,
         // `celery.starmap`, `celery.chunks`).

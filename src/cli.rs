@@ -290,6 +290,10 @@ pub async fn start(config: Config, app: App) -> Result<()> {
 
     let mut registry = Registry::new();
     crate::builtins::register(&mut registry);
+    if app.is_none() {
+        // An app brings Celery's own canvas built-ins (its exact code).
+        crate::builtins::register_canvas(&mut registry);
+    }
     crate::tasks::register_all(
         &mut registry,
         &crate::tasks::TaskEnv {

@@ -454,6 +454,19 @@ pub struct TaskContext {
     /// Results of tasks the body published (Celery's `request.children`),
     /// stored with its result before the callbacks and chain.
     children: Arc<std::sync::Mutex<Vec<Value>>>,
+    /// What the body may ask of the worker's canvas (Celery's built-in
+    /// tasks use it); absent outside a worker.
+    canvas: Option<Arc<dyn Canvas>>,
+}
+
+/// The worker's canvas as a task body sees it: run another registered task
+/// in this process (`celery.map` calls `task.type(item)`), or apply a
+/// signature as the worker applies follow-ups (`celery.group`, `celery.chord`).
+#[async_trait::async_trait]
+pub trait Canvas: Send + Sync {
+    async fn call(&self, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> TaskResult;
+    /// Publishes `sig` with `args` prepended; returns its result tuple.
+    async fn apply(&self, sig: &Value, args: Vec<Value>) -> TaskResult;
 }
 
 impl TaskContext {
@@ -468,7 +481,21 @@ impl TaskContext {
             soft_limit,
             process: Arc::default(),
             children: Arc::default(),
+            canvas: None,
         }
+    }
+
+    /// Gives the body the worker's canvas.
+    pub fn with_canvas(mut self, canvas: Arc<dyn Canvas>) -> Self {
+        self.canvas = Some(canvas);
+        self
+    }
+
+    /// The worker's canvas, or a RuntimeError when there is none.
+    pub fn canvas(&self) -> Result<&Arc<dyn Canvas>, TaskError> {
+        self.canvas
+            .as_ref()
+            .ok_or_else(|| TaskError::runtime_error("no worker canvas in this context"))
     }
 
     /// Shares the list the body's `children` are collected in.

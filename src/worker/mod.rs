@@ -14,6 +14,7 @@
 //! consumer's bootsteps start: remote control (`control::serve`), the event
 //! dispatcher and heartbeats, and mingle at start-up.
 
+mod body_canvas;
 mod consumer;
 mod execute;
 mod heartbeat;

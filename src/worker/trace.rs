@@ -228,7 +228,11 @@ impl Tracer<'_> {
             ignore_result: self.ignore_result,
         });
         let ctx = TaskContext::new(Arc::clone(self.request), states, Arc::clone(&soft_limit))
-            .with_children(Arc::clone(&self.children));
+            .with_children(Arc::clone(&self.children))
+            .with_canvas(Arc::new(super::body_canvas::BodyCanvas {
+                shared: Arc::clone(self.shared),
+                request: Arc::clone(self.request),
+            }));
         let process = ctx.process_handle();
         let shared = self.shared;
         shared.state.start(
