@@ -12,6 +12,13 @@ from celery.exceptions import Ignore, Reject
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+def route_steps(name, args, kwargs, options, task=None, **kw):
+    """A router function, as real apps write them."""
+    if name == "apiapp.routed_step":
+        return {"queue": "hp"}
+    return None
+
+
 app = Celery("apiapp", broker=os.environ.get("CELERY_BROKER_URL"),
              backend=os.environ.get("CELERY_RESULT_BACKEND"))
 app.conf.update(
@@ -28,12 +35,18 @@ app.conf.update(
     beat_schedule={"tick": {"task": "apiapp.add", "schedule": crontab(minute="*/5"),
                             "args": (1, 2)}},
     worker_disable_rate_limits=True,
+    task_routes=(route_steps,),
 )
 
 
 @app.task(name="apiapp.add")
 def add(x, y):
     return x + y
+
+
+@app.task(name="apiapp.routed_step")
+def routed_step(value):
+    return ["routed", value]
 
 
 @app.task(name="apiapp.tsum")

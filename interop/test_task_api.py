@@ -111,3 +111,13 @@ def test_conf_with_every_kind_of_value_applies(celery_client, worker, broker):
         warned = [line for line in w.log().splitlines()
                   if "not supported by this worker" in line]
         assert len(warned) == 1 and "worker_disable_rate_limits" in warned[0]
+
+
+def test_router_function_routes_chain_steps(celery_client, worker, broker):
+    """A ``task_routes`` router function decides where the worker sends a
+    chain step: a worker serving only ``apiq`` leaves it in ``hp``."""
+    worker(app="apiapp", queues=["apiq"], concurrency=1, pool="prefork")
+    res = chain(apiapp.add.s(1, 1), apiapp.routed_step.s()).apply_async(queue="apiq")
+    wait_until(lambda: broker.llen("hp") == 1, timeout=15, what="the step waiting in 'hp'")
+    worker(app="apiapp", queues=["hp"], concurrency=1, pool="prefork")
+    assert res.get(timeout=GET) == ["routed", 2]

@@ -615,11 +615,12 @@ pub fn retry_message(
     let parent = r.parent_id.as_deref().unwrap_or(&r.id);
     msg.headers.insert("parent_id".into(), json!(parent));
     msg.embed = r.embed.clone();
-    let queue = if r.delivery_info.routing_key.is_empty() {
-        default_queue.to_string()
-    } else {
-        r.delivery_info.routing_key.clone()
-    };
+    // Celery republishes to the exchange and routing key it was delivered
+    // with, which bind to the queue it came from.
+    let queue = [&r.queue, &r.delivery_info.routing_key]
+        .into_iter()
+        .find(|q| !q.is_empty())
+        .map_or_else(|| default_queue.to_string(), |q| q.clone());
     let mut envelope = msg.to_envelope(&queue, r.delivery_info.priority);
     envelope.properties.insert(
         "reply_to".into(),

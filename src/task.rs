@@ -288,6 +288,8 @@ pub struct Request {
     pub headers: Map<String, Value>,
     /// The message properties as received (`request.properties`).
     pub properties: Map<String, Value>,
+    /// The queue it was consumed from (where its retry goes back to).
+    pub queue: String,
 }
 
 impl Request {
@@ -340,6 +342,7 @@ impl Request {
             embed: msg.embed,
             headers: msg.headers,
             properties: env.properties.clone(),
+            queue: queue.to_string(),
         }
     }
 }

@@ -107,7 +107,29 @@ def _routes_json(routes):
                 route = dict(route, queue=getattr(route["queue"], "name", None))
             table[key] = _jsonable(route)
         out.append(table)
+    if any("__unsupported__" in t for t in out):
+        # Router functions and regex routes run here, once per task of the
+        # app, through Celery's own router (in the order task_routes gives):
+        # its answers come first; other task names go by the data routes.
+        out.insert(0, _resolved_routes())
     return out
+
+
+def _resolved_routes():
+    router = _app.amqp.router
+    table = {}
+    for name, task in sorted(_app.tasks.items()):
+        try:
+            route = router.lookup_route(name, (), {}, {}, task)
+        except Exception:  # a router that needs the call's args
+            continue
+        if not route:
+            continue
+        queue = router.expand_destination(route).get("queue")
+        queue = getattr(queue, "name", queue)
+        if isinstance(queue, str) and queue:
+            table[name] = {"queue": queue}
+    return table
 
 
 def _jsonable(value):

@@ -169,8 +169,10 @@ impl Worker {
         let skipped = router.add_task_routes(&config.task_routes);
         if !skipped.is_empty() {
             tracing::warn!(
-                "task_routes: not supported yet, these routes are ignored (messages go to \
-                 the task's queue or {:?} instead): {}",
+                "task_routes: router functions and regex routes are not read by the \
+                 worker itself (with an app loaded, Celery's router resolved them at start \
+                 for the app's own tasks, without the call's arguments); for other tasks \
+                 these are ignored and messages go to the task's queue or {:?}: {}",
                 config.task_default_queue,
                 skipped.join("; ")
             );
