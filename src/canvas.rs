@@ -77,6 +77,10 @@ pub struct Outgoing {
     pub id: String,
     pub queue: String,
     pub envelope: Envelope,
+    /// On a chord's first header part: `(group_id, size)` to store before
+    /// publishing (Celery's `backend.set_chord_size`), so any worker that
+    /// finishes the last part knows the chord is complete.
+    pub chord_size: Option<(String, usize)>,
 }
 
 /// Who is sending follow-ups: the request that just finished.
@@ -224,6 +228,7 @@ pub fn message(
         id,
         queue,
         envelope,
+        chord_size: None,
     }
 }
 
@@ -449,7 +454,14 @@ fn apply_sig(
             let mut chain = rest
                 .or_else(|| sig.option_list("chain"))
                 .unwrap_or_default();
-            chain.extend(inner.iter().rev().map(signature_value));
+            // `prepare_steps` freezes every step with the root id.
+            chain.extend(inner.iter().rev().map(|step| {
+                let mut step = step.clone();
+                step.options
+                    .entry("root_id")
+                    .or_insert_with(|| json!(sender.root_id()));
+                signature_value(&step)
+            }));
             apply_sig(first, prepend, sender, Some(chain))
         }
         Some("group") => {
@@ -460,7 +472,8 @@ fn apply_sig(
             let mut members = Vec::new();
             for (mut t, idx) in unroll(tasks_of(sig, "tasks")) {
                 join_group(&mut t, &gid, Some(idx), None);
-                let (msgs, child) = apply_sig(&t, prepend, sender, None);
+                // `group.apply_async(chain=rest)` hands `chain` to each member.
+                let (msgs, child) = apply_sig(&t, prepend, sender, rest.clone());
                 out.extend(msgs);
                 members.extend(child);
             }
@@ -487,19 +500,22 @@ fn apply_sig(
                     body.options.insert(k.into(), v.clone());
                 }
             }
-            if let Some(rest) = rest
-                .or_else(|| sig.option_list("chain"))
-                .filter(|r| !r.is_empty())
-            {
+            if let Some(rest) = rest.or_else(|| sig.option_list("chain")) {
                 body.options.insert("chain".into(), Value::Array(rest));
             }
+            // `chord.run` copies the call's options into the body:
+            // `root_id`, `priority` (None unless inherited) and the header's
+            // group id, which its completion is counted under.
+            body.options
+                .insert("root_id".into(), json!(sender.root_id()));
+            body.options.entry("priority").or_insert(Value::Null);
             if header.is_empty() {
                 let (msgs, child) = apply_sig(&body, &[json!([])], sender, None);
                 return (msgs, child);
             }
             let size: usize = header.iter().map(chord_weight).sum();
-            body.options.insert("chord_size".into(), json!(size));
             let gid = header_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            body.options.entry("group_id").or_insert(json!(gid));
             // Every part carries the body (and with it the rest of the chain).
             let body_value = signature_value(&body);
             let mut out = Vec::new();
@@ -509,6 +525,9 @@ fn apply_sig(
                 let (msgs, child) = apply_sig(&part, prepend, sender, None);
                 out.extend(msgs);
                 members.extend(child);
+            }
+            if let Some(first) = out.first_mut() {
+                first.chord_size = Some((gid.clone(), size));
             }
             // The chord's result is its body's, whose parent is the header.
             (out, Some(json!([[body_id, [[gid, null], members]], null])))
@@ -633,5 +652,6 @@ pub fn retry_message(
         id: r.id.clone(),
         queue,
         envelope,
+        chord_size: None,
     }
 }

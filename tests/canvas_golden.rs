@@ -168,3 +168,62 @@ fn chord_callback_matches_celery() {
     );
     assert_same(&out, &msgs[2], &[]);
 }
+
+/// One scenario of `task_message_nested_canvas_worker.json`.
+fn scenario(name: &str) -> Vec<Value> {
+    let path = format!(
+        "{}/tests/fixtures/celery-wire/task_message_nested_canvas_worker.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["scenarios"][name]["messages"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Our messages for a finished step, in Celery's LPUSH order.
+fn follow_ups(step: &Value, retval: Value) -> Vec<Outgoing> {
+    let req = request(step);
+    canvas::on_success(&retval, &sender(&req)).0
+}
+
+#[test]
+fn group_as_chain_step_matches_celery() {
+    let msgs = scenario("chain_group");
+    let out = follow_ups(&msgs[0], json!(2));
+    assert_eq!(out.len(), 2);
+    for (ours, theirs) in out.iter().zip(&msgs[1..]) {
+        assert_same(ours, theirs, &["properties.reply_to"]);
+    }
+}
+
+#[test]
+fn chord_as_chain_step_matches_celery() {
+    let msgs = scenario("chain_chord");
+    let out = follow_ups(&msgs[0], json!(2));
+    assert_eq!(out.len(), 2, "the header parts");
+    for (ours, theirs) in out.iter().zip(&msgs[1..3]) {
+        assert_same(ours, theirs, &["properties.reply_to"]);
+    }
+    // Celery's client-side `set_chord_size`: stored before the first part.
+    let gid = msgs[1]["envelope"]["headers"]["group"].as_str().unwrap();
+    assert_eq!(out[0].chord_size, Some((gid.to_string(), 2)));
+    assert_eq!(out[1].chord_size, None);
+}
+
+#[test]
+fn group_of_chains_as_chain_step_matches_celery() {
+    let msgs = scenario("chain_group_of_chains");
+    let out = follow_ups(&msgs[0], json!(2));
+    assert_eq!(out.len(), 2);
+    // The chain member starts with its first task carrying the rest, whose
+    // last task holds the group membership.
+    for (ours, theirs) in out.iter().zip(&msgs[1..3]) {
+        assert_same(ours, theirs, &["properties.reply_to"]);
+    }
+    // Its next step, published when add(2, 1) = 3 finishes.
+    let next = follow_ups(&msgs[1], json!(3));
+    assert_eq!(next.len(), 1);
+    assert_same(&next[0], &msgs[3], &["properties.reply_to"]);
+}

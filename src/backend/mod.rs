@@ -51,6 +51,9 @@ pub trait ResultBackend: Send + Sync {
     /// Records a chord header part (Celery's `on_chord_part_return`); returns
     /// the joined results if this part completed the chord and we won the claim.
     async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError>;
+    /// Celery's `set_chord_size`: a new run of chord `group_id` with `size`
+    /// parts (its claim cleared).
+    async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError>;
     /// After the callback was sent: clear the join state, mark the chord done.
     async fn chord_done(&self, group_id: &str, token: &str) -> Result<(), BackendError>;
     /// The stored state of a task (`PENDING` when nothing is stored), as

@@ -122,6 +122,24 @@ impl ResultBackend for RedisBackend {
             .unwrap_or_else(|| "PENDING".into()))
     }
 
+    async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let g = self.group_key(group_id);
+        let expires = self.expires.map_or(86400, |d| d.as_secs().max(1));
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .del(format!("{g}.c"))
+            .ignore()
+            .cmd("SET")
+            .arg(format!("{g}.s"))
+            .arg(size)
+            .arg("EX")
+            .arg(expires)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_err)
+    }
+
     async fn chord_part_return(&self, part: &ChordPart) -> Result<Option<ChordJoin>, BackendError> {
         let g = self.group_key(&part.group_id);
         let (jkey, tkey, skey, dkey, ckey) = (

@@ -49,6 +49,12 @@ impl Canvas for BodyCanvas {
         };
         let (messages, child) = canvas::apply(&sig, &args, &sender, None, None);
         for m in messages {
+            if let (Some((gid, size)), Some(backend)) = (&m.chord_size, &self.shared.backend) {
+                backend
+                    .set_chord_size(gid, *size)
+                    .await
+                    .map_err(|e| TaskError::runtime_error(format!("chord size of {gid}: {e}")))?;
+            }
             self.shared
                 .broker
                 .publish(&m.queue, &m.envelope)

@@ -306,6 +306,13 @@ impl Tracer<'_> {
 
     async fn publish_all(&self, messages: Vec<Outgoing>) {
         for m in messages {
+            if let (Some((gid, size)), Some(backend)) = (&m.chord_size, &self.shared.backend) {
+                let what = format!("chord size of {gid}");
+                super::store::until_ok(&what, &self.shared.shutdown, || {
+                    backend.set_chord_size(gid, *size)
+                })
+                .await;
+            }
             let what = format!("publish {}[{}] to {}", task_of(&m), m.id, m.queue);
             super::store::until_ok(&what, &self.shared.shutdown, || {
                 self.shared.broker.publish(&m.queue, &m.envelope)
