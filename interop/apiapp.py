@@ -36,6 +36,7 @@ app.conf.update(
                             "args": (1, 2)}},
     worker_disable_rate_limits=True,
     task_routes=(route_steps,),
+    task_create_missing_queues=os.environ.get("APIAPP_STRICT_QUEUES") != "1",
 )
 
 

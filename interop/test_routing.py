@@ -56,3 +56,19 @@ def test_chain_step_goes_to_the_queue_its_task_names(celery_client, worker, brok
     assert broker.llen("celery") == 0
     worker(queues=["routed"])
     assert res.get(timeout=GET_TIMEOUT) == "x"
+
+
+@pytest.mark.timeout(60)
+def test_seed_high_priority_chain_steps_land_on_their_queue(celery_client, worker, broker):
+    """Seed 003: ``@app.task(queue='high-priority')`` as a chain step; a worker
+    on ``default`` leaves it in ``high-priority`` for the
+    ``--queues=high-priority,default`` worker."""
+    import seedapp
+
+    worker(app="seedapp", queues=["default"], concurrency=1, pool="prefork")
+    res = chain(seedapp.prepare.s(1), seedapp.urgent_task.s())()
+    wait_until(lambda: _waiting_tasks(broker, "high-priority") == ["seedapp.urgent_task"],
+               timeout=15, what="the urgent step waiting in 'high-priority'")
+    worker(app="seedapp", queues=["high-priority", "default"], concurrency=2, pool="prefork")
+    assert res.get(timeout=GET_TIMEOUT) == {
+        "x": 1, "prepared_on": "default", "urgent_on": "high-priority"}

@@ -121,3 +121,14 @@ def test_router_function_routes_chain_steps(celery_client, worker, broker):
     wait_until(lambda: broker.llen("hp") == 1, timeout=15, what="the step waiting in 'hp'")
     worker(app="apiapp", queues=["hp"], concurrency=1, pool="prefork")
     assert res.get(timeout=GET) == ["routed", 2]
+
+
+def test_unknown_queue_with_create_missing_queues_off(celery_client, worker):
+    """``task_create_missing_queues=False``: ``-Q`` naming a queue
+    ``task_queues`` lacks stops the start with Celery's message."""
+    w = worker(app="apiapp", queues=["nosuch"], concurrency=1, pool="prefork",
+               env={"APIAPP_STRICT_QUEUES": "1"}, wait_ready=False)
+    w.proc.wait(timeout=30)
+    assert w.proc.returncode != 0
+    assert ("Trying to select queue subset of ['nosuch'], but queue 'nosuch' isn't"
+            in " ".join(w.log().split()))

@@ -117,8 +117,10 @@ impl Cli {
             if !cfg.create_missing_queues && !cfg.queue_decls.is_empty() {
                 let declared: Vec<&str> = cfg.queue_decls.iter().map(|d| d.name.as_str()).collect();
                 if let Some(q) = queues.iter().find(|q| !declared.contains(&q.as_str())) {
+                    let shown = crate::protocol::pyrepr::repr(&serde_json::json!(queues));
+                    let q = crate::protocol::pyrepr::repr_str(q);
                     bail!(
-                        "Trying to select queue subset of {queues:?}, but queue {q:?} isn't \
+                        "Trying to select queue subset of {shown}, but queue {q} isn't \
                          defined in the `task_queues` setting.\n\nIf you want to automatically \
                          declare unknown queues you can enable the \
                          `task_create_missing_queues` setting."
