@@ -18,6 +18,7 @@ mod body_canvas;
 mod consumer;
 mod execute;
 mod heartbeat;
+pub mod policy;
 pub mod rate_limit;
 mod request;
 pub mod shutdown;
@@ -80,9 +81,19 @@ pub(crate) struct Shared {
     pub canvas_host: Option<Arc<dyn crate::canvas::host::CanvasHost>>,
     /// Current size of `slots` (`pool_grow`/`pool_shrink` change it).
     slots_size: AtomicUsize,
+    /// Each registered task's resolved policy.
+    policies: std::collections::HashMap<String, policy::Policy>,
 }
 
 impl Shared {
+    /// The resolved policy of task `def` (resolved now if it was registered late).
+    pub fn policy(&self, def: &crate::registry::TaskDef) -> policy::Policy {
+        self.policies
+            .get(&def.name)
+            .copied()
+            .unwrap_or_else(|| policy::Policy::resolve(&def.options, &self.config))
+    }
+
     pub fn slots_size(&self) -> usize {
         self.slots_size.load(Ordering::Relaxed)
     }
@@ -199,6 +210,12 @@ impl Worker {
                 app: extras.app,
                 canvas_host: extras.canvas_host,
                 slots_size: AtomicUsize::new(config.concurrency.max(1)),
+                policies: registry
+                    .names()
+                    .into_iter()
+                    .filter_map(|n| registry.get(n))
+                    .map(|d| (d.name.clone(), policy::Policy::resolve(&d.options, &config)))
+                    .collect(),
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 pooled: Arc::new(Semaphore::new(config.concurrency.max(1))),

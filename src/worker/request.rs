@@ -162,10 +162,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         drop(slot);
         return give_up(Discard::Expired).await;
     }
-    let acks_late = def
-        .options
-        .acks_late
-        .unwrap_or(shared.config.task_acks_late);
+    let acks_late = shared.policy(&def).acks_late;
     if !acks_late {
         // Early ack (Celery's default): before user code runs.
         Box::pin(shared.ack(&tag)).await;

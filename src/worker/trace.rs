@@ -55,7 +55,7 @@ pub(crate) async fn trace(
         .unwrap_or(&request.task)
         .to_string();
 
-    if !t.ignore_result && def.options.track_started.unwrap_or(cfg.task_track_started) {
+    if !t.ignore_result && t.policy.track_started {
         let started = json!({"pid": std::process::id(), "hostname": cfg.hostname});
         shared.store_state(&t.meta("STARTED", started)).await;
     }
@@ -138,6 +138,7 @@ struct Tracer<'a> {
     request: &'a Arc<Request>,
     ignore_result: bool,
     store_errors: bool,
+    policy: super::policy::Policy,
     /// What the body published (`request.children`).
     children: Arc<std::sync::Mutex<Vec<Value>>>,
 }
@@ -157,22 +158,18 @@ pub(crate) async fn chord_part_revoked(
 
 impl<'a> Tracer<'a> {
     fn new(shared: &'a Arc<Shared>, def: &'a TaskDef, request: &'a Arc<Request>) -> Tracer<'a> {
-        let cfg = &shared.config;
+        let policy = shared.policy(def);
         let ignore_result = request
             .headers
             .get("ignore_result")
             .and_then(Value::as_bool)
-            .or(def.options.ignore_result)
-            .unwrap_or(cfg.task_ignore_result);
-        let store_errors = !ignore_result
-            || def
-                .options
-                .store_errors_even_if_ignored
-                .unwrap_or(cfg.task_store_errors_even_if_ignored);
+            .unwrap_or(policy.ignore_result);
+        let store_errors = !ignore_result || policy.store_errors_even_if_ignored;
         Tracer {
             shared,
             def,
             request,
+            policy,
             ignore_result,
             store_errors,
             children: Arc::default(),
@@ -381,14 +378,10 @@ impl Tracer<'_> {
     /// `raised`: the error came out of the task body (it has a traceback);
     /// a hard time limit comes from outside, and Celery stores none then.
     async fn failed(&self, name: &str, err: TaskError, raised: bool) -> Verdict {
-        let cfg = &self.shared.config;
-        let acks_late = self.def.options.acks_late.unwrap_or(cfg.task_acks_late);
-        let reject_on_lost = self
-            .def
-            .options
-            .reject_on_worker_lost
-            .unwrap_or(cfg.task_reject_on_worker_lost);
-        if err.exc_type == "WorkerLostError" && acks_late && reject_on_lost {
+        if err.exc_type == "WorkerLostError"
+            && self.policy.acks_late
+            && self.policy.reject_on_worker_lost
+        {
             // The pool process died under the task: back on the queue, no
             // failure stored (task_reject_on_worker_lost).
             tracing::error!(
@@ -432,12 +425,7 @@ impl Tracer<'_> {
             err.repr(),
             traceback.trim_end()
         );
-        let ack = self
-            .def
-            .options
-            .acks_on_failure_or_timeout
-            .unwrap_or(self.shared.config.task_acks_on_failure_or_timeout);
-        if ack {
+        if self.policy.acks_on_failure_or_timeout {
             Verdict::Ack
         } else {
             Verdict::Reject { requeue: false }
