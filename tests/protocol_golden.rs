@@ -33,11 +33,19 @@ fn task_messages() -> Vec<(String, Value)> {
         .into_iter()
         .flat_map(|n| {
             let doc = load(&n);
-            doc["messages"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{n} has no messages"))
+            // One list of messages, or several scenarios each with its own.
+            let lists: Vec<Value> = match doc["scenarios"].as_object() {
+                Some(scenarios) => scenarios.values().map(|s| s["messages"].clone()).collect(),
+                None => vec![doc["messages"].clone()],
+            };
+            lists
                 .iter()
-                .map(|m| (n.clone(), m.clone()))
+                .flat_map(|l| {
+                    l.as_array()
+                        .unwrap_or_else(|| panic!("{n} has no messages"))
+                        .clone()
+                })
+                .map(|m| (n.clone(), m))
                 .collect::<Vec<_>>()
         })
         .collect()

@@ -42,9 +42,11 @@ mod tests {
 
     #[test]
     fn task_options_win_over_the_config() {
-        let mut cfg = Config::default();
-        cfg.task_acks_late = true;
-        cfg.task_track_started = true;
+        let cfg = Config {
+            task_acks_late: true,
+            task_track_started: true,
+            ..Default::default()
+        };
         let own = TaskOptions {
             acks_late: Some(false),
             ..Default::default()
