@@ -54,6 +54,9 @@ pub trait ResultBackend: Send + Sync {
     /// Celery's `set_chord_size`: a new run of chord `group_id` with `size`
     /// parts (its claim cleared).
     async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError>;
+    /// Whether a `GroupResult` is saved for `group_id` (a chord header with
+    /// groups in it: its results keep their structure).
+    async fn has_group_result(&self, group_id: &str) -> Result<bool, BackendError>;
     /// After the callback was sent: clear the join state, mark the chord done.
     async fn chord_done(&self, group_id: &str, token: &str) -> Result<(), BackendError>;
     /// The stored state of a task (`PENDING` when nothing is stored), as

@@ -122,6 +122,15 @@ impl ResultBackend for RedisBackend {
             .unwrap_or_else(|| "PENDING".into()))
     }
 
+    async fn has_group_result(&self, group_id: &str) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(self.group_key(group_id))
+            .query_async::<bool>(&mut conn)
+            .await
+            .map_err(backend_err)
+    }
+
     async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
         let g = self.group_key(group_id);
         let expires = self.expires.map_or(86400, |d| d.as_secs().max(1));

@@ -474,10 +474,16 @@ impl crate::canvas::host::CanvasHost for PythonApp {
         })
     }
 
-    fn chord_part(&self, request: &Value, state: &str, result: &Value) -> anyhow::Result<()> {
+    fn chord_complete(
+        &self,
+        request: &Value,
+        values: &Value,
+        failure: Option<&Value>,
+    ) -> anyhow::Result<()> {
+        let failure = failure.cloned().unwrap_or(Value::Null);
         self.call_strs(
-            "chord_part",
-            vec![request.to_string(), state.to_string(), result.to_string()],
+            "chord_complete",
+            vec![request.to_string(), values.to_string(), failure.to_string()],
         )
         .map(drop)
     }

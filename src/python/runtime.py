@@ -56,6 +56,11 @@ def load(name):
         except Exception:
             raise first from None
     app.loader.import_default_modules()
+    # As in Celery's worker (prefork, threads and solo pools): a task that
+    # sends another doesn't subscribe to its result (`on_task_call`), and
+    # joining a result inside a task is refused unless allowed.
+    from celery._state import _set_task_join_will_block
+    _set_task_join_will_block(True)
     app.set_current()
     app.set_default()
     _patch_retry(app)
@@ -606,17 +611,40 @@ def mark_failure(request_json, exc_json, traceback, store_result):
                                 store_result=bool(store_result), call_errbacks=True)
 
 
-def chord_part(request_json, state, result_json):
-    """Celery's ``backend.on_chord_part_return`` for a finished header part:
-    counted, and when it completes the chord the body is applied (any
-    canvas shape) or, after a failure, failed with its errbacks."""
+def chord_complete(request_json, values_json, failure_json):
+    """The end of Celery's ``on_chord_part_return``, once the worker counted
+    the chord's last part and won its claim: a complex header's results
+    restored as ``GroupResult`` (their structure kept), the body applied
+    (``callback.delay``) in whatever shape it has, or, after a failed part,
+    ``chord_error_from_stack`` (the body failed, its errbacks called)."""
+    from celery.canvas import maybe_signature
+    from celery.exceptions import ChordError
+    from celery.result import GroupResult, allow_join_result
     from kombu.utils.json import loads
 
     request = _request(request_json)
     backend = _backend_for(request.task)
-    if state == "SUCCESS":
-        result = loads(result_json)
-    else:
-        result = _exception(backend, result_json)
+    callback = maybe_signature(request.chord, app=_app)
+    failure = loads(failure_json)
     with _current(request):
-        backend.on_chord_part_return(request, state, result)
+        if failure:
+            failed_id, exc = failure
+            exc = backend.exception_to_python(exc)
+            return backend.chord_error_from_stack(
+                callback, ChordError(f"Dependency {failed_id} raised {exc!r}"))
+        header = GroupResult.restore(request.group, app=_app)
+        if header is not None:
+            header.on_ready()
+            join = header.join_native if header.supports_native_join else header.join
+            try:
+                with allow_join_result():
+                    values = join(timeout=_app.conf.result_chord_join_timeout, propagate=True)
+            except Exception as exc:
+                return backend.chord_error_from_stack(callback, ChordError(repr(exc)))
+        else:
+            values = loads(values_json)
+        try:
+            _app.amqp._retry_publish(callback.delay, values)
+        except Exception as exc:
+            return backend.chord_error_from_stack(
+                callback, ChordError(f"Callback error: {exc!r}"))

@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub app: Option<Arc<dyn AppInfo>>,
     /// Celery's canvas code, when the app is loaded.
     pub canvas_host: Option<Arc<dyn crate::canvas::host::CanvasHost>>,
+    /// Calls into `canvas_host` go one at a time.
+    pub host_lane: Semaphore,
     /// Current size of `slots` (`pool_grow`/`pool_shrink` change it).
     slots_size: AtomicUsize,
     /// Each registered task's resolved policy.
@@ -209,6 +211,7 @@ impl Worker {
                 pool: extras.pool,
                 app: extras.app,
                 canvas_host: extras.canvas_host,
+                host_lane: Semaphore::new(1),
                 slots_size: AtomicUsize::new(config.concurrency.max(1)),
                 policies: registry
                     .names()

@@ -472,6 +472,9 @@ impl Tracer<'_> {
         call: impl FnOnce(&dyn canvas::host::CanvasHost) -> anyhow::Result<T> + Send + 'static,
     ) -> Option<T> {
         let host = Arc::clone(self.shared.canvas_host.as_ref()?);
+        // One call at a time: waiting here is cheap, while every caller
+        // waiting for the GIL on a thread of its own is not.
+        let _lane = self.shared.host_lane.acquire().await.ok()?;
         let r = self.request;
         match tokio::task::spawn_blocking(move || call(host.as_ref())).await {
             Ok(Ok(v)) => Some(v),
@@ -653,14 +656,6 @@ impl Tracer<'_> {
         let (Some(chord), Some(group)) = (&r.embed.chord, &r.group) else {
             return;
         };
-        if self.shared.canvas_host.is_some() {
-            let (request, state) = (self.context_value(), state.to_string());
-            self.on_host("chord part", move |h| {
-                h.chord_part(&request, &state, &result)
-            })
-            .await;
-            return;
-        }
         let Some(backend) = &self.shared.backend else {
             return;
         };
@@ -684,14 +679,50 @@ impl Tracer<'_> {
         else {
             return;
         };
+        let failure = join
+            .results
+            .iter()
+            .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
+            .map(|(id, _, exc)| json!([id, exc]));
+        // A plain body after a flat header is the common chord: Rust sends it.
+        let complex = failure.is_some()
+            || !canvas::host::is_plain(chord)
+            || backend.has_group_result(group).await.unwrap_or(true);
+        if self.shared.canvas_host.is_some() && complex {
+            // The app's own code completes the chord: a complex header's
+            // structure restored, the body applied in any shape, or failed
+            // with its errbacks (`chord_error_from_stack`).
+            let values: Vec<Value> = join.results.iter().map(|(_, _, v)| v.clone()).collect();
+            let request = self.context_value();
+            self.on_host("complete the chord", move |h| {
+                h.chord_complete(&request, &Value::Array(values), failure.as_ref())
+            })
+            .await;
+        } else {
+            self.complete_chord(&body, group, join.results).await;
+        }
+        super::store::until_ok("chord cleanup", &self.shared.shutdown, || {
+            backend.chord_done(group, &join.token)
+        })
+        .await;
+    }
+
+    /// The Rust port of the chord's completion: the body applied with the
+    /// header's results, or failed with a `ChordError` and its errbacks sent.
+    async fn complete_chord(
+        &self,
+        body: &Signature,
+        group: &str,
+        results: Vec<(String, String, Value)>,
+    ) {
+        let join_results = results;
         let sender = self.sender();
         let group_opt = body
             .options
             .get("group_id")
             .and_then(Value::as_str)
             .unwrap_or(group);
-        if let Some((id, _, exc)) = join
-            .results
+        if let Some((id, _, exc)) = join_results
             .iter()
             .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
         {
@@ -711,10 +742,10 @@ impl Tracer<'_> {
                 .await;
             tracing::error!("Chord {} raised: {}", pyrepr::repr_str(group), err.repr());
         } else {
-            let values: Vec<Value> = join.results.into_iter().map(|(_, _, v)| v).collect();
+            let values: Vec<Value> = join_results.into_iter().map(|(_, _, v)| v).collect();
             // The body may itself be a chain, group or chord (nested canvas).
             let (msgs, _) = canvas::apply(
-                &body,
+                body,
                 &[Value::Array(values)],
                 &sender,
                 Some((group_opt, None)),
@@ -722,10 +753,6 @@ impl Tracer<'_> {
             );
             self.publish_all(msgs).await;
         }
-        super::store::until_ok("chord cleanup", &self.shared.shutdown, || {
-            backend.chord_done(group, &join.token)
-        })
-        .await;
     }
 }
 
