@@ -4,6 +4,7 @@
 //! canvas ones are registered here only when no `-A` app is loaded: an app
 //! brings Celery's own, which run its exact code.
 
+use crate::canvas::{self, Signature, signature_value};
 use crate::registry::Registry;
 use crate::task::{TaskContext, TaskError, TaskResult};
 use serde_json::{Map, Value, json};
@@ -70,22 +71,12 @@ pub fn register_canvas(registry: &mut Registry) {
         Box::pin(async move {
             let a = Call(&ctx);
             let task = a.get(0, "task").cloned().unwrap_or(Value::Null);
-            let it = a
-                .get(1, "it")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let it = a.list(1, "it");
             let n = a.get(2, "n").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
-            let tasks: Vec<Value> = it
-                .chunks(n)
-                .map(|c| {
-                    json!({"task": "celery.starmap", "args": [],
-                           "kwargs": {"task": task, "it": c}, "options": {},
-                           "subtask_type": "xstarmap", "immutable": false})
-                })
-                .collect();
-            let group = json!({"task": "celery.group", "args": [], "kwargs": {"tasks": tasks},
-                               "options": {}, "subtask_type": "group", "immutable": false});
+            let tasks = it.chunks(n).map(|c| {
+                Signature::primitive("celery.starmap", "xstarmap", json!({"task": task, "it": c}))
+            });
+            let group = signature_value(&canvas::group_of(tasks));
             ctx.canvas()?.apply(&group, Vec::new()).await
         })
     });
@@ -95,11 +86,7 @@ pub fn register_canvas(registry: &mut Registry) {
         Box::pin(async move {
             let a = Call(&ctx);
             let gid = a.get(2, "group_id").cloned().unwrap_or(Value::Null);
-            let tasks = a
-                .get(0, "tasks")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let tasks = a.list(0, "tasks");
             for (i, t) in tasks.into_iter().enumerate() {
                 let mut t = t;
                 if let Some(opts) = t.get_mut("options").and_then(Value::as_object_mut) {
@@ -125,14 +112,8 @@ pub fn register_canvas(registry: &mut Registry) {
                 None => json!([]),
             };
             let body = a.get(1, "body").cloned().unwrap_or(Value::Null);
-            let partial = a
-                .get(2, "partial_args")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let chord = json!({"task": "celery.chord", "args": [],
-                "kwargs": {"header": header, "body": body, "kwargs": {}},
-                "options": {}, "subtask_type": "chord", "immutable": false});
+            let partial = a.list(2, "partial_args");
+            let chord = signature_value(&canvas::chord_of(header, body));
             ctx.canvas()?.apply(&chord, partial).await
         })
     });
@@ -149,6 +130,14 @@ impl Call<'_> {
         let r = self.0.request();
         r.args.get(i).or_else(|| r.kwargs.get(name))
     }
+
+    /// A list argument (empty when absent or not a list).
+    fn list(&self, i: usize, name: &str) -> Vec<Value> {
+        self.get(i, name)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// `[task(item) for item in it]` (or `task(*item)` for `starmap`), each
@@ -162,15 +151,10 @@ async fn map(ctx: &TaskContext, star: bool) -> TaskResult {
         .ok_or_else(|| TaskError::type_error("map: task is not a signature"))?
         .to_string();
     let mut out = Vec::new();
-    for item in a
-        .get(1, "it")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for item in a.list(1, "it") {
         let args = match (star, item) {
-            (true, Value::Array(items)) => items.clone(),
-            _ => vec![item.clone()],
+            (true, Value::Array(items)) => items,
+            (_, item) => vec![item],
         };
         out.push(ctx.canvas()?.call(&task, args, Map::new()).await?);
     }

@@ -52,6 +52,22 @@ impl Signature {
         })
     }
 
+    /// A canvas primitive (`group`, `chord`, `xstarmap`, …) sent as its
+    /// built-in task, with its parts in `kwargs`.
+    pub fn primitive(task: &str, subtask_type: &str, kwargs: Value) -> Signature {
+        Signature {
+            task: task.to_string(),
+            args: Vec::new(),
+            kwargs: match kwargs {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            options: Map::new(),
+            subtask_type: Some(subtask_type.to_string()),
+            immutable: false,
+        }
+    }
+
     /// The pre-assigned id (`options.task_id`), if the client froze one.
     pub fn id(&self) -> Option<&str> {
         self.options.get("task_id").and_then(Value::as_str)
@@ -288,19 +304,19 @@ pub fn on_success(retval: &Value, sender: &Sender<'_>) -> (Vec<Outgoing>, Vec<Va
     (out, children)
 }
 
+/// `chord(header, body)` as a signature.
+pub fn chord_of(header: Value, body: Value) -> Signature {
+    Signature::primitive(
+        "celery.chord",
+        "chord",
+        json!({"header": header, "body": body, "kwargs": {}}),
+    )
+}
+
 /// `group(sigs)` as a signature.
-fn group_of(sigs: impl IntoIterator<Item = Signature>) -> Signature {
+pub fn group_of(sigs: impl IntoIterator<Item = Signature>) -> Signature {
     let tasks: Vec<Value> = sigs.into_iter().map(|s| signature_value(&s)).collect();
-    let mut kwargs = Map::new();
-    kwargs.insert("tasks".into(), Value::Array(tasks));
-    Signature {
-        task: "celery.group".into(),
-        args: Vec::new(),
-        kwargs,
-        options: Map::new(),
-        subtask_type: Some("group".into()),
-        immutable: false,
-    }
+    Signature::primitive("celery.group", "group", json!({ "tasks": tasks }))
 }
 
 /// `sig.apply_async(partial_args, chain=rest)` as Celery's worker runs it
@@ -421,27 +437,11 @@ fn apply_sig(
                 {
                     let body = steps.remove(i);
                     let header = steps.remove(i - 1);
-                    let mut kwargs = Map::new();
-                    kwargs.insert(
-                        "header".into(),
-                        json!(
-                            tasks_of(&header, "tasks")
-                                .iter()
-                                .map(signature_value)
-                                .collect::<Vec<_>>()
-                        ),
-                    );
-                    kwargs.insert("body".into(), signature_value(&body));
-                    kwargs.insert("kwargs".into(), json!({}));
-                    let chord = Signature {
-                        task: "celery.chord".into(),
-                        args: Vec::new(),
-                        kwargs,
-                        options: Map::new(),
-                        subtask_type: Some("chord".into()),
-                        immutable: false,
-                    };
-                    steps.insert(i - 1, chord);
+                    let header: Vec<Value> = tasks_of(&header, "tasks")
+                        .iter()
+                        .map(signature_value)
+                        .collect();
+                    steps.insert(i - 1, chord_of(json!(header), signature_value(&body)));
                 } else {
                     i += 1;
                 }
