@@ -334,11 +334,20 @@ impl Tracer<'_> {
                     embed.chain.clone().unwrap_or_default(),
                 );
                 let request = self.context_value();
-                self.on_host("dispatch callbacks and chain", move |h| {
-                    h.dispatch(&retval, &callbacks, &chain, &request)
-                })
-                .await
-                .unwrap_or_default()
+                match self
+                    .on_host("dispatch callbacks and chain", move |h| {
+                        h.dispatch(&retval, &callbacks, &chain, &request)
+                    })
+                    .await
+                {
+                    Some(sent) => sent,
+                    // The app's code failed (logged): the Rust port sends them.
+                    None => {
+                        let (follow_ups, sent) = canvas::on_success(&value, &self.sender());
+                        self.publish_all(follow_ups).await;
+                        sent
+                    }
+                }
             }
             _ => {
                 let (follow_ups, sent) = canvas::on_success(&value, &self.sender());
@@ -401,12 +410,21 @@ impl Tracer<'_> {
         if self.shared.canvas_host.is_some() && in_canvas {
             // Celery's `mark_as_failure` with the request: stored, chord
             // told, the rest of the chain failed, errbacks called or sent.
-            let (request, exc, tb, store) =
-                (self.context_value(), exc, stored_tb, self.store_errors);
-            self.on_host("mark the failure", move |h| {
-                h.mark_failure(&request, &exc, tb.as_deref(), store)
-            })
-            .await;
+            let (request, meta, tb, store) = (
+                self.context_value(),
+                exc.clone(),
+                stored_tb.clone(),
+                self.store_errors,
+            );
+            let marked = self
+                .on_host("mark the failure", move |h| {
+                    h.mark_failure(&request, &meta, tb.as_deref(), store)
+                })
+                .await;
+            if marked.is_none() {
+                // The app's code failed (logged): the failure is not lost.
+                self.settle_failure(exc, stored_tb).await;
+            }
         } else {
             self.settle_failure(exc, stored_tb).await;
         }
@@ -694,10 +712,14 @@ impl Tracer<'_> {
             // with its errbacks (`chord_error_from_stack`).
             let values: Vec<Value> = join.results.iter().map(|(_, _, v)| v.clone()).collect();
             let request = self.context_value();
-            self.on_host("complete the chord", move |h| {
-                h.chord_complete(&request, &Value::Array(values), failure.as_ref())
-            })
-            .await;
+            let completed = self
+                .on_host("complete the chord", move |h| {
+                    h.chord_complete(&request, &Value::Array(values), failure.as_ref())
+                })
+                .await;
+            if completed.is_none() {
+                self.complete_chord(&body, group, join.results).await;
+            }
         } else {
             self.complete_chord(&body, group, join.results).await;
         }
