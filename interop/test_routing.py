@@ -66,7 +66,9 @@ def test_seed_high_priority_chain_steps_land_on_their_queue(celery_client, worke
     import seedapp
 
     worker(app="seedapp", queues=["default"], concurrency=1, pool="prefork")
-    res = chain(seedapp.prepare.s(1), seedapp.urgent_task.s())()
+    # The first step's priority is not inherited by the next one
+    # (task_inherit_parent_priority is off): it waits at priority 0.
+    res = chain(seedapp.prepare.s(1), seedapp.urgent_task.s()).apply_async(priority=5)
     wait_until(lambda: _waiting_tasks(broker, "high-priority") == ["seedapp.urgent_task"],
                timeout=15, what="the urgent step waiting in 'high-priority'")
     worker(app="seedapp", queues=["high-priority", "default"], concurrency=2, pool="prefork")

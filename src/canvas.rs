@@ -226,11 +226,19 @@ pub fn message(
         chord: sig.options.get("chord").filter(|c| !c.is_null()).cloned(),
     };
     let queue = queue_of(sig, sender.router);
+    // Celery: the signature's priority, else the task's own, else the
+    // sender's only under `task_inherit_parent_priority`.
     let priority = sig
         .options
         .get("priority")
         .and_then(Value::as_u64)
-        .map_or(sender.request.delivery_info.priority, |p| p.min(255) as u8);
+        .map(|p| p.min(255) as u8)
+        .or_else(|| {
+            sender
+                .router
+                .priority(&sig.task, sender.request.delivery_info.priority)
+        })
+        .unwrap_or(0);
     let mut envelope = msg.to_envelope(&queue, priority);
     let reply_to = sig
         .opt_str("reply_to")

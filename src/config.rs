@@ -135,6 +135,7 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("task_store_errors_even_if_ignored", Use::Applied),
     ("task_default_rate_limit", Use::Applied),
     ("task_routes", Use::Applied),
+    ("task_inherit_parent_priority", Use::Applied),
     ("worker_prefetch_multiplier", Use::Applied),
     ("worker_concurrency", Use::Applied),
     ("worker_max_tasks_per_child", Use::Applied),
@@ -153,7 +154,6 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("task_default_routing_key", Use::ByApp),
     ("task_default_delivery_mode", Use::ByApp),
     ("task_default_priority", Use::ByApp),
-    ("task_inherit_parent_priority", Use::ByApp),
     ("task_send_sent_event", Use::ByApp),
     ("task_always_eager", Use::ByApp),
     ("task_eager_propagates", Use::ByApp),
@@ -204,6 +204,8 @@ pub struct Config {
     pub queue_decls: Vec<QueueDecl>,
     /// `task_create_missing_queues`: `-Q` may name queues `task_queues` lacks.
     pub create_missing_queues: bool,
+    /// Follow-ups the worker publishes take the sender's priority.
+    pub task_inherit_parent_priority: bool,
     pub concurrency: usize,
     /// Node name, `celery@<host>` by default.
     pub hostname: String,
@@ -262,6 +264,7 @@ impl Default for Config {
             queues: vec!["celery".into()],
             queue_decls: Vec::new(),
             create_missing_queues: true,
+            task_inherit_parent_priority: false,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hostname: format!("celery@{}", host_name()),
             loglevel: "WARNING".into(),
@@ -356,6 +359,7 @@ impl Config {
                 }
             }
             "task_create_missing_queues" => self.create_missing_queues = flag(&value)?,
+            "task_inherit_parent_priority" => self.task_inherit_parent_priority = flag(&value)?,
             // Python-side serialisation settings: we consume JSON and say so
             // when the app expects something else.
             "task_serializer" | "result_serializer" => {

@@ -52,6 +52,8 @@ pub struct TaskOptions {
     /// The queue messages of this task go to unless told otherwise
     /// (`@app.task(queue=…)`).
     pub queue: Option<String>,
+    /// The priority its messages get unless told otherwise (`@app.task(priority=…)`).
+    pub priority: Option<u8>,
 }
 
 /// A registered task.

@@ -41,6 +41,10 @@ pub struct Router {
     pub default_queue: String,
     /// Tasks whose definition names a queue (`@app.task(queue=…)`).
     task_queues: HashMap<String, String>,
+    /// Tasks whose definition sets a priority (`@app.task(priority=…)`).
+    task_priorities: HashMap<String, u8>,
+    /// `task_inherit_parent_priority`: follow-ups take the sender's priority.
+    pub inherit_parent_priority: bool,
     tables: Vec<MapRoute>,
 }
 
@@ -55,6 +59,20 @@ impl Router {
     /// Records a task's own `queue` option.
     pub fn task_queue(&mut self, task: &str, queue: &str) {
         self.task_queues.insert(task.to_string(), queue.to_string());
+    }
+
+    /// Records a task's own `priority` option.
+    pub fn task_priority(&mut self, task: &str, priority: u8) {
+        self.task_priorities.insert(task.to_string(), priority);
+    }
+
+    /// The priority for a message of `task` that sets none itself: the
+    /// task's own, else (with `task_inherit_parent_priority`) the sender's.
+    pub fn priority(&self, task: &str, parent: u8) -> Option<u8> {
+        self.task_priorities
+            .get(task)
+            .copied()
+            .or(self.inherit_parent_priority.then_some(parent))
     }
 
     /// The queue for a message of `task` that names none itself.
@@ -138,6 +156,16 @@ mod tests {
         assert_eq!(r.route("video.encode"), "gpu");
         assert_eq!(r.route("web.page"), "celery");
         assert_eq!(r.route("other"), "celery");
+    }
+
+    #[test]
+    fn priority_is_the_tasks_own_else_inherited_only_when_asked() {
+        let mut r = Router::new("celery");
+        r.task_priority("urgent", 9);
+        assert_eq!(r.priority("urgent", 3), Some(9));
+        assert_eq!(r.priority("plain", 3), None);
+        r.inherit_parent_priority = true;
+        assert_eq!(r.priority("plain", 3), Some(3));
     }
 
     #[test]

@@ -400,6 +400,9 @@ fn apply_options(o: &mut TaskOptions, opts: &Value) {
     if let Some(q) = opts.get("queue").and_then(Value::as_str) {
         o.queue = Some(q.to_string());
     }
+    if let Some(p) = opts.get("priority").and_then(Value::as_u64) {
+        o.priority = Some(p.min(255) as u8);
+    }
     o.retry_backoff = f("retry_backoff").filter(|v| *v > 0.0).or(o.retry_backoff);
     o.retry_backoff_max = f("retry_backoff_max").or(o.retry_backoff_max);
     o.retry_jitter = b("retry_jitter").or(o.retry_jitter);

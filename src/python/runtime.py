@@ -234,7 +234,7 @@ OPTION_NAMES = [
     "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result",
     "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "track_started", "reject_on_worker_lost",
-    "store_errors_even_if_ignored", "acks_on_failure_or_timeout", "queue",
+    "store_errors_even_if_ignored", "acks_on_failure_or_timeout", "queue", "priority",
 ]
 
 

@@ -190,9 +190,16 @@ impl Worker {
                 skipped.join("; ")
             );
         }
+        router.inherit_parent_priority = config.task_inherit_parent_priority;
         for name in registry.names() {
-            if let Some(q) = registry.get(name).and_then(|d| d.options.queue.clone()) {
-                router.task_queue(name, &q);
+            let Some(def) = registry.get(name) else {
+                continue;
+            };
+            if let Some(q) = &def.options.queue {
+                router.task_queue(name, q);
+            }
+            if let Some(p) = def.options.priority {
+                router.task_priority(name, p);
             }
         }
         let events = Events::start(
