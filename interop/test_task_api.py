@@ -132,3 +132,30 @@ def test_unknown_queue_with_create_missing_queues_off(celery_client, worker):
     assert w.proc.returncode != 0
     assert ("Trying to select queue subset of ['nosuch'], but queue 'nosuch' isn't"
             in " ".join(w.log().split()))
+
+
+def test_revoked_header_part_fails_the_chord_once(celery_client, worker, backend):
+    """A chord header part revoked while it waits for its ETA fails the chord:
+    the body gets ``ChordError`` and its (new-style) errback runs once."""
+    from celery.exceptions import TaskRevokedError
+
+    w = worker(app="apiapp", queues=["apiq"], concurrency=1, pool="prefork")
+    late = apiapp.add.s(2, 2).set(countdown=4)
+    c = chord([apiapp.add.s(1, 1), late], apiapp.tsum.s().on_error(apiapp.record_errback.s()))
+    res = c.freeze()
+    first_id, late_id = (t.id for t in c.tasks.tasks)
+    c.apply_async()
+    wait_until(lambda: (result_meta(backend, first_id) or {}).get("status") == "SUCCESS",
+               timeout=10, what="the first header part")
+    time.sleep(0.5)
+    celery_client.control.revoke(late_id)
+    with pytest.raises(TaskRevokedError):  # the failed parent is raised first
+        res.get(timeout=GET)
+    wait_until(lambda: (result_meta(backend, res.id) or {}).get("status") == "FAILURE",
+               timeout=10, what="the body failed")
+    assert result_meta(backend, res.id)["result"]["exc_type"] == "ChordError"
+    wait_until(lambda: backend.llen("apiapp:errbacks") >= 1, timeout=10, what="the errback")
+    time.sleep(1.0)
+    assert backend.llen("apiapp:errbacks") == 1
+    if w.kind != "python":
+        assert "complete the chord for" not in w.log()

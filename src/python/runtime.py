@@ -557,7 +557,6 @@ def _exception(backend, exc_json):
 def dispatch(retval_json, callbacks_json, chain_json, request_json):
     """Celery's ``_dispatch_callbacks_and_chain`` for a finished task; returns
     the result tuples of what was sent (the task's ``children``)."""
-    from celery.canvas import group, signature
     from kombu.utils.json import dumps, loads
 
     retval = loads(retval_json)
@@ -618,7 +617,6 @@ def chord_complete(request_json, values_json, failure_json):
     (``callback.delay``) in whatever shape it has, or, after a failed part,
     ``chord_error_from_stack`` (the body failed, its errbacks called)."""
     from celery.canvas import maybe_signature
-    from celery.exceptions import ChordError
     from celery.result import GroupResult, allow_join_result
     from kombu.utils.json import loads
 
@@ -630,8 +628,8 @@ def chord_complete(request_json, values_json, failure_json):
         if failure:
             failed_id, exc = failure
             exc = backend.exception_to_python(exc)
-            return backend.chord_error_from_stack(
-                callback, ChordError(f"Dependency {failed_id} raised {exc!r}"))
+            _chord_error(backend, callback, f"Dependency {failed_id} raised {exc!r}")
+            return None
         header = GroupResult.restore(request.group, app=_app)
         if header is not None:
             header.on_ready()
@@ -640,11 +638,24 @@ def chord_complete(request_json, values_json, failure_json):
                 with allow_join_result():
                     values = join(timeout=_app.conf.result_chord_join_timeout, propagate=True)
             except Exception as exc:
-                return backend.chord_error_from_stack(callback, ChordError(repr(exc)))
+                _chord_error(backend, callback, repr(exc))
+                return None
         else:
             values = loads(values_json)
         try:
             _app.amqp._retry_publish(callback.delay, values)
         except Exception as exc:
-            return backend.chord_error_from_stack(
-                callback, ChordError(f"Callback error: {exc!r}"))
+            _chord_error(backend, callback, f"Callback error: {exc!r}")
+    # Nothing to hand back: the worker only needs to know it is done.
+    return None
+
+
+def _chord_error(backend, callback, message):
+    """``chord_error_from_stack`` as Celery's backend calls it: from inside
+    the handler of the ChordError (it stores the current stack's traceback)."""
+    from celery.exceptions import ChordError
+
+    try:
+        raise ChordError(message)
+    except ChordError as exc:
+        backend.chord_error_from_stack(callback, exc)
