@@ -608,6 +608,20 @@ fn expand_percent<'a>(pattern: &str, lookup: impl Fn(char) -> Option<&'a str>) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_applied_setting_is_read_by_apply_setting() {
+        for (name, use_) in SETTINGS {
+            let mut c = Config::default();
+            let err = c.apply_setting(name, serde_json::Value::Null).err();
+            let unknown = err.is_some_and(|e| e.to_string().contains("unknown or unsupported"));
+            assert_eq!(
+                unknown,
+                *use_ == Use::ByApp,
+                "{name}: {use_:?} in SETTINGS, but apply_setting disagrees"
+            );
+        }
+    }
+
     use super::*;
     use serde_json::json;
 
