@@ -68,6 +68,12 @@ impl Signature {
         }
     }
 
+    /// The frozen id (`options.task_id`), else a fresh one.
+    pub fn id_or_new(&self) -> String {
+        self.id()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+    }
+
     /// The pre-assigned id (`options.task_id`), if the client froze one.
     pub fn id(&self) -> Option<&str> {
         self.options.get("task_id").and_then(Value::as_str)
@@ -143,9 +149,7 @@ pub fn message(
     group: Option<(&str, Option<i64>)>,
     chain: Option<Vec<Value>>,
 ) -> Outgoing {
-    let id = sig
-        .id()
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let id = sig.id_or_new();
     let mut args = Vec::with_capacity(prepend.len() + sig.args.len());
     if !sig.immutable {
         args.extend_from_slice(prepend);
@@ -261,12 +265,9 @@ pub fn child_ref(id: &str) -> Value {
     json!([[id, null], null])
 }
 
-/// A group's result tuple: `[[gid, null], [members…]]`.
-pub fn group_ref(gid: &str, members: &[String]) -> Value {
-    json!([
-        [gid, null],
-        members.iter().map(|m| child_ref(m)).collect::<Vec<_>>()
-    ])
+/// A group's result tuple: `[[gid, null], [member tuples…]]`.
+pub fn group_ref(gid: &str, members: Vec<Value>) -> Value {
+    json!([[gid, null], members])
 }
 
 /// Follow-ups of a success, as `_dispatch_callbacks_and_chain`: one callback
@@ -333,8 +334,9 @@ pub fn group_of(sigs: impl IntoIterator<Item = Signature>) -> Signature {
 /// a task becomes a chord, as `prepare_steps` upgrades it); group members
 /// get the partial args and the group id (nested groups flattened, as
 /// `group._prepared` does); a chord publishes its header as `chord.run`
-/// does, each part carrying the body (with `chord_size` and the rest of the
-/// chain), or sends the body with `[]` when the header is empty. A member
+/// does, each part carrying the body (with the rest of the chain; the size
+/// goes on the first part's `chord_size`), or sends the body with `[]` when
+/// the header is empty. A member
 /// that is itself a chain or chord takes part through its last task or its
 /// body. Returns the messages and the `children` entry.
 pub fn apply(
@@ -344,11 +346,14 @@ pub fn apply(
     group: Option<(&str, Option<i64>)>,
     rest: Option<Vec<Value>>,
 ) -> (Vec<Outgoing>, Option<Value>) {
-    let mut sig = sig.clone();
-    if let Some((gid, idx)) = group {
-        join_group(&mut sig, gid, idx, None);
+    match group {
+        Some((gid, idx)) => {
+            let mut member = sig.clone();
+            join_group(&mut member, gid, idx, None);
+            apply_sig(&member, prepend, sender, rest)
+        }
+        None => apply_sig(sig, prepend, sender, rest),
     }
-    apply_sig(&sig, prepend, sender, rest)
 }
 
 fn tasks_of(sig: &Signature, key: &str) -> Vec<Signature> {
@@ -473,9 +478,7 @@ fn apply_sig(
             apply_sig(first, prepend, sender, Some(chain))
         }
         Some("group") => {
-            let gid = sig
-                .id()
-                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let gid = sig.id_or_new();
             let mut out = Vec::new();
             let mut members = Vec::new();
             for (mut t, idx) in unroll(tasks_of(sig, "tasks")) {
@@ -485,7 +488,7 @@ fn apply_sig(
                 out.extend(msgs);
                 members.extend(child);
             }
-            (out, Some(json!([[gid, null], members])))
+            (out, Some(group_ref(&gid, members)))
         }
         Some("chord") => {
             let header = tasks_of(sig, "header");
@@ -498,9 +501,7 @@ fn apply_sig(
                 tracing::error!("chord step without a body: {}", signature_value(sig));
                 return (Vec::new(), None);
             };
-            let body_id = body
-                .id()
-                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let body_id = body.id_or_new();
             body.options.insert("task_id".into(), json!(body_id));
             // The chord's own membership (an outer group or chord) goes to its body.
             for k in ["group_id", "group_index", "chord"] {
@@ -538,7 +539,10 @@ fn apply_sig(
                 first.chord_size = Some((gid.clone(), size));
             }
             // The chord's result is its body's, whose parent is the header.
-            (out, Some(json!([[body_id, [[gid, null], members]], null])))
+            (
+                out,
+                Some(json!([[body_id, group_ref(&gid, members)], null])),
+            )
         }
         // A task, or a primitive sent as its built-in task (`celery.map`,
         // `celery.starmap`, `celery.chunks`).
@@ -611,9 +615,10 @@ pub fn chord_error_message(failed_id: &str, exc: &Value) -> String {
 }
 
 /// Celery's `Task.retry` message: the request again, same id, with
-/// `retries + 1`, an eta `countdown` seconds away and `parent_id` = its own id;
-/// every other header (custom ones included), the embed, `reply_to` and the
-/// priority kept; `origin` repeated in the properties as Celery does.
+/// `retries + 1`, an eta `countdown` seconds away, new args when given and
+/// Celery's `parent_id`; every other header (custom ones included), the
+/// embed, `reply_to` and the priority kept; `origin` repeated in the
+/// properties as Celery does; sent back to the queue it came from.
 pub fn retry_message(
     request: &Request,
     countdown: f64,

@@ -293,10 +293,11 @@ pub struct Request {
 }
 
 impl Request {
-    /// The request for a decoded message consumed from `queue` by node `hostname`.
+    /// The request for a decoded message consumed from `queue` by node
+    /// `hostname`; the envelope's properties move into it.
     pub fn from_message(
         msg: crate::protocol::TaskMessage,
-        env: &crate::protocol::Envelope,
+        env: crate::protocol::Envelope,
         queue: &str,
         hostname: &str,
     ) -> Request {
@@ -341,13 +342,11 @@ impl Request {
             kwargs: msg.kwargs,
             embed: msg.embed,
             headers: msg.headers,
-            properties: env.properties.clone(),
+            properties: env.properties,
             queue: queue.to_string(),
         }
     }
-}
 
-impl Request {
     /// Celery's request dict (`Task.request` / `Context`) without args and
     /// kwargs: every header (custom ones become `request.headers`;
     /// `replaced_task_nesting`, `stamps`, … as sent), then what the worker
@@ -455,8 +454,9 @@ pub struct TaskContext {
     /// process); 0 until known. Read by `inspect active` and `terminate`.
     process: Arc<std::sync::atomic::AtomicU32>,
     /// Results of tasks the body published (Celery's `request.children`),
-    /// stored with its result before the callbacks and chain.
-    children: Arc<std::sync::Mutex<Vec<Value>>>,
+    /// stored with its result before the callbacks and chain; not kept
+    /// outside a worker.
+    children: Option<Arc<std::sync::Mutex<Vec<Value>>>>,
     /// What the body may ask of the worker's canvas (Celery's built-in
     /// tasks use it); absent outside a worker.
     canvas: Option<Arc<dyn Canvas>>,
@@ -483,7 +483,7 @@ impl TaskContext {
             states,
             soft_limit,
             process: Arc::default(),
-            children: Arc::default(),
+            children: None,
             canvas: None,
         }
     }
@@ -503,17 +503,19 @@ impl TaskContext {
 
     /// Shares the list the body's `children` are collected in.
     pub fn with_children(mut self, children: Arc<std::sync::Mutex<Vec<Value>>>) -> Self {
-        self.children = children;
+        self.children = Some(children);
         self
     }
 
     /// Records a result tuple (`[[id, null], null]`, or a group's) of a task
     /// the body published.
     pub fn add_child(&self, child: Value) {
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child);
+        if let Some(children) = &self.children {
+            children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(child);
+        }
     }
 
     /// Records the process the body runs in (pool processes call this).

@@ -22,7 +22,7 @@ fn messages(file: &str) -> Vec<Value> {
 fn request(captured: &Value) -> Request {
     let env = Envelope::parse(captured["raw"].as_str().unwrap().as_bytes()).unwrap();
     let msg = TaskMessage::decode(env.content_type.as_deref(), &env.headers, &env.body).unwrap();
-    Request::from_message(msg, &env, "celery", "sample-worker@vm")
+    Request::from_message(msg, env, "celery", "sample-worker@vm")
 }
 
 /// Blanks the named paths in an envelope (as JSON) so two can be compared.

@@ -42,6 +42,17 @@ pub trait CanvasHost: Send + Sync {
     ) -> anyhow::Result<()>;
 }
 
+/// Whether a finished task's callbacks or next chain step are anything but
+/// plain tasks.
+pub fn has_nested_follow_ups(embed: &crate::protocol::Embed) -> bool {
+    embed
+        .callbacks
+        .iter()
+        .flatten()
+        .chain(embed.chain.iter().flat_map(|c| c.last()))
+        .any(|s| !is_plain(s))
+}
+
 /// A signature dict that is a plain task (no chain/group/chord/map/…).
 pub fn is_plain(sig: &Value) -> bool {
     match sig.get("subtask_type") {

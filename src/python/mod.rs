@@ -84,31 +84,30 @@ impl PythonApp {
         })
     }
 
-    /// Calls a runtime function with one positional argument, JSON reply.
-    fn call_json_with(&self, func: &str, arg: bool) -> anyhow::Result<Value> {
+    /// Calls runtime function `func` with `args` (a tuple): its `str`
+    /// reply, `None` when it returns None; a Python error comes back with
+    /// its traceback.
+    fn call<A>(&self, func: &str, args: A) -> anyhow::Result<Option<String>>
+    where
+        A: for<'py> pyo3::call::PyCallArgs<'py>,
+    {
         Python::attach(|py| {
-            let text: String = self
-                .runtime
+            self.runtime
                 .bind(py)
                 .getattr(func)
-                .and_then(|f| f.call1((arg,)))
-                .and_then(|r| r.extract())
-                .map_err(|e| anyhow::anyhow!("{func}: {}", load_error(py, func, e).traceback))?;
-            Ok(serde_json::from_str(&text)?)
+                .and_then(|f| f.call1(args))
+                .and_then(|r| r.extract::<Option<String>>())
+                .map_err(|e| anyhow::anyhow!("{func}: {}", load_error(py, func, e).traceback))
         })
     }
 
-    fn call_json(&self, func: &str) -> anyhow::Result<Value> {
-        Python::attach(|py| {
-            let text: String = self
-                .runtime
-                .bind(py)
-                .getattr(func)
-                .and_then(|f| f.call0())
-                .and_then(|r| r.extract())
-                .map_err(|e| anyhow::anyhow!("{func}: {}", load_error(py, func, e).traceback))?;
-            Ok(serde_json::from_str(&text)?)
-        })
+    /// [`Self::call`] for a function that replies with JSON text.
+    fn call_json<A>(&self, func: &str, args: A) -> anyhow::Result<Value>
+    where
+        A: for<'py> pyo3::call::PyCallArgs<'py>,
+    {
+        let text = self.call(func, args)?.unwrap_or_default();
+        Ok(serde_json::from_str(&text)?)
     }
 
     /// Fires a worker lifecycle signal (`worker_process_init`, `worker_ready`,
@@ -135,8 +134,8 @@ impl PythonApp {
             .iter()
             .map(|(k, u)| (k.to_string(), json!(format!("{u:?}"))))
             .collect();
-        let text = self.call_strs("conf_json", vec![Value::Object(table).to_string()])?;
-        Ok(serde_json::from_str::<Value>(&text)?
+        Ok(self
+            .call_json("conf_json", (Value::Object(table).to_string(),))?
             .as_object()
             .cloned()
             .unwrap_or_default())
@@ -146,7 +145,7 @@ impl PythonApp {
     /// (Celery's built-in `celery.*` tasks every app carries don't count:
     /// they alone never justify starting a pool).
     pub fn python_only_tasks(&self, registry: &Registry) -> anyhow::Result<Vec<String>> {
-        let tasks = self.call_json("tasks_json")?;
+        let tasks = self.call_json("tasks_json", ())?;
         Ok(tasks
             .as_object()
             .into_iter()
@@ -201,7 +200,7 @@ impl PythonApp {
         registry: &mut Registry,
         pool: Option<Arc<pool::Pool>>,
     ) -> anyhow::Result<usize> {
-        let tasks = self.call_json("tasks_json")?;
+        let tasks = self.call_json("tasks_json", ())?;
         let runner = Arc::new(Python::attach(|py| -> PyResult<Runner> {
             let rt = self.runtime.bind(py);
             Ok(Runner {
@@ -416,25 +415,6 @@ fn apply_options(o: &mut TaskOptions, opts: &Value) {
     }
 }
 
-impl PythonApp {
-    /// Calls a runtime function with string arguments; its string reply.
-    fn call_strs(&self, func: &str, args: Vec<String>) -> anyhow::Result<String> {
-        Python::attach(|py| {
-            let f = self.runtime.bind(py).getattr(func)?;
-            let args = pyo3::types::PyTuple::new(py, args)?;
-            let out = f.call1(args)?;
-            if out.is_none() {
-                Ok(String::new())
-            } else {
-                out.extract::<String>()
-            }
-        })
-        .map_err(|e: PyErr| {
-            Python::attach(|py| anyhow::anyhow!("{}", load_error(py, func, e).traceback))
-        })
-    }
-}
-
 impl crate::canvas::host::CanvasHost for PythonApp {
     fn dispatch(
         &self,
@@ -443,16 +423,13 @@ impl crate::canvas::host::CanvasHost for PythonApp {
         chain: &[Value],
         request: &Value,
     ) -> anyhow::Result<Vec<Value>> {
-        let out = self.call_strs(
-            "dispatch",
-            vec![
-                retval.to_string(),
-                serde_json::to_string(callbacks)?,
-                serde_json::to_string(chain)?,
-                request.to_string(),
-            ],
-        )?;
-        Ok(serde_json::from_str(&out)?)
+        let args = (
+            retval.to_string(),
+            serde_json::to_string(callbacks)?,
+            serde_json::to_string(chain)?,
+            request.to_string(),
+        );
+        Ok(serde_json::from_value(self.call_json("dispatch", args)?)?)
     }
 
     fn mark_failure(
@@ -462,19 +439,13 @@ impl crate::canvas::host::CanvasHost for PythonApp {
         traceback: Option<&str>,
         store_result: bool,
     ) -> anyhow::Result<()> {
-        Python::attach(|py| {
-            let f = self.runtime.bind(py).getattr("mark_failure")?;
-            f.call1((
-                request.to_string(),
-                exc.to_string(),
-                traceback,
-                store_result,
-            ))?;
-            Ok::<_, PyErr>(())
-        })
-        .map_err(|e| {
-            Python::attach(|py| anyhow::anyhow!("{}", load_error(py, "mark_failure", e).traceback))
-        })
+        let args = (
+            request.to_string(),
+            exc.to_string(),
+            traceback.map(str::to_string),
+            store_result,
+        );
+        self.call("mark_failure", args).map(drop)
     }
 
     fn chord_complete(
@@ -484,23 +455,20 @@ impl crate::canvas::host::CanvasHost for PythonApp {
         failure: Option<&Value>,
     ) -> anyhow::Result<()> {
         let failure = failure.cloned().unwrap_or(Value::Null);
-        self.call_strs(
-            "chord_complete",
-            vec![request.to_string(), values.to_string(), failure.to_string()],
-        )
-        .map(drop)
+        let args = (request.to_string(), values.to_string(), failure.to_string());
+        self.call("chord_complete", args).map(drop)
     }
 }
 
 impl crate::control::AppInfo for PythonApp {
     fn conf(&self, with_defaults: bool) -> Option<Value> {
-        self.call_json_with("conf_table", with_defaults)
+        self.call_json("conf_table", (with_defaults,))
             .map_err(|e| tracing::error!("inspect conf: {e:#}"))
             .ok()
     }
 
     fn bugreport(&self) -> Option<String> {
-        self.call_json("bugreport")
+        self.call_json("bugreport", ())
             .map_err(|e| tracing::error!("inspect report: {e:#}"))
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

@@ -17,11 +17,11 @@ _app = None
 class RcwRetry(Exception):
     """Raised by the patched ``Task.retry``: Rust republishes, not Python."""
 
-    def __init__(self, exc, countdown, eta, max_retries, has_max, args, kwargs, options):
+    def __init__(self, exc, countdown, eta, max_retries, has_max, args, kwargs):
         super().__init__(exc, countdown, eta)
         self.exc, self.countdown, self.eta = exc, countdown, eta
         self.max_retries, self.has_max = max_retries, has_max
-        self.args_, self.kwargs_, self.options = args, kwargs, options
+        self.args_, self.kwargs_ = args, kwargs
 
 
 def prepare(cwd):
@@ -326,10 +326,9 @@ def _patch_retry(app):
                 "Can't retry {}[{}] args:{} kwargs:{}".format(
                     self.name, request.id, tuple(new_args), new_kwargs),
                 task_args=new_args, task_kwargs=new_kwargs)
-        if not eta and countdown is None:
-            countdown = self.default_retry_delay
+        # No countdown: Rust applies the task's default_retry_delay.
         raise RcwRetry(exc, countdown, eta.isoformat() if eta else None, max_retries,
-                       max_retries is not None, new_args, new_kwargs, options)
+                       max_retries is not None, new_args, new_kwargs)
 
     Task.retry = retry
 

@@ -191,16 +191,19 @@ impl Worker {
             );
         }
         router.inherit_parent_priority = config.task_inherit_parent_priority;
-        for name in registry.names() {
-            let Some(def) = registry.get(name) else {
-                continue;
-            };
+        // Per task definition, once: its routing and its policy.
+        let mut policies = std::collections::HashMap::new();
+        for def in registry.names().into_iter().filter_map(|n| registry.get(n)) {
             if let Some(q) = &def.options.queue {
-                router.task_queue(name, q);
+                router.task_queue(&def.name, q);
             }
             if let Some(p) = def.options.priority {
-                router.task_priority(name, p);
+                router.task_priority(&def.name, p);
             }
+            policies.insert(
+                def.name.clone(),
+                policy::Policy::resolve(&def.options, &config),
+            );
         }
         let events = Events::start(
             Arc::clone(&broker),
@@ -220,12 +223,7 @@ impl Worker {
                 canvas_host: extras.canvas_host,
                 host_lane: Semaphore::new(1),
                 slots_size: AtomicUsize::new(config.concurrency.max(1)),
-                policies: registry
-                    .names()
-                    .into_iter()
-                    .filter_map(|n| registry.get(n))
-                    .map(|d| (d.name.clone(), policy::Policy::resolve(&d.options, &config)))
-                    .collect(),
+                policies,
                 origin: format!("gen{}@{}", std::process::id(), crate::config::host_name()),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 pooled: Arc::new(Semaphore::new(config.concurrency.max(1))),

@@ -68,14 +68,13 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         None
     };
     if let Some(why) = refused {
-        let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
+        let request = Arc::new(build_request(shared, &def, msg, envelope, &queue));
         return Box::pin(discard(shared, &def, &tag, &name, &request, why)).await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
     // arguments and headers, not a second copy inside the envelope.
-    let request = Arc::new(build_request(shared, &def, msg, &envelope, &queue));
-    drop(envelope);
+    let request = Arc::new(build_request(shared, &def, msg, envelope, &queue));
     shared.events.task(
         || shared.state.clock_forward(),
         || Event::TaskReceived {
@@ -219,7 +218,7 @@ fn build_request(
     shared: &Shared,
     def: &TaskDef,
     msg: TaskMessage,
-    env: &Envelope,
+    env: Envelope,
     queue: &str,
 ) -> Request {
     let cfg: &Config = &shared.config;

@@ -320,14 +320,8 @@ impl Tracer<'_> {
 
     async fn succeeded(&self, name: &str, value: Value, runtime: f64) {
         let embed = &self.request.embed;
-        let nested = embed
-            .callbacks
-            .iter()
-            .flatten()
-            .chain(embed.chain.iter().flat_map(|c| c.last()))
-            .any(|s| !canvas::host::is_plain(s));
         let sent = match &self.shared.canvas_host {
-            Some(_) if nested => {
+            Some(_) if canvas::host::has_nested_follow_ups(embed) => {
                 let (retval, callbacks, chain) = (
                     value.clone(),
                     embed.callbacks.clone().unwrap_or_default(),
@@ -702,14 +696,16 @@ impl Tracer<'_> {
             .iter()
             .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
             .map(|(id, _, exc)| json!([id, exc]));
-        // A plain body after a flat header is the common chord: Rust sends it.
-        let complex = failure.is_some()
-            || !canvas::host::is_plain(chord)
-            || backend.has_group_result(group).await.unwrap_or(true);
-        if self.shared.canvas_host.is_some() && complex {
-            // The app's own code completes the chord: a complex header's
-            // structure restored, the body applied in any shape, or failed
-            // with its errbacks (`chord_error_from_stack`).
+        // With the app loaded, its own code completes the complex chords (a
+        // failed part, a nested body, a header saved as a GroupResult): the
+        // structure restored, the body applied in any shape, or failed with
+        // its errbacks (`chord_error_from_stack`). A plain body after a flat
+        // header, the common chord, is sent by Rust.
+        let by_app = self.shared.canvas_host.is_some()
+            && (failure.is_some()
+                || !canvas::host::is_plain(chord)
+                || backend.has_group_result(group).await.unwrap_or(true));
+        if by_app {
             let values: Vec<Value> = join.results.iter().map(|(_, _, v)| v.clone()).collect();
             let request = self.context_value();
             let completed = self
@@ -737,14 +733,13 @@ impl Tracer<'_> {
         group: &str,
         results: Vec<(String, String, Value)>,
     ) {
-        let join_results = results;
         let sender = self.sender();
         let group_opt = body
             .options
             .get("group_id")
             .and_then(Value::as_str)
             .unwrap_or(group);
-        if let Some((id, _, exc)) = join_results
+        if let Some((id, _, exc)) = results
             .iter()
             .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
         {
@@ -753,9 +748,7 @@ impl Tracer<'_> {
                 "celery.exceptions",
                 vec![json!(canvas::chord_error_message(id, exc))],
             );
-            let callback_id = body
-                .id()
-                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let callback_id = body.id_or_new();
             let mut m = ResultMeta::new(&callback_id, "FAILURE", err.to_meta());
             m.traceback = Some(err.traceback_text());
             self.shared.store_state(&m).await;
@@ -764,7 +757,7 @@ impl Tracer<'_> {
                 .await;
             tracing::error!("Chord {} raised: {}", pyrepr::repr_str(group), err.repr());
         } else {
-            let values: Vec<Value> = join_results.into_iter().map(|(_, _, v)| v).collect();
+            let values: Vec<Value> = results.into_iter().map(|(_, _, v)| v).collect();
             // The body may itself be a chain, group or chord (nested canvas).
             let (msgs, _) = canvas::apply(
                 body,
