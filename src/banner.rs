@@ -48,11 +48,30 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
         (None, Some(_)) => "prefork",
         (None, None) => "rust",
     };
+    let concurrency = match cfg.autoscale {
+        Some((max, min)) => format!("{{min={min}, max={max}}}"),
+        None => cfg.concurrency.to_string(),
+    };
     let _ = writeln!(
         out,
-        "- *** --- * --- .> concurrency: {} ({pool}), prefetch {prefetch}",
-        cfg.concurrency
+        "- *** --- * --- .> concurrency: {concurrency} ({pool}), prefetch {prefetch}"
     );
+    if let Some(note) = &cfg.pool_note {
+        let _ = writeln!(out, "- *** --- * --- .> pool:        {note}");
+    }
+    if let Some(beat) = &cfg.beat {
+        let _ = writeln!(
+            out,
+            "- *** --- * --- .> beat:        {} ({}), one leader per broker",
+            beat.scheduler, beat.schedule_filename
+        );
+    }
+    if let Some(port) = cfg.metrics_port {
+        let _ = writeln!(
+            out,
+            "- *** --- * --- .> metrics:     http://0.0.0.0:{port}/metrics, /healthz"
+        );
+    }
     let events = if cfg.task_events {
         "ON"
     } else {

@@ -105,6 +105,26 @@ pub struct Outgoing {
     pub chord_size: Option<(String, usize)>,
 }
 
+impl Outgoing {
+    /// The task's name (`task` header).
+    pub fn task(&self) -> &str {
+        self.envelope
+            .headers
+            .get("task")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    }
+
+    /// What publishing it counts as (`/metrics`' `task_sent`).
+    pub fn sent_event(&self) -> crate::events::Event {
+        crate::events::Event::TaskSent {
+            uuid: self.id.clone(),
+            name: self.task().to_string(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
 /// Who is sending follow-ups: the request that just finished.
 pub struct Sender<'a> {
     pub request: &'a Request,

@@ -143,6 +143,15 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("worker_send_task_events", Use::Applied),
     ("worker_state_db", Use::Applied),
     ("worker_pool", Use::Applied),
+    ("worker_disable_prefetch", Use::Applied),
+    ("worker_soft_shutdown_timeout", Use::Applied),
+    ("worker_enable_soft_shutdown_on_idle", Use::Applied),
+    ("beat_schedule_filename", Use::Applied),
+    ("beat_scheduler", Use::Applied),
+    ("beat_max_loop_interval", Use::Applied),
+    // Ours: not Celery settings (Celery ignores them).
+    ("worker_metrics_port", Use::Applied),
+    ("beat_lock_timeout", Use::Applied),
     // The app's own code applies these.
     ("task_annotations", Use::ByApp),
     ("task_compression", Use::ByApp),
@@ -253,6 +262,47 @@ pub struct Config {
     pub statedb: Option<String>,
     /// `task_routes`, as data (see `canvas::routes`).
     pub task_routes: Value,
+    /// `--purge`: empty the consumed queues before consuming.
+    pub purge: bool,
+    /// `-I/--include`: modules the app imports before its tasks are read.
+    pub includes: Vec<String>,
+    /// `--autoscale MAX,MIN` for the Python pool.
+    pub autoscale: Option<(usize, usize)>,
+    /// `worker_soft_shutdown_timeout`: on cold shutdown, seconds running
+    /// tasks still get before they are cut off.
+    pub soft_shutdown_timeout: f64,
+    /// `worker_enable_soft_shutdown_on_idle`: wait the soft timeout even when
+    /// no task runs (so held ETA tasks are given back first).
+    pub soft_shutdown_on_idle: bool,
+    /// `-B`: the embedded beat service.
+    pub beat: Option<BeatConfig>,
+    /// `beat_schedule_filename` (`-s`).
+    pub beat_schedule_filename: String,
+    /// `beat_scheduler` (`--scheduler`).
+    pub beat_scheduler: String,
+    /// `beat_max_loop_interval`, seconds (0: the scheduler's own default).
+    pub beat_max_loop_interval: f64,
+    /// Seconds the beat leader lock lives unless renewed.
+    pub beat_lock_timeout: f64,
+    /// `--metrics-port`: `/metrics` and `/healthz` (off when `None`).
+    pub metrics_port: Option<u16>,
+    /// How `-P` was understood, when it was mapped (gevent/eventlet), for the banner.
+    pub pool_note: Option<String>,
+    /// `-q`: no banner.
+    pub quiet: bool,
+}
+
+/// Env var naming the `-I` modules, read by the main process and the pool
+/// processes alike when they import the app.
+pub const INCLUDE_ENV: &str = "RCW_INCLUDE";
+
+/// The embedded beat service (`-B`), as `celery worker -B` runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeatConfig {
+    pub schedule_filename: String,
+    pub scheduler: String,
+    pub max_interval: f64,
+    pub lock_timeout: f64,
 }
 
 impl Default for Config {
@@ -295,6 +345,19 @@ impl Default for Config {
             gossip: true,
             statedb: None,
             task_routes: Value::Null,
+            purge: false,
+            includes: Vec::new(),
+            autoscale: None,
+            soft_shutdown_timeout: 0.0,
+            soft_shutdown_on_idle: false,
+            beat: None,
+            beat_schedule_filename: "celerybeat-schedule".into(),
+            beat_scheduler: "celery.beat:PersistentScheduler".into(),
+            beat_max_loop_interval: 0.0,
+            beat_lock_timeout: 30.0,
+            metrics_port: None,
+            pool_note: None,
+            quiet: false,
         }
     }
 }
@@ -324,6 +387,16 @@ impl Config {
             v.as_str()
                 .map(str::to_string)
                 .with_context(|| format!("{name} expects a string"))
+        };
+        let secs = |v: &Value, name: &str| -> Result<f64> {
+            match v {
+                Value::Null => Ok(0.0),
+                v => v
+                    .as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .with_context(|| format!("{name} expects seconds, got {v}")),
+            }
         };
         match name {
             "broker_url" => self.broker_url = text(&value)?,
@@ -412,6 +485,32 @@ impl Config {
             "task_routes" => self.task_routes = value,
             "worker_state_db" => self.statedb = value.as_str().map(str::to_string),
             "worker_pool" => self.pool = value.as_str().map(str::to_ascii_lowercase),
+            "worker_disable_prefetch" => {
+                if flag(&value)? {
+                    self.prefetch_multiplier = 1;
+                }
+            }
+            "worker_soft_shutdown_timeout" => {
+                self.soft_shutdown_timeout = secs(&value, name)?;
+            }
+            "worker_enable_soft_shutdown_on_idle" => self.soft_shutdown_on_idle = flag(&value)?,
+            "beat_schedule_filename" => self.beat_schedule_filename = text(&value)?,
+            "beat_scheduler" => self.beat_scheduler = text(&value)?,
+            "beat_max_loop_interval" => self.beat_max_loop_interval = secs(&value, name)?,
+            "beat_lock_timeout" => self.beat_lock_timeout = secs(&value, name)?,
+            "worker_metrics_port" => {
+                self.metrics_port = match &value {
+                    Value::Null => None,
+                    v => Some(
+                        v.as_u64()
+                            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                            .and_then(|p| u16::try_from(p).ok())
+                            .with_context(|| {
+                                format!("worker_metrics_port expects a port, got {v}")
+                            })?,
+                    ),
+                }
+            }
             "task_default_queue" => {
                 self.task_default_queue = text(&value)?;
                 self.queues = vec![self.task_default_queue.clone()];
@@ -577,6 +676,9 @@ pub fn expand_node_path(pattern: &str, nodename: &str) -> String {
         'n' => Some(name),
         'h' => Some(host),
         'd' => Some(domain),
+        // The pool process index: this is the main process (Celery: `0`, `%I` empty).
+        'i' => Some("0"),
+        'I' => Some(""),
         _ => None,
     })
 }

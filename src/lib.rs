@@ -31,6 +31,10 @@
 //!   CPython: its conf as config, its tasks as handlers.
 //! * [`config`], [`cli`] — one resolved [`config::Config`] from flags, env and
 //!   Celery's defaults; [`logging`] prints Celery's log format.
+//! * [`boot`], [`daemon`] — the start-up sequence: workdir, detach, privileges,
+//!   pidfile, logfile, then the runtime; a restart in place on SIGHUP.
+//! * [`beat`] — embedded beat (`-B`) with one leader per broker;
+//!   [`metrics`] — `/metrics` and `/healthz`.
 //!
 //! ## Registering a task
 //!
@@ -45,14 +49,18 @@
 
 pub mod backend;
 pub mod banner;
+pub mod beat;
+pub mod boot;
 pub mod broker;
 pub mod builtins;
 pub mod canvas;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "python")]
 pub mod python;

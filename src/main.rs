@@ -6,5 +6,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    rust_celery_worker::cli::main()
+    rust_celery_worker::boot::main()
 }

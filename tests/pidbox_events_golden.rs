@@ -149,6 +149,7 @@ fn rebuild(e: &Value) -> Event {
         "task-received" => Event::TaskReceived {
             uuid: s("uuid"),
             name: s("name"),
+            queue: "celery".into(),
             args: s("args"),
             kwargs: s("kwargs"),
             root_id: opt("root_id"),

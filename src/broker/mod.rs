@@ -64,6 +64,12 @@ pub trait Broker: Send + Sync {
     async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError>;
     /// The broker URL with the password masked.
     fn url(&self) -> String;
+    /// Messages waiting in `queue` (all priorities).
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError>;
+    /// Deletes the messages waiting in `queue`; returns how many (`--purge`).
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+    /// A round trip to the broker (`/healthz`).
+    async fn ping(&self) -> Result<(), BrokerError>;
 
     // ---- broadcast and remote control (pidbox, events) ----
 

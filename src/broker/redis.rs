@@ -257,6 +257,21 @@ impl RedisBroker {
         }
     }
 
+    /// The list keys of one queue, one per priority step (kombu's `_q_for_pri`).
+    fn queue_keys(&self, queue: &str) -> Vec<String> {
+        self.opts
+            .priority_steps
+            .iter()
+            .map(|step| {
+                if *step == 0 {
+                    self.key(queue)
+                } else {
+                    format!("{}{queue}{SEP}{step}", self.opts.global_keyprefix)
+                }
+            })
+            .collect()
+    }
+
     /// All list keys in kombu's BRPOP order: bucket-major, then queue order.
     fn pop_order(&self) -> Vec<String> {
         let queues = self.cycle.lock().expect("cycle lock").clone();
@@ -597,6 +612,41 @@ impl Broker for RedisBroker {
 
     fn url(&self) -> String {
         mask_url(&self.url)
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut pipe = redis::pipe();
+        for key in self.queue_keys(queue) {
+            pipe.cmd("LLEN").arg(key);
+        }
+        let lens: Vec<u64> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(conn_err)?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        // kombu's `_purge`: the size, then the lists are deleted, atomically.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let keys = self.queue_keys(queue);
+        for key in &keys {
+            pipe.cmd("LLEN").arg(key);
+        }
+        pipe.cmd("DEL").arg(&keys).ignore();
+        let lens: Vec<u64> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(conn_err)?;
+        Ok(lens.iter().sum())
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(conn_err)
     }
 
     async fn publish_fanout(

@@ -29,6 +29,10 @@ pub trait AppInfo: Send + Sync {
     fn conf(&self, with_defaults: bool) -> Option<Value>;
     /// `app.bugreport()`.
     fn bugreport(&self) -> Option<String>;
+    /// The stacks of the interpreter's threads (Celery's `cry`, for SIGUSR1).
+    fn thread_stacks(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The process pool that runs Python bodies, as `pool_grow`/`pool_shrink`

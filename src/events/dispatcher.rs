@@ -50,6 +50,8 @@ pub struct Events {
     /// Celery starts no dispatcher when nothing would use it (no `-E`,
     /// `--without-heartbeat` and `--without-gossip`); `enable_events` then fails.
     available: bool,
+    /// Sees every task event, sent or not (`/metrics`).
+    observer: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Events {
@@ -60,6 +62,7 @@ impl Events {
         task_events: bool,
         worker_events: bool,
         available: bool,
+        observer: Option<Arc<crate::metrics::Metrics>>,
     ) -> Arc<Events> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(broker, hostname, rx));
@@ -68,6 +71,7 @@ impl Events {
             task_events: AtomicBool::new(task_events),
             worker_events,
             available,
+            observer,
         })
     }
 
@@ -92,8 +96,24 @@ impl Events {
 
     /// Queues a task event, built only if task events are on.
     pub fn task(&self, clock: impl FnOnce() -> u64, build: impl FnOnce() -> Event) {
-        if self.task_events() {
-            self.send(build(), clock());
+        match &self.observer {
+            None if self.task_events() => self.send(build(), clock()),
+            None => {}
+            Some(o) => {
+                let event = build();
+                o.observe(&event);
+                if self.task_events() {
+                    self.send(event, clock());
+                }
+            }
+        }
+    }
+
+    /// A task the worker published: observed only (Celery sends `task-sent`
+    /// only with `task_send_sent_event`, which the app's own code honours).
+    pub fn sent(&self, build: impl FnOnce() -> Event) {
+        if let Some(o) = &self.observer {
+            o.observe(&build());
         }
     }
 

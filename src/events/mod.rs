@@ -26,9 +26,18 @@ pub enum Event {
     WorkerOnline(WorkerStatus),
     WorkerHeartbeat(WorkerStatus),
     WorkerOffline(WorkerStatus),
+    /// A task message the worker published (chain steps, callbacks, …):
+    /// counted for `/metrics`, sent as an event only with `task_send_sent_event`.
+    TaskSent {
+        uuid: String,
+        name: String,
+        queue: String,
+    },
     TaskReceived {
         uuid: String,
         name: String,
+        /// The queue it was consumed from (for `/metrics`; not in the event).
+        queue: String,
         /// `argsrepr` / `kwargsrepr`.
         args: String,
         kwargs: String,
@@ -91,6 +100,7 @@ impl Event {
             Event::WorkerOnline(_) => "worker-online",
             Event::WorkerHeartbeat(_) => "worker-heartbeat",
             Event::WorkerOffline(_) => "worker-offline",
+            Event::TaskSent { .. } => "task-sent",
             Event::TaskReceived { .. } => "task-received",
             Event::TaskStarted { .. } => "task-started",
             Event::TaskSucceeded { .. } => "task-succeeded",
@@ -140,9 +150,15 @@ impl Event {
                 o.field("sw_ver", env!("CARGO_PKG_VERSION"));
                 o.field("sw_sys", sw_sys());
             }
+            Event::TaskSent { uuid, name, queue } => {
+                o.field("uuid", uuid);
+                o.field("name", name);
+                o.field("queue", queue);
+            }
             Event::TaskReceived {
                 uuid,
                 name,
+                queue: _,
                 args,
                 kwargs,
                 root_id,
@@ -301,6 +317,7 @@ mod tests {
         let e = Event::TaskReceived {
             uuid: "u".into(),
             name: "tasks.add".into(),
+            queue: "celery".into(),
             args: "(2, 3)".into(),
             kwargs: "{}".into(),
             root_id: Some("u".into()),

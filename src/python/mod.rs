@@ -467,10 +467,55 @@ impl crate::control::AppInfo for PythonApp {
             .ok()
     }
 
+    fn thread_stacks(&self) -> Option<String> {
+        self.call("thread_stacks", ())
+            .map_err(|e| tracing::error!("thread stacks: {e:#}"))
+            .ok()
+            .flatten()
+    }
+
     fn bugreport(&self) -> Option<String> {
         self.call_json("bugreport", ())
             .map_err(|e| tracing::error!("inspect report: {e:#}"))
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
+    }
+}
+
+impl crate::beat::BeatHost for PythonApp {
+    fn beat_start(
+        &self,
+        cfg: &crate::config::BeatConfig,
+        loglevel: &str,
+    ) -> anyhow::Result<String> {
+        let reply = self
+            .call(
+                "beat_start",
+                (
+                    cfg.scheduler.as_str(),
+                    cfg.schedule_filename.as_str(),
+                    cfg.max_interval,
+                    loglevel,
+                ),
+            )?
+            .unwrap_or_default();
+        let (app, max_interval) = reply.split_once('\t').unwrap_or((reply.as_str(), "?"));
+        tracing::info!(
+            "beat: {} ticking with max interval {max_interval} s, schedule {}",
+            cfg.scheduler,
+            cfg.schedule_filename
+        );
+        Ok(app.to_string())
+    }
+
+    fn beat_tick(&self) -> anyhow::Result<f64> {
+        let next = self.call("beat_tick", ())?.unwrap_or_default();
+        Ok(next.parse().unwrap_or(1.0))
+    }
+
+    fn beat_stop(&self) {
+        if let Err(e) = self.call("beat_stop", ()) {
+            tracing::error!("beat: saving the schedule: {e:#}");
+        }
     }
 }

@@ -106,7 +106,15 @@ impl Pool {
                     retire(worker).await;
                     self.replace();
                 } else {
-                    self.idle.lock().await.push(worker);
+                    let mut idle = self.idle.lock().await;
+                    if idle.len() >= self.size() {
+                        // The pool shrank while this one was busy.
+                        drop(idle);
+                        tracing::info!("Scaling down: pool process pid:{pid} retired");
+                        retire(worker).await;
+                    } else {
+                        idle.push(worker);
+                    }
                 }
                 Ok(line)
             }
@@ -253,23 +261,9 @@ async fn exchange(w: &mut Worker, job: &str) -> Result<String, String> {
     }
 }
 
-/// The pool processes alive now: this process's children (they are all pool
-/// processes), read from `/proc` so no bookkeeping can drift.
+/// The pool processes alive now.
 pub fn pids() -> Vec<u32> {
-    let mut pids = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for t in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                pids.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids.dedup();
-    pids
+    crate::daemon::children()
 }
 
 async fn retire(mut w: Worker) {
@@ -281,15 +275,18 @@ async fn retire(mut w: Worker) {
 /// Starts one child and waits for it to report ready.
 async fn spawn(app: &str) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let parent = std::process::id();
+    let mut command = Command::new(exe);
+    command
         .args(["--pool-child", "-A", app])
+        .env("RCW_POOL_PARENT", parent.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         // Terminal signals go to the parent, which decides (warm/cold).
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
     let pid = child.id().unwrap_or(0);
     let stdin = child.stdin.take().expect("piped");
     let mut replies = BufReader::new(child.stdout.take().expect("piped"));
@@ -314,10 +311,42 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Dies with the worker however it dies (kill -9 of it or of its group
+/// included): a pool process has nothing to do without the worker and must
+/// not finish an abandoned task. A thread that doesn't touch Python checks
+/// the parent every 50 ms, so it works while a task holds the GIL.
+/// (PR_SET_PDEATHSIG would fire when the *thread* that spawned the child
+/// exits, and tokio may retire that thread while the worker lives.)
+fn watch_parent() {
+    let Some(parent) = std::env::var("RCW_POOL_PARENT")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: getppid/_exit have no preconditions; _exit ends every thread.
+    let orphaned = move || unsafe { libc::getppid() } != parent;
+    if orphaned() {
+        unsafe { libc::_exit(1) };
+    }
+    std::thread::Builder::new()
+        .name("rcw-parent-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if orphaned() {
+                    unsafe { libc::_exit(1) };
+                }
+            }
+        })
+        .expect("spawning the parent watch thread");
+}
+
 /// A pool child's main loop: import the app, then run jobs until stdin closes.
 pub fn child_main(app: &str) -> std::process::ExitCode {
     use std::io::{BufRead, Write};
     use std::os::fd::FromRawFd;
+    watch_parent();
     // The protocol gets the real stdout; fd 1 becomes stderr for print().
     // SAFETY: plain fd juggling at start-up, before any other thread exists.
     let mut proto = unsafe {

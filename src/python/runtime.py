@@ -56,6 +56,14 @@ def load(name):
         except Exception:
             raise first from None
     app.loader.import_default_modules()
+    # -I/--include, as Celery's worker `setup_includes`: added to the app's
+    # `include` and imported, so their tasks are registered.
+    extra = [m for m in os.environ.get("RCW_INCLUDE", "").split(",") if m]
+    if extra:
+        app.conf.include = tuple(app.conf.include or ()) + tuple(
+            m for m in extra if m not in (app.conf.include or ()))
+        for module in extra:
+            app.loader.import_task_module(module)
     # As in Celery's worker (prefork, threads and solo pools): a task that
     # sends another doesn't subscribe to its result (`on_task_call`), and
     # joining a result inside a task is refused unless allowed.
@@ -658,3 +666,55 @@ def _chord_error(backend, callback, message):
         raise ChordError(message)
     except ChordError as exc:
         backend.chord_error_from_stack(callback, exc)
+
+
+# ---- embedded beat (-B) ----
+
+_beat = None
+
+
+def beat_start(scheduler_cls, schedule_filename, max_interval, loglevel):
+    """Celery's `beat.Service` with the app's schedule, as `celery worker -B`
+    creates it (remote control off: the worker's node answers). Its log
+    lines (`Scheduler: Sending due task …`) go to stderr in the worker's format."""
+    global _beat
+    import logging
+    from celery import beat, signals
+
+    log = logging.getLogger("celery.beat")
+    if not any(getattr(h, "_rcw", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s: %(levelname)s/MainProcess] %(message)s"))
+        handler._rcw = True
+        log.addHandler(handler)
+        log.setLevel(getattr(logging, loglevel.upper(), logging.WARNING))
+        log.propagate = False
+    service = beat.Service(_app, max_interval=max_interval or None,
+                           schedule_filename=schedule_filename,
+                           scheduler_cls=scheduler_cls, remote_control=False)
+    scheduler = service.scheduler
+    log.info("beat: Starting...")
+    signals.beat_init.send(sender=service)
+    signals.beat_embedded_init.send(sender=service)
+    _beat = service
+    return f"{_app.main or 'default'}\t{scheduler.max_interval}"
+
+
+def beat_tick():
+    """One scheduler pass, as the loop of `Service.start`: seconds to the next."""
+    scheduler = _beat.scheduler
+    if scheduler.should_sync():
+        scheduler._do_sync()
+    return str(float(scheduler.tick() or 0.0))
+
+
+def beat_stop():
+    if _beat is not None:
+        _beat.sync()
+
+
+def thread_stacks():
+    """Celery's `cry()`: every Python thread's stack (SIGUSR1)."""
+    from celery.utils.debug import cry
+    return cry()

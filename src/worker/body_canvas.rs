@@ -60,6 +60,7 @@ impl Canvas for BodyCanvas {
                 .publish(&m.queue, &m.envelope)
                 .await
                 .map_err(|e| TaskError::runtime_error(format!("publishing {}: {e}", m.id)))?;
+            self.shared.events.sent(|| m.sent_event());
         }
         Ok(child.unwrap_or(Value::Null))
     }

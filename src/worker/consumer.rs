@@ -10,6 +10,14 @@ const MAX_BATCH: usize = 64;
 
 /// Runs until a warm shutdown begins.
 pub(crate) async fn consume(shared: &Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    shared.consuming.store(true, Ordering::Relaxed);
+    consume_loop(shared).await;
+    shared.consuming.store(false, Ordering::Relaxed);
+}
+
+async fn consume_loop(shared: &Arc<Shared>) {
+    use std::sync::atomic::Ordering;
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
@@ -30,6 +38,7 @@ pub(crate) async fn consume(shared: &Arc<Shared>) {
         // them over, and it returns within the poll timeout anyway.
         match shared.broker.fetch(permits.len()).await {
             Ok(deliveries) => {
+                shared.fetch_failing.store(false, Ordering::Relaxed);
                 if failures > 0 {
                     tracing::info!("Connected to {}", shared.broker.url());
                     failures = 0;
@@ -43,6 +52,7 @@ pub(crate) async fn consume(shared: &Arc<Shared>) {
                 }
             }
             Err(e) => {
+                shared.fetch_failing.store(true, Ordering::Relaxed);
                 let wait = backoff(failures);
                 failures += 1;
                 tracing::error!(

@@ -21,6 +21,7 @@ mod heartbeat;
 pub mod policy;
 pub mod rate_limit;
 mod request;
+mod services;
 pub mod shutdown;
 pub mod state;
 pub mod statedb;
@@ -41,7 +42,7 @@ use crate::task::TaskError;
 use shutdown::Shutdown;
 use state::WorkerState;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -85,6 +86,12 @@ pub(crate) struct Shared {
     slots_size: AtomicUsize,
     /// Each registered task's resolved policy.
     policies: std::collections::HashMap<String, policy::Policy>,
+    /// Task counters for `/metrics` (only with `--metrics-port`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The consumer loop is running (`/healthz`).
+    pub consuming: AtomicBool,
+    /// The last fetch failed: the broker connection is down (`/healthz`).
+    pub fetch_failing: AtomicBool,
 }
 
 impl Shared {
@@ -137,6 +144,21 @@ impl Shared {
     }
 }
 
+/// `--purge`: Celery's `app.control.purge()` over the consumed queues.
+async fn purge(shared: &Shared) {
+    let mut total = 0;
+    for q in shared.broker.queues() {
+        match shared.broker.purge(&q).await {
+            Ok(n) => total += n,
+            Err(e) => tracing::error!("purge: cannot purge {q}: {e}"),
+        }
+    }
+    if total > 0 {
+        let noun = if total == 1 { "message" } else { "messages" };
+        println!("purge: Erased {total} {noun} from the queue.\n");
+    }
+}
+
 /// REVOKED with Celery's `TaskRevokedError(reason)` (`revoked`, `expired`,
 /// `terminated`), as `mark_as_revoked` stores it.
 pub(crate) fn revoked_meta(id: &str, reason: &str) -> ResultMeta {
@@ -150,11 +172,14 @@ pub struct Extras {
     pub pool: Option<Arc<dyn ProcessPool>>,
     pub app: Option<Arc<dyn AppInfo>>,
     pub canvas_host: Option<Arc<dyn crate::canvas::host::CanvasHost>>,
+    /// Celery's scheduler, for `-B`.
+    pub beat: Option<Arc<dyn crate::beat::BeatHost>>,
 }
 
 /// A configured worker, ready to [`Worker::run`].
 pub struct Worker {
     shared: Arc<Shared>,
+    beat: Option<Arc<dyn crate::beat::BeatHost>>,
 }
 
 /// Semaphore size standing for "unlimited" prefetch (`worker_prefetch_multiplier = 0`).
@@ -205,15 +230,23 @@ impl Worker {
                 policy::Policy::resolve(&def.options, &config),
             );
         }
+        let metrics = config
+            .metrics_port
+            .map(|_| crate::metrics::Metrics::new(&config.hostname));
         let events = Events::start(
             Arc::clone(&broker),
             config.hostname.clone(),
             config.task_events,
             config.heartbeat,
             config.task_events || config.heartbeat || config.gossip,
+            metrics.clone(),
         );
         Ok(Worker {
+            beat: extras.beat,
             shared: Arc::new(Shared {
+                metrics,
+                consuming: AtomicBool::new(false),
+                fetch_failing: AtomicBool::new(false),
                 limits,
                 router,
                 state: Arc::new(WorkerState::new()),
@@ -244,8 +277,17 @@ impl Worker {
     /// shutdown cuts them off.
     pub async fn run(self) -> anyhow::Result<()> {
         let shared = self.shared;
+        // Bound before anything else, so a taken port stops the start.
+        let metrics_listener = match shared.config.metrics_port {
+            Some(port) => Some(crate::metrics::http::bind(port).await?),
+            None => None,
+        };
         store::until_ok("declare queues", &shared.shutdown, || shared.broker.start()).await;
         tracing::info!("Connected to {}", shared.broker.url());
+        if shared.config.purge {
+            purge(&shared).await;
+        }
+        let services = services::start(&shared, metrics_listener, self.beat).await?;
         if let Some(path) = &shared.config.statedb {
             match statedb::load(std::path::Path::new(path)) {
                 Ok(saved) => {
@@ -277,6 +319,7 @@ impl Worker {
         if let Some(c) = control {
             c.abort();
         }
+        services.stop_beat().await;
 
         shared.tasks.close();
         let running = shared.tasks.len();
@@ -287,8 +330,12 @@ impl Worker {
             _ = shared.tasks.wait() => {}
             _ = shared.shutdown.cold() => {
                 tracing::warn!("Cold shutdown: {} task(s) abandoned", shared.tasks.len());
+                // Their pool processes go now: an abandoned task must not
+                // finish behind the worker's back.
+                crate::daemon::kill_children();
             }
         }
+        services.stop();
         if shared.events.worker_events() {
             shared.events.send(
                 Event::WorkerOffline(shared.worker_status()),

@@ -80,6 +80,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         || Event::TaskReceived {
             uuid: request.id.clone(),
             name: name.clone(),
+            queue: queue.clone(),
             args: request_repr(&request, "argsrepr"),
             kwargs: request_repr(&request, "kwargsrepr"),
             root_id: request.root_id.clone(),
@@ -201,7 +202,7 @@ impl Drop for Release<'_> {
 }
 
 /// `argsrepr` / `kwargsrepr` as sent, else computed as Python shows them.
-fn request_repr(r: &Request, header: &str) -> String {
+pub(crate) fn request_repr(r: &Request, header: &str) -> String {
     if let Some(s) = r.headers.get(header).and_then(Value::as_str) {
         return s.to_string();
     }

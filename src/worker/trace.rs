@@ -315,6 +315,7 @@ impl Tracer<'_> {
                 self.shared.broker.publish(&m.queue, &m.envelope)
             })
             .await;
+            self.shared.events.sent(|| m.sent_event());
         }
     }
 
@@ -781,11 +782,7 @@ impl From<crate::task::TaskResult> for Ending {
 }
 
 fn task_of(m: &Outgoing) -> &str {
-    m.envelope
-        .headers
-        .get("task")
-        .and_then(Value::as_str)
-        .unwrap_or("?")
+    m.task()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

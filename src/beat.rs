@@ -1,0 +1,140 @@
+//! Embedded beat (`-B`): Celery's own `beat.Service` and scheduler class
+//! (`PersistentScheduler` by default, or `--scheduler` such as
+//! django-celery-beat's or RedBeat's) run inside the worker's interpreter,
+//! ticked from here, so `beat_schedule` entries (numbers, `timedelta`,
+//! `crontab`, `solar`, with their args, kwargs and options) fire exactly as
+//! under `celery worker -B`.
+//!
+//! Beyond Celery: only one `-B` worker per broker and app ticks. Each holds
+//! for a lease a lock in the broker's Redis (`SET NX PX`, renewed every
+//! third of the lease); when its holder dies the lock expires and another
+//! `-B` worker takes over. Celery's `-B` workers would each fire every entry.
+
+use crate::config::BeatConfig;
+use crate::worker::shutdown::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Celery's scheduler, in the app's interpreter.
+pub trait BeatHost: Send + Sync {
+    /// Creates the service and its scheduler (reads the schedule) and
+    /// fires `beat_init`/`beat_embedded_init`; returns the app's main name.
+    fn beat_start(&self, cfg: &BeatConfig, loglevel: &str) -> anyhow::Result<String>;
+    /// One scheduler pass (sends what is due); seconds until the next one.
+    fn beat_tick(&self) -> anyhow::Result<f64>;
+    /// Saves the schedule and closes the scheduler.
+    fn beat_stop(&self);
+}
+
+/// Takes the lock for `ARGV[1]`, or renews it if already ours.
+const ACQUIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// The lock key of an app's beat on a broker.
+pub fn lock_key(keyprefix: &str, app: &str) -> String {
+    format!("{keyprefix}_rcw.beat.leader.{app}")
+}
+
+/// Runs beat until shutdown. Start-up errors (an unknown scheduler class, a
+/// schedule that won't load) are returned before anything is scheduled.
+pub async fn start(
+    host: Arc<dyn BeatHost>,
+    cfg: BeatConfig,
+    loglevel: String,
+    broker_url: String,
+    keyprefix: String,
+    node: String,
+    shutdown: Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = {
+        let (host, cfg) = (Arc::clone(&host), cfg.clone());
+        tokio::task::spawn_blocking(move || host.beat_start(&cfg, &loglevel)).await??
+    };
+    let client = crate::broker::redis_url::client(&broker_url)?;
+    let conn = crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?;
+    let key = lock_key(&keyprefix, &app);
+    let token = format!("{node} pid:{} {}", std::process::id(), uuid::Uuid::new_v4());
+    Ok(tokio::spawn(run(host, cfg, conn, key, token, shutdown)))
+}
+
+async fn run(
+    host: Arc<dyn BeatHost>,
+    cfg: BeatConfig,
+    mut conn: redis::aio::ConnectionManager,
+    key: String,
+    token: String,
+    shutdown: Shutdown,
+) {
+    let lease = Duration::from_secs_f64(cfg.lock_timeout);
+    let renew = lease / 3;
+    let acquire = redis::Script::new(ACQUIRE_LUA);
+    let mut leader = false;
+    while !shutdown.is_warm() {
+        let held: Result<i64, _> = acquire
+            .key(&key)
+            .arg(&token)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        let now_leader = match held {
+            Ok(n) => n == 1,
+            Err(e) => {
+                // Can't tell: stop ticking rather than risk a second leader.
+                tracing::warn!("beat: cannot reach the broker for the beat lock: {e}");
+                false
+            }
+        };
+        if now_leader != leader {
+            if now_leader {
+                tracing::info!("beat: this worker schedules now (lock {key})");
+            } else {
+                tracing::warn!("beat: another worker holds the beat lock {key}; standing by");
+            }
+            leader = now_leader;
+        }
+        let mut wait = renew;
+        if leader {
+            let h = Arc::clone(&host);
+            match tokio::task::spawn_blocking(move || h.beat_tick()).await {
+                Ok(Ok(next)) if next.is_finite() && next > 0.0 => {
+                    wait = wait.min(Duration::from_secs_f64(next));
+                }
+                Ok(Ok(_)) => wait = Duration::from_millis(50),
+                Ok(Err(e)) => tracing::error!("beat: tick failed: {e:#}"),
+                Err(e) => tracing::error!("beat: tick panicked: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            _ = shutdown.warm() => {}
+        }
+    }
+    tracing::info!("beat: Shutting down...");
+    let h = Arc::clone(&host);
+    let _ = tokio::task::spawn_blocking(move || h.beat_stop()).await;
+    if leader {
+        let released: Result<i64, _> = redis::Script::new(RELEASE_LUA)
+            .key(&key)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = released {
+            tracing::warn!("beat: releasing the beat lock: {e}");
+        }
+    }
+}
