@@ -134,7 +134,7 @@ fn restart() {
     use std::os::unix::process::CommandExt;
     let args: Vec<String> = std::env::args().collect();
     println!("Restarting celery worker ({})", args.join(" "));
-    crate::daemon::kill_children();
+    crate::daemon::kill_children(false);
     let exe = std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
     let err = std::process::Command::new(exe).args(&args[1..]).exec();
     eprintln!("Error: restarting: {err}");
@@ -176,7 +176,7 @@ fn run(cli: Cli, quiet: bool) -> Exit {
     // left, and after a cold one the point is not to wait for them.
     runtime.shutdown_background();
     // Whatever happened, no pool process outlives the worker.
-    crate::daemon::kill_children();
+    crate::daemon::kill_children(false);
     match outcome {
         Ok(Ok(Stopped::Restart)) => Exit::Restart,
         Ok(Ok(Stopped::Done)) => Exit::Ok,

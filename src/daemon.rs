@@ -294,13 +294,20 @@ pub fn children() -> Vec<u32> {
     pids
 }
 
-/// SIGKILLs every child still alive (the end of a cold shutdown, a
-/// restart): an abandoned task must not finish behind the worker's back.
-pub fn kill_children() {
+/// Ends every child still alive: SIGKILL after a cold shutdown (an
+/// abandoned task must not finish behind the worker's back), SIGTERM for
+/// the idle pool processes left after a warm one.
+pub fn kill_children(cold: bool) {
     for pid in children() {
-        tracing::warn!("Killing pool process pid:{pid} (the worker is stopping)");
+        let sig = if cold {
+            tracing::warn!("Killing pool process pid:{pid} (cold shutdown)");
+            libc::SIGKILL
+        } else {
+            tracing::debug!("Stopping pool process pid:{pid}");
+            libc::SIGTERM
+        };
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid as i32, sig) };
     }
 }
 

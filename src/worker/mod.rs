@@ -332,7 +332,7 @@ impl Worker {
                 tracing::warn!("Cold shutdown: {} task(s) abandoned", shared.tasks.len());
                 // Their pool processes go now: an abandoned task must not
                 // finish behind the worker's back.
-                crate::daemon::kill_children();
+                crate::daemon::kill_children(true);
             }
         }
         services.stop();
