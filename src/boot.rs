@@ -134,11 +134,33 @@ fn restart() {
     use std::os::unix::process::CommandExt;
     let args: Vec<String> = std::env::args().collect();
     println!("Restarting celery worker ({})", args.join(" "));
+    // As Celery's detached re-exec: this process already is the daemon
+    // (same pid for the pidfile and systemd) and already dropped privileges.
+    let args: Vec<String> = without_daemon_flags(&args);
     crate::daemon::kill_children(false);
     let exe = std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
     let err = std::process::Command::new(exe).args(&args[1..]).exec();
     eprintln!("Error: restarting: {err}");
     std::process::exit(1);
+}
+
+/// `argv` minus `-D/--detach` and `--uid/--gid` (with their values).
+fn without_daemon_flags(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut skip_value = false;
+    for a in argv {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        match a.as_str() {
+            "-D" | "--detach" => {}
+            "--uid" | "--gid" => skip_value = true,
+            s if s.starts_with("--uid=") || s.starts_with("--gid=") => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out
 }
 
 /// Loads the app, resolves the config and runs the worker to its end.

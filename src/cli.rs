@@ -225,6 +225,10 @@ const REMOVED: &[(&str, &str)] = &[
         "--no-execv was removed in Celery 4: pool processes always start fresh",
     ),
     (
+        "--maxmemperchild",
+        "--maxmemperchild is Celery 4's spelling: use --max-memory-per-child",
+    ),
+    (
         "--maxtasksperchild",
         "--maxtasksperchild is Celery 3's spelling: use --max-tasks-per-child",
     ),
@@ -260,6 +264,9 @@ impl Cli {
         cli.result_backend = cli
             .result_backend
             .or_else(|| env_first(&["RESULT_BACKEND", "CELERY_RESULT_BACKEND"]));
+        cli.config_module = cli.config_module.or_else(|| env_first(&["CELERY_CONFIG"]));
+        cli.quiet |= env_first(&["CELERY_QUIET"]).is_some_and(|v| truthy(&v));
+        cli.no_color |= env_first(&["CELERY_NO_COLOR"]).is_some_and(|v| truthy(&v));
         cli
     }
 
@@ -272,9 +279,8 @@ impl Cli {
                     "`beat` is a separate celery command: run `celery beat`, or add -B to run \
                      beat inside this worker"
                 ),
-                w if w.contains('=') => {
-                    bail!("{w}: extra `key=value` arguments are not read; use --setting {w}")
-                }
+                // Celery's `config_from_cmdline`, applied in into_config_over.
+                w if w.contains('=') => {}
                 w => bail!(
                     "{w}: this program runs the worker only (`rust-celery-worker [worker] -A APP …`); \
                      use `celery {w}` for other commands"
@@ -313,6 +319,10 @@ impl Cli {
         let mut cfg = base;
         for s in &self.settings {
             cfg.apply_setting_str(s)?;
+        }
+        for arg in self.command.iter().filter(|w| w.contains('=')) {
+            cfg.apply_setting_str(&cmdline_setting(arg))
+                .map_err(|e| anyhow::anyhow!("{arg}: {e:#}"))?;
         }
         cfg.app = self.app;
         if let Some(b) = self.broker {
@@ -455,11 +465,32 @@ impl Cli {
     }
 }
 
+/// Celery's `config_from_cmdline(args, namespace='worker')`: after the
+/// options, `worker.prefetch_multiplier=1` or `.prefetch_multiplier=1`
+/// (the worker namespace) or `task_acks_late=true`, as a setting.
+fn cmdline_setting(arg: &str) -> String {
+    let (key, value) = arg.split_once('=').unwrap_or((arg, ""));
+    let key = key.to_ascii_lowercase().replace('.', "_");
+    let key = match key.strip_prefix('_') {
+        Some(rest) => format!("worker_{rest}"),
+        None => key,
+    };
+    format!("{key}={value}")
+}
+
 /// The first of `names` set (non-empty) in the environment.
 fn env_first(names: &[&str]) -> Option<String> {
     names
         .iter()
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+/// click's boolean env values.
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "1" | "true" | "t" | "yes" | "y" | "on"
+    )
 }
 
 fn names(list: Vec<String>) -> Vec<String> {
@@ -505,6 +536,8 @@ fn resolve_pool(cfg: &mut Config) -> Result<()> {
     };
     match p.as_str() {
         "prefork" | "threads" => {}
+        // Celery's alias of prefork.
+        "processes" => cfg.pool = Some("prefork".into()),
         "solo" => {
             // Celery's solo pool: one task at a time, in the worker process.
             cfg.concurrency = 1;
@@ -515,9 +548,6 @@ fn resolve_pool(cfg: &mut Config) -> Result<()> {
                 cfg.concurrency
             ));
             cfg.pool = Some("threads".into());
-        }
-        "processes" | "custom" => {
-            bail!("-P {p}: choose prefork, threads, solo, gevent or eventlet")
         }
         other => bail!("-P {other}: choose prefork, threads, solo, gevent or eventlet"),
     }
@@ -555,6 +585,17 @@ mod tests {
                 .contains("celery beat")
         );
         assert!(parse(&["inspect"]).is_err());
+        let c = parse(&["worker", "-c", "1", ".task_acks_late=x"]);
+        assert!(c.is_err(), "worker_task_acks_late is no setting");
+        let c = parse(&[
+            "-c",
+            "1",
+            "worker.prefetch_multiplier=7",
+            "task_acks_late=true",
+        ])
+        .unwrap();
+        assert_eq!(c.prefetch_multiplier, 7);
+        assert!(c.task_acks_late);
     }
 
     #[test]
@@ -576,7 +617,11 @@ mod tests {
         assert_eq!(g.pool.as_deref(), Some("threads"));
         assert!(g.pool_note.unwrap().contains("100 threads"));
         assert_eq!(parse(&["--pool=solo", "-c", "4"]).unwrap().concurrency, 1);
-        assert!(parse(&["-P", "processes"]).is_err());
+        assert_eq!(
+            parse(&["-P", "processes"]).unwrap().pool.as_deref(),
+            Some("prefork")
+        );
+        assert!(parse(&["-P", "custom"]).is_err());
     }
 
     #[test]
