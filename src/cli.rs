@@ -16,7 +16,7 @@ use clap::builder::BoolishValueParser;
 
 /// A Celery worker written in Rust: a drop-in for `celery -A APP worker`.
 #[derive(Debug, Parser)]
-#[command(name = "rust-celery-worker", version, about, long_about = None)]
+#[command(name = "rust-celery-worker", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// `worker` (as in `celery -A APP worker`); any other command is refused.
     #[arg(value_name = "COMMAND", hide = true)]
@@ -654,6 +654,21 @@ mod tests {
         let beat = c.beat.unwrap();
         assert_eq!(beat.schedule_filename, "/tmp/s");
         assert_eq!(beat.scheduler, "m:S");
+    }
+
+    #[test]
+    fn repeated_options_take_the_last_as_click_does() {
+        let c = parse(&["-c", "2", "-l", "info", "-c", "5", "-Q", "a", "-Q", "b"]).unwrap();
+        assert_eq!(c.concurrency, 5);
+        assert_eq!(c.queues, ["a", "b"]);
+        let s = parse(&[
+            "--setting",
+            "task_acks_late=true",
+            "--setting",
+            "result_extended=true",
+        ]);
+        let s = s.unwrap();
+        assert!(s.task_acks_late && s.result_extended);
     }
 
     #[test]
