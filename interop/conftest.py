@@ -50,6 +50,10 @@ def pytest_configure(config):
         "markers",
         "rust_native: needs a task's Rust implementation (its Python twin differs); "
         "skipped when INTEROP_WORKER=rust-python")
+    config.addinivalue_line(
+        "markers",
+        "one_mode: runs its own Python app, so both of our modes run the same thing; "
+        "skipped when INTEROP_WORKER=rust-python to keep CI's second pass short")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,6 +63,10 @@ def pytest_collection_modifyitems(config, items):
     elif WORKER_KIND == "rust-python":
         skip = pytest.mark.skip(reason="rust_native: needs the Rust implementation of the task")
         marker = "rust_native"
+        once = pytest.mark.skip(reason="one_mode: same run as in rust mode")
+        for item in items:
+            if "one_mode" in item.keywords:
+                item.add_marker(once)
     else:
         return
     for item in items:

@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 import helpers
+
+# Each test runs its own app (or flags that don't depend on the task
+# implementation): the rust-python pass of `make test` would repeat it.
+pytestmark = pytest.mark.one_mode
 from helpers import WORKER_KIND, WorkerProcess, wait_for_pidbox, wait_until, worker_argv
 
 GET_TIMEOUT = 15
@@ -425,6 +429,12 @@ def test_autoscale_grows_under_load_and_shrinks_back(worker, celery_client):
     wait_until(lambda: _pool_size(celery_client, w.node) == 1, timeout=15,
                interval=0.5, what="the pool to shrink back to 1 process")
     _add(celery_client)
+    # The `autoscale` remote command changes the bounds; a higher min grows at once.
+    reply = celery_client.control.autoscale(4, 2, destination=[w.node], reply=True,
+                                            timeout=5)
+    assert reply == [{w.node: {"ok": "autoscale now max=4 min=2"}}], reply
+    wait_until(lambda: _pool_size(celery_client, w.node) == 2, timeout=15,
+               interval=0.5, what="the pool to grow to the new minimum of 2")
 
 
 # --------------------------------------------------------------------------- beat
@@ -485,6 +495,41 @@ def test_two_embedded_beats_fire_once_per_period(worker, broker, tmp_path):
     time.sleep(6.0)
     runs = [r for r in _runs(broker, "every-second") if t0 <= r["t"] <= t0 + 6.0]
     assert 3 <= len(runs) <= 8, f"{len(runs)} runs of the 1 s entry in 6 s"
+
+
+@pytest.mark.rust_only
+@pytest.mark.timeout(60)
+def test_beat_lock_is_taken_over_when_its_holder_dies(worker, broker, tmp_path):
+    """The ``-B`` leader is killed with SIGKILL (it cannot release the lock): once its
+    lease expires (``beat_lock_timeout=2``) the other ``-B`` worker schedules."""
+    env = {"BEATAPP_CRON": "0"}
+    settings = {"beat_lock_timeout": 2}
+    first = worker(app="beatapp", extra_args=["-B", "-s", str(tmp_path / "s1")], env=env,
+                   settings=settings)
+    first.wait_for_log("beat: this worker schedules now", timeout=10)
+    second = worker(app="beatapp", extra_args=["-B", "-s", str(tmp_path / "s2")], env=env,
+                    settings=settings)
+    second.wait_for_log("another worker holds the beat lock", timeout=10)
+    time.sleep(2.0)
+    assert "Sending due task" not in second.log(), "the stand-by worker scheduled"
+    assert "Sending due task every-second" in first.log()
+    first.kill9()
+    second.wait_for_log("beat: this worker schedules now", timeout=10)
+    second.wait_for_log("Sending due task every-second", timeout=10)
+
+
+def test_remap_sigterm_makes_term_cold(worker, celery_client, broker):
+    """``REMAP_SIGTERM=SIGQUIT``: SIGTERM is a cold shutdown, so a running task is cut
+    off (a warm shutdown would let it finish and set the marker)."""
+    w = worker(app="cliapp", pool="prefork", concurrency=1, env={"REMAP_SIGTERM": "SIGQUIT"})
+    key = f"marker-{uuid.uuid4().hex[:8]}"
+    celery_client.send_task("cliapp.sleep_then_mark", args=[3, key])
+    wait_until(lambda: broker.get(f"{key}:started"), timeout=15, what="the task to start")
+    w.send_signal(signal.SIGTERM)
+    w.proc.wait(timeout=10)
+    assert "Cold shutdown" in w.log()
+    time.sleep(4)
+    assert broker.get(key) is None, "SIGTERM was warm despite REMAP_SIGTERM=SIGQUIT"
 
 
 # --------------------------------------------------------------------------- orphans

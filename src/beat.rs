@@ -84,6 +84,7 @@ async fn run(
     let renew = lease / 3;
     let acquire = redis::Script::new(ACQUIRE_LUA);
     let mut leader = false;
+    let mut first = true;
     while !shutdown.is_warm() {
         let held: Result<i64, _> = acquire
             .key(&key)
@@ -99,7 +100,8 @@ async fn run(
                 false
             }
         };
-        if now_leader != leader {
+        if now_leader != leader || first {
+            first = false;
             if now_leader {
                 tracing::info!("beat: this worker schedules now (lock {key})");
             } else {

@@ -199,7 +199,18 @@ async fn dispatch(shared: &Arc<Shared>, req: &ControlRequest) -> Outcome {
         "cancel_consumer" => consumers::cancel(shared, &req.arguments),
         "pool_grow" => pool::grow(shared, args.count("n")?).await,
         "pool_shrink" => pool::shrink(shared, args.count("n")?).await,
-        "autoscale" => Err(CommandError::raised("ValueError", "Autoscale not enabled")),
+        "autoscale" => {
+            let get = |k: &str| {
+                req.arguments
+                    .get(k)
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                    .map(|n| n as usize)
+            };
+            match crate::worker::services::update_autoscale(shared, get("max"), get("min")).await {
+                Some((max, min)) => Ok(ok(&format!("autoscale now max={max} min={min}"))),
+                None => Err(CommandError::raised("ValueError", "Autoscale not enabled")),
+            }
+        }
         "pool_restart" => Err(CommandError::raised(
             "ValueError",
             "Pool restarts not enabled",

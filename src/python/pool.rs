@@ -45,6 +45,8 @@ pub struct Pool {
     slots: Semaphore,
     /// Processes wanted now (`pool_grow` / `pool_shrink` change it).
     size: std::sync::atomic::AtomicUsize,
+    /// This pool, for the processes `grow` starts in the background.
+    me: std::sync::Weak<Pool>,
 }
 
 impl Pool {
@@ -55,11 +57,12 @@ impl Pool {
         for _ in 0..cfg.processes {
             idle.push(spawn(&cfg.app).await?);
         }
-        Ok(Arc::new(Pool {
+        Ok(Arc::new_cyclic(|me| Pool {
             slots: Semaphore::new(cfg.processes),
             size: std::sync::atomic::AtomicUsize::new(cfg.processes),
             idle: Mutex::new(idle),
             cfg,
+            me: me.clone(),
         }))
     }
 
@@ -146,10 +149,16 @@ impl Pool {
         self.cfg.max_tasks_per_child
     }
 
-    /// `pool_grow`: room for `n` more processes (started on first use).
+    /// `pool_grow`: `n` more processes, started now in the background (as
+    /// billiard's `grow`), so they are ready when the work arrives.
     pub fn grow(&self, n: usize) {
         self.slots.add_permits(n);
         self.size.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(me) = self.me.upgrade() {
+            for _ in 0..n {
+                me.replace();
+            }
+        }
     }
 
     /// `pool_shrink`: up to `n` fewer processes (never below one); idle

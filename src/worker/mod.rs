@@ -21,7 +21,7 @@ mod heartbeat;
 pub mod policy;
 pub mod rate_limit;
 mod request;
-mod services;
+pub(crate) mod services;
 pub mod shutdown;
 pub mod state;
 pub mod statedb;
@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub consuming: AtomicBool,
     /// The last fetch failed: the broker connection is down (`/healthz`).
     pub fetch_failing: AtomicBool,
+    /// `--autoscale` bounds (the `autoscale` command changes them).
+    pub autoscale: Option<services::Bounds>,
 }
 
 impl Shared {
@@ -247,6 +249,9 @@ impl Worker {
                 metrics,
                 consuming: AtomicBool::new(false),
                 fetch_failing: AtomicBool::new(false),
+                autoscale: config
+                    .autoscale
+                    .map(|(max, min)| services::Bounds::new(max, min)),
                 limits,
                 router,
                 state: Arc::new(WorkerState::new()),

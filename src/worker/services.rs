@@ -6,7 +6,7 @@ use super::Shared;
 use crate::metrics::Gauges;
 use crate::metrics::http::Scrape;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -31,8 +31,8 @@ pub(crate) async fn start(
         tasks.push(tokio::spawn(crate::metrics::http::serve(listener, source)));
     }
     tasks.push(tokio::spawn(dump_on_usr1(Arc::clone(shared))?));
-    if let (Some((max, min)), Some(_)) = (shared.config.autoscale, &shared.pool) {
-        tasks.push(tokio::spawn(autoscale(Arc::clone(shared), max, min)));
+    if shared.autoscale.is_some() && shared.pool.is_some() {
+        tasks.push(tokio::spawn(autoscale(Arc::clone(shared))));
     }
     let beat = match (beat, &shared.config.beat) {
         (Some(host), Some(cfg)) => Some(
@@ -179,11 +179,63 @@ fn dump(shared: &Shared) -> String {
     out
 }
 
+/// `--autoscale` bounds, changed live by the `autoscale` command.
+pub(crate) struct Bounds {
+    max: AtomicUsize,
+    min: AtomicUsize,
+}
+
+impl Bounds {
+    pub fn new(max: usize, min: usize) -> Bounds {
+        Bounds {
+            max: AtomicUsize::new(max),
+            min: AtomicUsize::new(min),
+        }
+    }
+
+    pub fn get(&self) -> (usize, usize) {
+        (
+            self.max.load(Ordering::Relaxed),
+            self.min.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The `autoscale` command, as Celery's `Autoscaler.update`: a lower max
+/// shrinks the pool now, a higher min grows it now; returns (max, min).
+pub(crate) async fn update_autoscale(
+    shared: &Shared,
+    max: Option<usize>,
+    min: Option<usize>,
+) -> Option<(usize, usize)> {
+    let bounds = shared.autoscale.as_ref()?;
+    let pool = shared.pool.as_ref()?;
+    if let Some(max) = max.filter(|m| *m >= 1) {
+        let old = bounds.max.swap(max, Ordering::Relaxed);
+        if max > old {
+            // Room for that many Python tasks at once (admission before the ack).
+            shared.pooled.add_permits(max - old);
+        } else {
+            shared.pooled.forget_permits(old - max);
+        }
+        if pool.size() > max {
+            pool.shrink(pool.size() - max).await;
+        }
+    }
+    if let Some(min) = min {
+        bounds.min.store(min, Ordering::Relaxed);
+        if min > pool.size() {
+            pool.grow(min - pool.size());
+        }
+    }
+    Some(bounds.get())
+}
+
 /// `--autoscale MAX,MIN`, as Celery's `Autoscaler`: grow to the Python
 /// tasks waiting for a process (at most MAX), shrink back towards MIN once
 /// no scale-up happened for `AUTOSCALE_KEEPALIVE` seconds (default 30).
-async fn autoscale(shared: Arc<Shared>, max: usize, min: usize) {
-    let Some(pool) = shared.pool.clone() else {
+async fn autoscale(shared: Arc<Shared>) {
+    let (Some(pool), Some(bounds)) = (shared.pool.clone(), shared.autoscale.as_ref()) else {
         return;
     };
     let keepalive = std::env::var("AUTOSCALE_KEEPALIVE")
@@ -192,11 +244,12 @@ async fn autoscale(shared: Arc<Shared>, max: usize, min: usize) {
         .filter(|k| k.is_finite() && *k >= 0.0)
         .unwrap_or(30.0);
     let keepalive = Duration::from_secs_f64(keepalive);
-    let min = min.max(1);
     let mut last_up = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while !shared.shutdown.is_warm() {
         tick.tick().await;
+        let (max, min) = bounds.get();
+        let min = min.max(1);
         // Python tasks admitted (running or waiting for a process).
         let wanted = max.saturating_sub(shared.pooled.available_permits());
         let current = pool.size();
