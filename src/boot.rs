@@ -53,10 +53,10 @@ pub fn main() -> std::process::ExitCode {
     if let Err(e) = daemon::chdir(process.workdir.as_deref()) {
         return usage(e);
     }
-    if process.detach {
-        if let Err(f) = daemon::detach(logfile.as_deref(), pidfile.as_deref()) {
-            return failed(f);
-        }
+    if process.detach
+        && let Err(f) = daemon::detach(logfile.as_deref(), pidfile.as_deref())
+    {
+        return failed(f);
     }
     daemon::set_umask(process.umask);
     if let Err(e) = daemon::drop_privileges(process.uid.as_deref(), process.gid.as_deref()) {
@@ -67,10 +67,10 @@ pub fn main() -> std::process::ExitCode {
         Ok(p) => p,
         Err(f) => return failed(f),
     };
-    if let Some(log) = &logfile {
-        if let Err(e) = daemon::redirect_stderr(log) {
-            return usage(e);
-        }
+    if let Some(log) = &logfile
+        && let Err(e) = daemon::redirect_stderr(log)
+    {
+        return usage(e);
     }
     let level = crate::logging::parse_level(&cli.loglevel);
     crate::logging::init(level.unwrap_or(tracing::Level::WARN));

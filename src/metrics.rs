@@ -59,6 +59,9 @@ impl Histogram {
 
 type Key = (Arc<str>, Arc<str>);
 
+/// A counter family: name, help, and its value in a task's counts.
+type Family = (&'static str, &'static str, fn(&Counts) -> u64);
+
 #[derive(Default)]
 struct Inner {
     /// uuid → (name, queue) for events that carry only the uuid.
@@ -157,7 +160,7 @@ impl Metrics {
         let tasks = self.inner.lock().expect("metrics lock").tasks.clone();
         let host = escape(&self.hostname);
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, fn(&Counts) -> u64); 7] = [
+        let counters: [Family; 7] = [
             ("task_sent", "Sent when a task message is published.", |c| {
                 c.sent
             }),

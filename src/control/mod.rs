@@ -207,7 +207,7 @@ async fn dispatch(shared: &Arc<Shared>, req: &ControlRequest) -> Outcome {
                     .map(|n| n as usize)
             };
             match crate::worker::services::update_autoscale(shared, get("max"), get("min")).await {
-                Some((max, min)) => Ok(ok(&format!("autoscale now max={max} min={min}"))),
+                Some((max, min)) => Ok(ok(format!("autoscale now max={max} min={min}"))),
                 None => Err(CommandError::raised("ValueError", "Autoscale not enabled")),
             }
         }
