@@ -145,7 +145,6 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("worker_pool", Use::Applied),
     ("worker_disable_prefetch", Use::Applied),
     ("worker_soft_shutdown_timeout", Use::Applied),
-    ("worker_enable_soft_shutdown_on_idle", Use::Applied),
     ("beat_schedule_filename", Use::Applied),
     ("beat_scheduler", Use::Applied),
     ("beat_max_loop_interval", Use::Applied),
@@ -188,6 +187,9 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("worker_hijack_root_logger", Use::ByApp),
     ("worker_redirect_stdouts", Use::ByApp),
     ("worker_redirect_stdouts_level", Use::ByApp),
+    // Its point is giving held ETA messages back before a cold shutdown:
+    // this worker restores every held message on any shutdown.
+    ("worker_enable_soft_shutdown_on_idle", Use::ByApp),
 ];
 
 /// A queue of `task_queues` as kombu declares it.
@@ -271,9 +273,6 @@ pub struct Config {
     /// `worker_soft_shutdown_timeout`: on cold shutdown, seconds running
     /// tasks still get before they are cut off.
     pub soft_shutdown_timeout: f64,
-    /// `worker_enable_soft_shutdown_on_idle`: wait the soft timeout even when
-    /// no task runs (so held ETA tasks are given back first).
-    pub soft_shutdown_on_idle: bool,
     /// `-B`: the embedded beat service.
     pub beat: Option<BeatConfig>,
     /// `beat_schedule_filename` (`-s`).
@@ -349,7 +348,6 @@ impl Default for Config {
             includes: Vec::new(),
             autoscale: None,
             soft_shutdown_timeout: 0.0,
-            soft_shutdown_on_idle: false,
             beat: None,
             beat_schedule_filename: "celerybeat-schedule".into(),
             beat_scheduler: "celery.beat:PersistentScheduler".into(),
@@ -493,7 +491,6 @@ impl Config {
             "worker_soft_shutdown_timeout" => {
                 self.soft_shutdown_timeout = secs(&value, name)?;
             }
-            "worker_enable_soft_shutdown_on_idle" => self.soft_shutdown_on_idle = flag(&value)?,
             "beat_schedule_filename" => self.beat_schedule_filename = text(&value)?,
             "beat_scheduler" => self.beat_scheduler = text(&value)?,
             "beat_max_loop_interval" => self.beat_max_loop_interval = secs(&value, name)?,
