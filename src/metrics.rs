@@ -159,6 +159,15 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let tasks = self.inner.lock().expect("metrics lock").tasks.clone();
         let host = escape(&self.hostname);
+        // celery-exporter's label order: name, hostname[, exception], queue_name.
+        let labels = |task: &str, exception: Option<&str>, queue: &str| {
+            let exc = exception.map_or(String::new(), |e| format!(",exception=\"{}\"", escape(e)));
+            format!(
+                "name=\"{}\",hostname=\"{host}\"{exc},queue_name=\"{}\"",
+                escape(task),
+                escape(queue)
+            )
+        };
         let mut out = String::with_capacity(4096);
         let counters: [Family; 7] = [
             ("task_sent", "Sent when a task message is published.", |c| {
@@ -194,90 +203,62 @@ impl Metrics {
             ),
         ];
         for (name, help, get) in counters {
-            let _ = writeln!(out, "# HELP celery_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE celery_{name}_total counter");
+            family(&mut out, &format!("celery_{name}_total"), "counter", help);
             for ((task, queue), c) in &tasks {
-                let _ = writeln!(
-                    out,
-                    "celery_{name}_total{{name=\"{}\",hostname=\"{host}\",queue_name=\"{}\"}} {}.0",
-                    escape(task),
-                    escape(queue),
-                    get(c)
-                );
+                let l = labels(task, None, queue);
+                let _ = writeln!(out, "celery_{name}_total{{{l}}} {}.0", get(c));
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP celery_task_failed_total Sent if the execution of the task failed."
-        );
-        let _ = writeln!(out, "# TYPE celery_task_failed_total counter");
+        let help = "Sent if the execution of the task failed.";
+        family(&mut out, "celery_task_failed_total", "counter", help);
         for ((task, queue), c) in &tasks {
             // As celery-exporter: a task seen but never failed shows a zero
             // with an empty exception, so the series exists.
-            let zero = BTreeMap::from([(String::new(), 0)]);
-            let failed = if c.failed.is_empty() {
-                &zero
+            let none = [(String::new(), 0)];
+            let failed: Vec<(&String, &u64)> = if c.failed.is_empty() {
+                none.iter().map(|(e, n)| (e, n)).collect()
             } else {
-                &c.failed
+                c.failed.iter().collect()
             };
             for (exc, n) in failed {
-                let _ = writeln!(
-                    out,
-                    "celery_task_failed_total{{name=\"{}\",hostname=\"{host}\",exception=\"{}\",queue_name=\"{}\"}} {n}.0",
-                    escape(task),
-                    escape(exc),
-                    escape(queue)
-                );
+                let l = labels(task, Some(exc), queue);
+                let _ = writeln!(out, "celery_task_failed_total{{{l}}} {n}.0");
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP celery_task_runtime Histogram of task runtime measurements."
-        );
-        let _ = writeln!(out, "# TYPE celery_task_runtime histogram");
+        let help = "Histogram of task runtime measurements.";
+        family(&mut out, "celery_task_runtime", "histogram", help);
         for ((task, queue), c) in &tasks {
-            let labels = format!(
-                "name=\"{}\",hostname=\"{host}\",queue_name=\"{}\"",
-                escape(task),
-                escape(queue)
-            );
+            let l = labels(task, None, queue);
             for (le, n) in BUCKETS.iter().zip(c.runtime.buckets) {
                 let _ = writeln!(
                     out,
-                    "celery_task_runtime_bucket{{{labels},le=\"{}\"}} {n}.0",
+                    "celery_task_runtime_bucket{{{l},le=\"{}\"}} {n}.0",
                     float(*le)
                 );
             }
+            let n = c.runtime.count;
+            let _ = writeln!(out, "celery_task_runtime_bucket{{{l},le=\"+Inf\"}} {n}.0");
+            let _ = writeln!(out, "celery_task_runtime_count{{{l}}} {n}.0");
             let _ = writeln!(
                 out,
-                "celery_task_runtime_bucket{{{labels},le=\"+Inf\"}} {}.0",
-                c.runtime.count
-            );
-            let _ = writeln!(
-                out,
-                "celery_task_runtime_count{{{labels}}} {}.0",
-                c.runtime.count
-            );
-            let _ = writeln!(
-                out,
-                "celery_task_runtime_sum{{{labels}}} {}",
+                "celery_task_runtime_sum{{{l}}} {}",
                 float(c.runtime.sum)
             );
         }
+        let worker = format!("hostname=\"{host}\"");
+        let up = if gauges.up { 1.0 } else { 0.0 };
         gauge(
             &mut out,
             "celery_worker_up",
             "Indicates if a worker has recently sent a heartbeat.",
-            &[(
-                format!("hostname=\"{host}\""),
-                if gauges.up { 1.0 } else { 0.0 },
-            )],
+            &[(worker.clone(), up)],
         );
+        let help = "The number of tasks the worker is currently processing";
         gauge(
             &mut out,
             "celery_worker_tasks_active",
-            "The number of tasks the worker is currently processing",
-            &[(format!("hostname=\"{host}\""), gauges.active as f64)],
+            help,
+            &[(worker, gauges.active as f64)],
         );
         let queues: Vec<(String, f64)> = gauges
             .queue_lengths
@@ -295,6 +276,12 @@ impl Metrics {
     }
 }
 
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// What `/metrics` reads at scrape time.
 #[derive(Debug, Default)]
 pub struct Gauges {
@@ -304,8 +291,7 @@ pub struct Gauges {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    family(out, name, "gauge", help);
     for (labels, v) in samples {
         let _ = writeln!(out, "{name}{{{labels}}} {}", float(*v));
     }
@@ -384,8 +370,7 @@ fn process_metrics(out: &mut String) {
         ),
     ];
     for (name, help, kind, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        family(out, name, kind, help);
         let _ = writeln!(out, "{name} {}", float(v));
     }
 }
