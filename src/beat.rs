@@ -24,6 +24,42 @@ pub trait BeatHost: Send + Sync {
     fn beat_tick(&self) -> anyhow::Result<f64>;
     /// Saves the schedule and closes the scheduler.
     fn beat_stop(&self);
+    /// Called first on the beat thread: makes its interpreter thread state
+    /// last for the thread's life, so `threading.local` survives between calls.
+    fn beat_thread_start(&self) {}
+}
+
+/// One OS thread for every call into the scheduler, as Celery's beat runs
+/// in one thread: schedulers keep thread-local state (RedBeat's lock token
+/// is a `threading.local`), so calls hopping between blocking-pool threads
+/// would break them.
+struct BeatThread {
+    calls: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl BeatThread {
+    fn start(host: Arc<dyn BeatHost>) -> std::io::Result<BeatThread> {
+        let (calls, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("rcw-beat".into())
+            .spawn(move || {
+                host.beat_thread_start();
+                while let Ok(call) = rx.recv() {
+                    call();
+                }
+            })?;
+        Ok(BeatThread { calls })
+    }
+
+    /// Runs `f` on the beat thread and waits for its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.calls.send(Box::new(move || {
+            let _ = tx.send(f());
+        }));
+        assert!(sent.is_ok(), "the beat thread lives as long as beat");
+        rx.await.expect("the beat thread answers every call")
+    }
 }
 
 /// Takes the lock for `ARGV[1]`, or renews it if already ours.
@@ -61,18 +97,20 @@ pub async fn start(
     node: String,
     shutdown: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let thread = BeatThread::start(Arc::clone(&host))?;
     let app = {
         let (host, cfg) = (Arc::clone(&host), cfg.clone());
-        tokio::task::spawn_blocking(move || host.beat_start(&cfg, &loglevel)).await??
+        thread.run(move || host.beat_start(&cfg, &loglevel)).await?
     };
     let client = crate::broker::redis_url::client(&broker_url)?;
     let conn = crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?;
     let key = lock_key(&keyprefix, &app);
     let token = format!("{node} pid:{} {}", std::process::id(), uuid::Uuid::new_v4());
-    Ok(tokio::spawn(run(host, cfg, conn, key, token, shutdown)))
+    Ok(tokio::spawn(run(thread, host, cfg, conn, key, token, shutdown)))
 }
 
 async fn run(
+    thread: BeatThread,
     host: Arc<dyn BeatHost>,
     cfg: BeatConfig,
     mut conn: redis::aio::ConnectionManager,
@@ -112,13 +150,12 @@ async fn run(
         let mut wait = renew;
         if leader {
             let h = Arc::clone(&host);
-            match tokio::task::spawn_blocking(move || h.beat_tick()).await {
-                Ok(Ok(next)) if next.is_finite() && next > 0.0 => {
+            match thread.run(move || h.beat_tick()).await {
+                Ok(next) if next.is_finite() && next > 0.0 => {
                     wait = wait.min(Duration::from_secs_f64(next));
                 }
-                Ok(Ok(_)) => wait = Duration::from_millis(50),
-                Ok(Err(e)) => tracing::error!("beat: tick failed: {e:#}"),
-                Err(e) => tracing::error!("beat: tick panicked: {e}"),
+                Ok(_) => wait = Duration::from_millis(50),
+                Err(e) => tracing::error!("beat: tick failed: {e:#}"),
             }
         }
         tokio::select! {
@@ -128,7 +165,7 @@ async fn run(
     }
     tracing::info!("beat: Shutting down...");
     let h = Arc::clone(&host);
-    let _ = tokio::task::spawn_blocking(move || h.beat_stop()).await;
+    thread.run(move || h.beat_stop()).await;
     if leader {
         let released: Result<i64, _> = redis::Script::new(RELEASE_LUA)
             .key(&key)

@@ -518,4 +518,16 @@ impl crate::beat::BeatHost for PythonApp {
             tracing::error!("beat: saving the schedule: {e:#}");
         }
     }
+
+    fn beat_thread_start(&self) {
+        // SAFETY: the interpreter is initialised (the app is loaded). The
+        // thread state made here is never released, so each later
+        // `Python::attach` on this thread reuses it instead of making (and
+        // dropping) a fresh one, and its thread-locals (RedBeat's lock
+        // token) survive between scheduler calls.
+        unsafe {
+            pyo3::ffi::PyGILState_Ensure();
+            pyo3::ffi::PyEval_SaveThread();
+        }
+    }
 }
