@@ -1,6 +1,6 @@
 # rust-celery-worker — developer entry points.
 #
-#   make venv     Python venv (.venv) with celery[redis] 5.x, pytest, redis, flower
+#   make venv     Python venv (.venv) with celery[redis] 5.x, pytest, redis, flower, celery-redbeat
 #   make build    cargo build (debug binary used by the interop tests)
 #   make release  cargo build --release (binary used by `run` and `bench`)
 #   make run      release worker on $(BROKER) with the example app
@@ -24,8 +24,8 @@ venv: $(VENV_STAMP)
 $(VENV_STAMP): Makefile
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --disable-pip-version-check -q --upgrade pip
-	$(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]==5.7.*' pytest pytest-timeout redis flower \
-	  || $(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]>=5,<6' pytest pytest-timeout redis flower
+	$(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]==5.7.*' pytest pytest-timeout redis flower celery-redbeat \
+	  || $(VENV_PY) -m pip install --disable-pip-version-check -q 'celery[redis]>=5,<6' pytest pytest-timeout redis flower celery-redbeat
 	$(VENV_PY) -c 'import celery, kombu, redis, pytest; print("celery", celery.__version__, "kombu", kombu.__version__)'
 	touch $@
 

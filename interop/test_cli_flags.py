@@ -478,6 +478,19 @@ def test_embedded_beat_runs_the_schedule(worker, broker, tmp_path):
     assert list(tmp_path.glob("celerybeat-schedule*")), "no schedule file in -s's place"
 
 
+@pytest.mark.timeout(60)
+def test_embedded_beat_with_a_third_party_scheduler(worker, broker, tmp_path):
+    """``-B --scheduler redbeat.RedBeatScheduler``: RedBeat's scheduler (schedule and
+    lock in the broker's Redis, lock token in a thread-local) runs the entries."""
+    pytest.importorskip("redbeat")
+    worker(app="redbeatapp", extra_args=["-B", "--scheduler", "redbeat.RedBeatScheduler",
+                                         "-s", str(tmp_path / "unused")])
+    wait_until(lambda: broker.llen("redbeat-runs") >= 3, timeout=15, interval=0.2,
+               what="3 runs of the RedBeat entry")
+    assert broker.exists("redbeat:tick"), "RedBeat did not store its entry"
+    assert broker.exists("redbeat::lock"), "RedBeat's own lock is not held"
+
+
 @pytest.mark.rust_only
 @pytest.mark.timeout(60)
 def test_two_embedded_beats_fire_once_per_period(worker, broker, tmp_path):
