@@ -106,7 +106,9 @@ pub async fn start(
     let conn = crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?;
     let key = lock_key(&keyprefix, &app);
     let token = format!("{node} pid:{} {}", std::process::id(), uuid::Uuid::new_v4());
-    Ok(tokio::spawn(run(thread, host, cfg, conn, key, token, shutdown)))
+    Ok(tokio::spawn(run(
+        thread, host, cfg, conn, key, token, shutdown,
+    )))
 }
 
 async fn run(

@@ -648,6 +648,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_port_and_beat_lock_from_settings() {
+        let c = parse(&[
+            "--setting",
+            "worker_metrics_port=9001",
+            "--setting",
+            "beat_lock_timeout=4",
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.metrics_port, Some(9001));
+        assert_eq!(c.beat_lock_timeout, 4.0);
+        assert!(parse(&["--setting", "worker_metrics_port=70000"]).is_err());
+    }
+
+    #[test]
     fn beat_needs_an_app() {
         assert!(parse(&["-B"]).unwrap_err().to_string().contains("-A"));
         let c = parse(&["-A", "x", "-B", "-s", "/tmp/s", "--scheduler", "m:S"]).unwrap();
