@@ -283,3 +283,19 @@ def test_chord_whose_body_is_a_chain_then_more_steps(celery_client, worker):
               _sig(celery_client, "rcw.testing.mul", 10))
     # (1 + 2) * 2 * 10
     assert c.apply_async().get(timeout=GET_TIMEOUT) == 60
+
+
+@pytest.mark.timeout(60)
+def test_chord_of_chords_keeps_header_order(celery_client, worker):
+    """An outer chord whose header parts are chords: its results come in header
+    order, not in the order the inner chords finish (the inner bodies keep their
+    ``group_index`` in the outer chord, as Celery's ``test_nested_chord`` checks).
+    The second inner chord finishes first."""
+    worker(concurrency=3)
+    slow = chord([_sig(celery_client, "rcw.testing.sleep", 1.0, 1),
+                  _sig(celery_client, "rcw.testing.sleep", 1.0, 2)],
+                 _sig(celery_client, "rcw.testing.tsum"))
+    fast = chord([_sig(celery_client, "rcw.testing.echo", 10)],
+                 _sig(celery_client, "rcw.testing.tsum"))
+    outer = chord([slow, fast], _sig(celery_client, "rcw.testing.echo"))
+    assert outer.apply_async().get(timeout=GET_TIMEOUT) == [3, 10]

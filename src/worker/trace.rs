@@ -740,6 +740,9 @@ impl Tracer<'_> {
             .get("group_id")
             .and_then(Value::as_str)
             .unwrap_or(group);
+        // A body that is itself a member of an outer chord keeps its index
+        // there: the outer chord orders its results by it.
+        let group_index = body.options.get("group_index").and_then(Value::as_i64);
         if let Some((id, _, exc)) = results
             .iter()
             .find(|(_, s, _)| s == "FAILURE" || s == "REVOKED")
@@ -764,7 +767,7 @@ impl Tracer<'_> {
                 body,
                 &[Value::Array(values)],
                 &sender,
-                Some((group_opt, None)),
+                Some((group_opt, group_index)),
                 None,
             );
             self.publish_all(msgs).await;
