@@ -59,7 +59,8 @@ pub fn render(cfg: &Config, registry: &Registry) -> String {
     if let Some(note) = &cfg.pool_note {
         let _ = writeln!(out, "- *** --- * --- .> pool:        {note}");
     }
-    if let Some(beat) = &cfg.beat {
+    if cfg.embedded_beat {
+        let beat = &cfg.beat;
         let _ = writeln!(
             out,
             "- *** --- * --- .> beat:        {} ({}), one leader per broker",

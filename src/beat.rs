@@ -10,7 +10,7 @@
 //! third of the lease); when its holder dies the lock expires and another
 //! `-B` worker takes over. Celery's `-B` workers would each fire every entry.
 
-use crate::config::BeatConfig;
+use crate::config::{BeatConfig, Config};
 use crate::worker::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,22 +90,24 @@ pub fn lock_key(keyprefix: &str, app: &str) -> String {
 /// schedule that won't load) are returned before anything is scheduled.
 pub async fn start(
     host: Arc<dyn BeatHost>,
-    cfg: BeatConfig,
-    loglevel: String,
-    broker_url: String,
-    keyprefix: String,
-    node: String,
+    config: &Config,
     shutdown: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let cfg = config.beat.clone();
     let thread = BeatThread::start(Arc::clone(&host))?;
     let app = {
-        let (host, cfg) = (Arc::clone(&host), cfg.clone());
+        let (host, cfg, loglevel) = (Arc::clone(&host), cfg.clone(), config.loglevel.clone());
         thread.run(move || host.beat_start(&cfg, &loglevel)).await?
     };
-    let client = crate::broker::redis_url::client(&broker_url)?;
+    let client = crate::broker::redis_url::client(&config.broker_url)?;
     let conn = crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?;
-    let key = lock_key(&keyprefix, &app);
-    let token = format!("{node} pid:{} {}", std::process::id(), uuid::Uuid::new_v4());
+    let key = lock_key(&config.transport.global_keyprefix, &app);
+    let token = format!(
+        "{} pid:{} {}",
+        config.hostname,
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    );
     Ok(tokio::spawn(run(
         thread, host, cfg, conn, key, token, shutdown,
     )))
@@ -120,11 +122,12 @@ async fn run(
     token: String,
     shutdown: Shutdown,
 ) {
-    let lease = Duration::from_secs_f64(cfg.lock_timeout);
+    // A lease under a second would expire between renewals.
+    let lease = Duration::from_secs_f64(cfg.lock_timeout.max(1.0));
     let renew = lease / 3;
     let acquire = redis::Script::new(ACQUIRE_LUA);
-    let mut leader = false;
-    let mut first = true;
+    // None until the first answer, so the start is logged either way.
+    let mut leader: Option<bool> = None;
     while !shutdown.is_warm() {
         let held: Result<i64, _> = acquire
             .key(&key)
@@ -140,17 +143,16 @@ async fn run(
                 false
             }
         };
-        if now_leader != leader || first {
-            first = false;
+        if leader != Some(now_leader) {
             if now_leader {
                 tracing::info!("beat: this worker schedules now (lock {key})");
             } else {
                 tracing::warn!("beat: another worker holds the beat lock {key}; standing by");
             }
-            leader = now_leader;
+            leader = Some(now_leader);
         }
         let mut wait = renew;
-        if leader {
+        if now_leader {
             let h = Arc::clone(&host);
             match thread.run(move || h.beat_tick()).await {
                 Ok(next) if next.is_finite() && next > 0.0 => {
@@ -168,7 +170,7 @@ async fn run(
     tracing::info!("beat: Shutting down...");
     let h = Arc::clone(&host);
     thread.run(move || h.beat_stop()).await;
-    if leader {
+    if leader == Some(true) {
         let released: Result<i64, _> = redis::Script::new(RELEASE_LUA)
             .key(&key)
             .arg(&token)

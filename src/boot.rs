@@ -75,7 +75,7 @@ pub fn main() -> std::process::ExitCode {
     let level = crate::logging::parse_level(&cli.loglevel);
     crate::logging::init(level.unwrap_or(tracing::Level::WARN));
     export_globals(&cli);
-    let code = run(cli, process.quiet);
+    let code = run(cli);
     if let Some(p) = &pidlock {
         p.release();
     }
@@ -136,8 +136,8 @@ fn restart() {
     println!("Restarting celery worker ({})", args.join(" "));
     // As Celery's detached re-exec: this process already is the daemon
     // (same pid for the pidfile and systemd) and already dropped privileges.
+    // (`run` has already stopped the pool processes.)
     let args: Vec<String> = without_daemon_flags(&args);
-    crate::daemon::kill_children(false);
     let exe = std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
     let err = std::process::Command::new(exe).args(&args[1..]).exec();
     eprintln!("Error: restarting: {err}");
@@ -164,19 +164,18 @@ fn without_daemon_flags(argv: &[String]) -> Vec<String> {
 }
 
 /// Loads the app, resolves the config and runs the worker to its end.
-fn run(cli: Cli, quiet: bool) -> Exit {
+fn run(cli: Cli) -> Exit {
     let (base, app) = match load_app(cli.app.as_deref()) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let mut config = match cli.into_config_over(base) {
+    let config = match cli.into_config_over(base) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: {e:#}");
             return Exit::Usage;
         }
     };
-    config.quiet = quiet;
     // One runtime thread by default: the pipeline is I/O-bound, and hopping
     // between threads costs more than it gains (measured: see bench/). Task
     // bodies that block run on the blocking pool regardless.

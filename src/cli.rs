@@ -8,7 +8,7 @@
 //! `worker` word anywhere is accepted, so `celery -A app worker …` and the
 //! older `celery worker -A app …` both work with one word changed.
 
-use crate::config::{self, BeatConfig, Config};
+use crate::config::{self, Config};
 use crate::daemon::Process;
 use anyhow::{Result, bail};
 use clap::Parser;
@@ -304,7 +304,6 @@ impl Cli {
             gid: self.gid.clone(),
             umask,
             workdir: self.workdir.clone(),
-            quiet: self.quiet,
         })
     }
 
@@ -420,10 +419,10 @@ impl Cli {
             .take()
             .map(|p| config::expand_node_path(&p, &cfg.hostname));
         if let Some(f) = self.schedule_filename {
-            cfg.beat_schedule_filename = f;
+            cfg.beat.schedule_filename = f;
         }
         if let Some(s) = self.scheduler {
-            cfg.beat_scheduler = s;
+            cfg.beat.scheduler = s;
         }
         if self.beat {
             if cfg.app.is_none() {
@@ -432,16 +431,12 @@ impl Cli {
                      there is no schedule to run)"
                 );
             }
-            cfg.beat = Some(BeatConfig {
-                schedule_filename: cfg.beat_schedule_filename.clone(),
-                scheduler: cfg.beat_scheduler.clone(),
-                max_interval: cfg.beat_max_loop_interval,
-                lock_timeout: cfg.beat_lock_timeout.max(1.0),
-            });
+            cfg.embedded_beat = true;
         }
         if let Some(p) = self.metrics_port {
             cfg.metrics_port = Some(p);
         }
+        cfg.quiet = self.quiet;
         if cfg.app.is_none() && !cfg.includes.is_empty() {
             bail!(
                 "-I {}: modules are imported into the app: give it with -A",
@@ -657,7 +652,7 @@ mod tests {
         ]);
         let c = c.unwrap();
         assert_eq!(c.metrics_port, Some(9001));
-        assert_eq!(c.beat_lock_timeout, 4.0);
+        assert_eq!(c.beat.lock_timeout, 4.0);
         assert!(parse(&["--setting", "worker_metrics_port=70000"]).is_err());
     }
 
@@ -665,7 +660,8 @@ mod tests {
     fn beat_needs_an_app() {
         assert!(parse(&["-B"]).unwrap_err().to_string().contains("-A"));
         let c = parse(&["-A", "x", "-B", "-s", "/tmp/s", "--scheduler", "m:S"]).unwrap();
-        let beat = c.beat.unwrap();
+        assert!(c.embedded_beat);
+        let beat = c.beat;
         assert_eq!(beat.schedule_filename, "/tmp/s");
         assert_eq!(beat.scheduler, "m:S");
     }

@@ -274,15 +274,9 @@ pub struct Config {
     /// tasks still get before they are cut off.
     pub soft_shutdown_timeout: f64,
     /// `-B`: the embedded beat service.
-    pub beat: Option<BeatConfig>,
-    /// `beat_schedule_filename` (`-s`).
-    pub beat_schedule_filename: String,
-    /// `beat_scheduler` (`--scheduler`).
-    pub beat_scheduler: String,
-    /// `beat_max_loop_interval`, seconds (0: the scheduler's own default).
-    pub beat_max_loop_interval: f64,
-    /// Seconds the beat leader lock lives unless renewed.
-    pub beat_lock_timeout: f64,
+    pub embedded_beat: bool,
+    /// Beat's settings (`-s`, `--scheduler`, `beat_*`), used with `-B`.
+    pub beat: BeatConfig,
     /// `--metrics-port`: `/metrics` and `/healthz` (off when `None`).
     pub metrics_port: Option<u16>,
     /// How `-P` was understood, when it was mapped (gevent/eventlet), for the banner.
@@ -298,9 +292,13 @@ pub const INCLUDE_ENV: &str = "RCW_INCLUDE";
 /// The embedded beat service (`-B`), as `celery worker -B` runs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BeatConfig {
+    /// `beat_schedule_filename` (`-s`).
     pub schedule_filename: String,
+    /// `beat_scheduler` (`--scheduler`).
     pub scheduler: String,
+    /// `beat_max_loop_interval`, seconds (0: the scheduler's own default).
     pub max_interval: f64,
+    /// `beat_lock_timeout`: seconds the leader lock lives unless renewed.
     pub lock_timeout: f64,
 }
 
@@ -348,11 +346,13 @@ impl Default for Config {
             includes: Vec::new(),
             autoscale: None,
             soft_shutdown_timeout: 0.0,
-            beat: None,
-            beat_schedule_filename: "celerybeat-schedule".into(),
-            beat_scheduler: "celery.beat:PersistentScheduler".into(),
-            beat_max_loop_interval: 0.0,
-            beat_lock_timeout: 30.0,
+            embedded_beat: false,
+            beat: BeatConfig {
+                schedule_filename: "celerybeat-schedule".into(),
+                scheduler: "celery.beat:PersistentScheduler".into(),
+                max_interval: 0.0,
+                lock_timeout: 30.0,
+            },
             metrics_port: None,
             pool_note: None,
             quiet: false,
@@ -491,10 +491,10 @@ impl Config {
             "worker_soft_shutdown_timeout" => {
                 self.soft_shutdown_timeout = secs(&value, name)?;
             }
-            "beat_schedule_filename" => self.beat_schedule_filename = text(&value)?,
-            "beat_scheduler" => self.beat_scheduler = text(&value)?,
-            "beat_max_loop_interval" => self.beat_max_loop_interval = secs(&value, name)?,
-            "beat_lock_timeout" => self.beat_lock_timeout = secs(&value, name)?,
+            "beat_schedule_filename" => self.beat.schedule_filename = text(&value)?,
+            "beat_scheduler" => self.beat.scheduler = text(&value)?,
+            "beat_max_loop_interval" => self.beat.max_interval = secs(&value, name)?,
+            "beat_lock_timeout" => self.beat.lock_timeout = secs(&value, name)?,
             "worker_metrics_port" => {
                 self.metrics_port = match &value {
                     Value::Null => None,

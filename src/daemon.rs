@@ -21,7 +21,6 @@ pub struct Process {
     pub gid: Option<String>,
     pub umask: Option<u32>,
     pub workdir: Option<String>,
-    pub quiet: bool,
 }
 
 /// Celery's exit code when the pidfile is held (`EX_CANTCREAT`).

@@ -216,7 +216,8 @@ impl crate::control::ProcessPool for Pool {
     }
 
     fn pids(&self) -> Vec<u32> {
-        pids()
+        // Every child of this process is a pool process.
+        crate::daemon::children()
     }
 
     fn grow(&self, n: usize) {
@@ -270,11 +271,6 @@ async fn exchange(w: &mut Worker, job: &str) -> Result<String, String> {
     }
 }
 
-/// The pool processes alive now.
-pub fn pids() -> Vec<u32> {
-    crate::daemon::children()
-}
-
 async fn retire(mut w: Worker) {
     drop(w.stdin);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w.child.wait()).await;
@@ -285,8 +281,7 @@ async fn retire(mut w: Worker) {
 async fn spawn(app: &str) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe()?;
     let parent = std::process::id();
-    let mut command = Command::new(exe);
-    command
+    let mut child = Command::new(exe)
         .args(["--pool-child", "-A", app])
         .env("RCW_POOL_PARENT", parent.to_string())
         .stdin(Stdio::piped())
@@ -294,8 +289,8 @@ async fn spawn(app: &str) -> anyhow::Result<Worker> {
         .stderr(Stdio::inherit())
         // Terminal signals go to the parent, which decides (warm/cold).
         .process_group(0)
-        .kill_on_drop(true);
-    let mut child = command.spawn()?;
+        .kill_on_drop(true)
+        .spawn()?;
     let pid = child.id().unwrap_or(0);
     let stdin = child.stdin.take().expect("piped");
     let mut replies = BufReader::new(child.stdout.take().expect("piped"));

@@ -4,20 +4,19 @@
 use super::Shared;
 use super::store::backoff;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Most messages taken in one fetch.
 const MAX_BATCH: usize = 64;
 
 /// Runs until a warm shutdown begins.
 pub(crate) async fn consume(shared: &Arc<Shared>) {
-    use std::sync::atomic::Ordering;
     shared.consuming.store(true, Ordering::Relaxed);
     consume_loop(shared).await;
     shared.consuming.store(false, Ordering::Relaxed);
 }
 
 async fn consume_loop(shared: &Arc<Shared>) {
-    use std::sync::atomic::Ordering;
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {

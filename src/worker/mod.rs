@@ -292,7 +292,7 @@ impl Worker {
         if shared.config.purge {
             purge(&shared).await;
         }
-        let services = services::start(&shared, metrics_listener, self.beat).await?;
+        let mut services = services::start(&shared, metrics_listener, self.beat).await?;
         if let Some(path) = &shared.config.statedb {
             match statedb::load(std::path::Path::new(path)) {
                 Ok(saved) => {

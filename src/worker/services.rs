@@ -34,35 +34,22 @@ pub(crate) async fn start(
     if shared.autoscale.is_some() && shared.pool.is_some() {
         tasks.push(tokio::spawn(autoscale(Arc::clone(shared))));
     }
-    let beat = match (beat, &shared.config.beat) {
-        (Some(host), Some(cfg)) => Some(
-            crate::beat::start(
-                host,
-                cfg.clone(),
-                shared.config.loglevel.clone(),
-                shared.config.broker_url.clone(),
-                shared.config.transport.global_keyprefix.clone(),
-                shared.config.hostname.clone(),
-                shared.shutdown.clone(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("beat: {e:#}"))?,
+    let beat = match beat.filter(|_| shared.config.embedded_beat) {
+        Some(host) => Some(
+            crate::beat::start(host, &shared.config, shared.shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("beat: {e:#}"))?,
         ),
-        _ => None,
+        None => None,
     };
     Ok(Services { tasks, beat })
 }
 
 impl Services {
     /// Beat stops first: its last schedule save is the state worth keeping.
-    pub async fn stop_beat(&self) {
-        if let Some(b) = &self.beat {
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while !b.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
+    pub async fn stop_beat(&mut self) {
+        if let Some(b) = self.beat.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), b).await;
         }
     }
 

@@ -157,21 +157,20 @@ impl Shutdown {
         if !cold {
             tracing::warn!("worker: Warm shutdown (MainProcess) on {name}");
             self.warm_now();
-        } else if self.soft.is_cancelled() && !self.is_cold() {
-            tracing::warn!(
-                "worker: Cold shutdown (MainProcess) on {name}: cutting the soft shutdown short"
-            );
-            self.cold_now();
-        } else if self.soft_timeout > 0.0 {
-            tracing::warn!(
-                "worker: Cold shutdown (MainProcess) on {name}: soft shutdown, running tasks get {:.1} s",
-                self.soft_timeout
-            );
-            self.request_cold();
-        } else {
-            tracing::warn!("worker: Cold shutdown (MainProcess) on {name}");
-            self.cold_now();
+            return;
         }
+        let how = if self.soft_timeout <= 0.0 {
+            String::new()
+        } else if self.soft.is_cancelled() {
+            ": cutting the soft shutdown short".into()
+        } else {
+            format!(
+                ": soft shutdown, running tasks get {:.1} s",
+                self.soft_timeout
+            )
+        };
+        tracing::warn!("worker: Cold shutdown (MainProcess) on {name}{how}");
+        self.request_cold();
     }
 }
 

@@ -310,7 +310,7 @@ impl Tracer<'_> {
                 })
                 .await;
             }
-            let what = format!("publish {}[{}] to {}", task_of(&m), m.id, m.queue);
+            let what = format!("publish {}[{}] to {}", m.task(), m.id, m.queue);
             super::store::until_ok(&what, &self.shared.shutdown, || {
                 self.shared.broker.publish(&m.queue, &m.envelope)
             })
@@ -782,10 +782,6 @@ impl From<crate::task::TaskResult> for Ending {
             Err(e) => Ending::Raised(e),
         }
     }
-}
-
-fn task_of(m: &Outgoing) -> &str {
-    m.task()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
