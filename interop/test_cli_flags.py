@@ -422,10 +422,21 @@ def test_autoscale_grows_under_load_and_shrinks_back(worker, celery_client):
     wait_until(lambda: _pool_size(celery_client, w.node) == 1, timeout=10,
                what="1 pool process at start")
     burst = [celery_client.send_task("cliapp.sleep", args=[3, i]) for i in range(6)]
-    wait_until(lambda: _pool_size(celery_client, w.node) == 3, timeout=10,
-               interval=0.2, what="the pool to grow to 3 processes")
+    seen = []
+
+    def size() -> int:
+        seen.append(_pool_size(celery_client, w.node))
+        return seen[-1]
+
+    wait_until(lambda: size() == 3, timeout=10, interval=0.2,
+               what="the pool to grow to 3 processes")
+    deadline = time.monotonic() + 30
+    while not all(res.ready() for res in burst) and time.monotonic() < deadline:
+        size()
+        time.sleep(0.2)
     for i, res in enumerate(burst):
         assert res.get(timeout=30) == i
+    assert max(seen) == 3, f"the pool went beyond --autoscale's max of 3: {seen}"
     wait_until(lambda: _pool_size(celery_client, w.node) == 1, timeout=15,
                interval=0.5, what="the pool to shrink back to 1 process")
     _add(celery_client)

@@ -15,9 +15,10 @@
 use crate::task::{TaskContext, TaskError};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 
 /// One child process and its pipes.
 struct Worker {
@@ -42,9 +43,16 @@ pub struct PoolConfig {
 pub struct Pool {
     cfg: PoolConfig,
     idle: Mutex<Vec<Worker>>,
+    /// An idle process was pushed, or room to start one appeared.
+    freed: Notify,
     slots: Semaphore,
     /// Processes wanted now (`pool_grow` / `pool_shrink` change it).
-    size: std::sync::atomic::AtomicUsize,
+    size: AtomicUsize,
+    /// Processes that exist or are being started: idle, busy and starting.
+    /// Only `reserve` raises it, so the two ways a process is started (on
+    /// demand by a job, in the background by `grow`/`replace`) never add up
+    /// to more than `size` (they once did: `--autoscale=3,1` ran 5).
+    live: AtomicUsize,
     /// This pool, for the processes `grow` starts in the background.
     me: std::sync::Weak<Pool>,
 }
@@ -59,8 +67,10 @@ impl Pool {
         }
         Ok(Arc::new_cyclic(|me| Pool {
             slots: Semaphore::new(cfg.processes),
-            size: std::sync::atomic::AtomicUsize::new(cfg.processes),
+            size: AtomicUsize::new(cfg.processes),
+            live: AtomicUsize::new(cfg.processes),
             idle: Mutex::new(idle),
+            freed: Notify::new(),
             cfg,
             me: me.clone(),
         }))
@@ -77,12 +87,7 @@ impl Pool {
             .acquire()
             .await
             .expect("pool semaphore is never closed");
-        let worker = match self.idle.lock().await.pop() {
-            Some(w) => w,
-            None => spawn(&self.cfg.app).await.map_err(|e| {
-                TaskError::runtime_error(format!("cannot start a pool process: {e:#}"))
-            })?,
-        };
+        let worker = self.take().await?;
         let pid = worker.pid;
         ctx.set_process(pid);
         ctx.on_soft_time_limit(move || {
@@ -106,23 +111,20 @@ impl Pool {
                         "Recycling pool process pid:{pid} after {} task(s)",
                         worker.jobs
                     );
-                    retire(worker).await;
+                    self.retire(worker).await;
                     self.replace();
+                } else if self.release_if_surplus() {
+                    // The pool shrank while this one was busy.
+                    tracing::info!("Scaling down: pool process pid:{pid} retired");
+                    retire(worker).await;
                 } else {
-                    let mut idle = self.idle.lock().await;
-                    if idle.len() >= self.size() {
-                        // The pool shrank while this one was busy.
-                        drop(idle);
-                        tracing::info!("Scaling down: pool process pid:{pid} retired");
-                        retire(worker).await;
-                    } else {
-                        idle.push(worker);
-                    }
+                    self.put(worker).await;
                 }
                 Ok(line)
             }
             Err(lost) => {
                 let status = worker.child.wait().await.ok();
+                self.gone();
                 self.replace();
                 tracing::error!("Process 'ForkPoolWorker' pid:{pid} exited: {lost}");
                 let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
@@ -141,7 +143,61 @@ impl Pool {
 
     /// Processes the pool runs at most at once now.
     pub fn size(&self) -> usize {
-        self.size.load(std::sync::atomic::Ordering::Relaxed)
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// An idle process, or one started for this job when there is room;
+    /// otherwise waits for one (a job holds a slot, so one comes).
+    async fn take(&self) -> Result<Worker, TaskError> {
+        loop {
+            let freed = self.freed.notified();
+            if let Some(w) = self.idle.lock().await.pop() {
+                return Ok(w);
+            }
+            if self.reserve() {
+                return spawn(&self.cfg.app).await.map_err(|e| {
+                    self.gone();
+                    TaskError::runtime_error(format!("cannot start a pool process: {e:#}"))
+                });
+            }
+            freed.await;
+        }
+    }
+
+    async fn put(&self, w: Worker) {
+        self.idle.lock().await.push(w);
+        self.freed.notify_one();
+    }
+
+    /// Counts a process about to be started, if the pool has room for it.
+    fn reserve(&self) -> bool {
+        let size = self.size();
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l < size).then_some(l + 1)
+            })
+            .is_ok()
+    }
+
+    /// Uncounts a process that is beyond the pool's size; true if it was.
+    fn release_if_surplus(&self) -> bool {
+        let size = self.size();
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l > size).then_some(l - 1)
+            })
+            .is_ok()
+    }
+
+    /// Uncounts a process that exited or was killed, making room for another.
+    fn gone(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    async fn retire(&self, w: Worker) {
+        self.gone();
+        retire(w).await;
     }
 
     /// `--max-tasks-per-child`, for `inspect stats`.
@@ -153,7 +209,7 @@ impl Pool {
     /// billiard's `grow`), so they are ready when the work arrives.
     pub fn grow(&self, n: usize) {
         self.slots.add_permits(n);
-        self.size.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.size.fetch_add(n, Ordering::Relaxed);
         if let Some(me) = self.me.upgrade() {
             for _ in 0..n {
                 me.replace();
@@ -167,12 +223,14 @@ impl Pool {
     pub async fn shrink(&self, n: usize) -> usize {
         let n = n.min(self.size().saturating_sub(1));
         let taken = self.slots.forget_permits(n);
-        self.size
-            .fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
-        let mut idle = self.idle.lock().await;
-        let extra = idle.len().saturating_sub(self.size());
-        let retired: Vec<Worker> = idle.drain(..extra).collect();
-        drop(idle);
+        self.size.fetch_sub(taken, Ordering::Relaxed);
+        let mut retired = Vec::new();
+        {
+            let mut idle = self.idle.lock().await;
+            while !idle.is_empty() && self.release_if_surplus() {
+                retired.extend(idle.pop());
+            }
+        }
         for w in retired {
             retire(w).await;
         }
@@ -193,13 +251,20 @@ impl Pool {
         }
     }
 
-    /// Starts a child in the background to take a lost one's place.
+    /// Starts a child in the background, if the pool has room for it: to
+    /// take a lost one's place, or for `grow`.
     fn replace(self: &Arc<Self>) {
+        if !self.reserve() {
+            return;
+        }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             match spawn(&pool.cfg.app).await {
-                Ok(w) => pool.idle.lock().await.push(w),
-                Err(e) => tracing::error!("cannot start a pool process: {e:#}"),
+                Ok(w) => pool.put(w).await,
+                Err(e) => {
+                    pool.gone();
+                    tracing::error!("cannot start a pool process: {e:#}");
+                }
             }
         });
     }
@@ -245,6 +310,7 @@ impl Drop for Checkout {
             tokio::spawn(async move {
                 let _ = w.child.wait().await;
             });
+            self.pool.gone();
             self.pool.replace();
         }
     }
