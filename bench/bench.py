@@ -312,12 +312,14 @@ def preload(r: redis.Redis, template: dict, n: int, args_for=None) -> list[str]:
 
 
 def wait_brpop(r: redis.Redis, worker: Worker, timeout: float = 60.0) -> float:
-    """Wait until some client of this Redis (the worker) is blocked in BRPOP."""
+    """Wait until some client of this Redis (the worker) is blocked waiting for a message:
+    BRPOP (Celery's worker), or BLMOVE (ours: it waits without taking, see
+    src/broker/redis/wakeup.rs)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if not worker.alive():
             raise RuntimeError(f"{worker.label} exited early:\n{worker.log_tail()}")
-        if any(c.get("cmd") == "brpop" for c in r.client_list()):
+        if any(c.get("cmd") in ("brpop", "blmove") for c in r.client_list()):
             return time.monotonic() - t0
         time.sleep(0.05)
     raise RuntimeError(f"{worker.label} never started consuming (no BRPOP in {timeout}s):\n"

@@ -8,11 +8,14 @@
 //!   acked; entries older than the visibility timeout are pushed back by any
 //!   consumer (`restore_visible`), guarded by `unacked_mutex`.
 //!
-//! When idle we block with kombu's own `BRPOP`. When the prefetch window has
-//! room for more than one message we pop a batch with a Lua script that pops
-//! in the same order *and* records `unacked` in the same atomic step — so no
-//! message can be lost between the pop and the bookkeeping, a window kombu's
-//! BRPOP-then-MULTI has.
+//! Messages are popped by a Lua script that pops in kombu's order *and*
+//! records `unacked` in the same atomic step, so no message can be lost
+//! between the pop and the bookkeeping, a window kombu's BRPOP-then-MULTI
+//! has. When nothing is ready, [`wakeup`] sleeps until something is, without
+//! taking it. (Redis < 6.2 has no `BLMOVE`: there we block in kombu's
+//! `BRPOP`, window included, and say so at start.)
+
+mod wakeup;
 
 use super::redis_url::{self, is_connection_error};
 use super::{Broker, BrokerError, Delivery};
@@ -25,6 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::{mpsc, oneshot};
+use wakeup::Wakeup;
 
 /// Most acks settled in one `MULTI ZREM … HDEL … EXEC`.
 const MAX_ACK_BATCH: usize = 512;
@@ -114,6 +118,9 @@ pub struct RedisBroker {
     conn: ConnectionManager,
     /// BRPOP only; its response timeout exceeds the BRPOP timeout.
     blocking: AsyncMutex<ConnectionManager>,
+    /// Sleeps until a message is ready without taking it (`None`: no
+    /// `BLMOVE` on this server, block in `BRPOP`).
+    wakeup: Option<Wakeup>,
     /// Queue order for the next pop; rotated round-robin as kombu does.
     cycle: Mutex<Vec<String>>,
     /// The consumed queues in the order they were given (`active_queues`).
@@ -137,7 +144,17 @@ impl RedisBroker {
         opts: TransportOptions,
     ) -> anyhow::Result<RedisBroker> {
         let client = redis_url::client(url)?;
-        let conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
+        let mut conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
+        let wakeup = if wakeup::supported(&mut conn).await {
+            Some(Wakeup::new(client.clone(), opts.brpop_timeout))
+        } else {
+            tracing::warn!(
+                "this Redis has no BLMOVE (< 6.2): consuming with BRPOP as kombu does, \
+                 so a worker killed between the pop and its unacked bookkeeping loses \
+                 that message; upgrade Redis to close the window"
+            );
+            None
+        };
         let block_timeout = Duration::from_secs_f64(opts.brpop_timeout) + Duration::from_secs(5);
         let blocking = redis_url::manager(&client, block_timeout).await?;
         let (acks, pending) = mpsc::unbounded_channel();
@@ -156,6 +173,7 @@ impl RedisBroker {
             opts,
             conn,
             blocking: AsyncMutex::new(blocking),
+            wakeup,
             cycle: Mutex::new(queues.to_vec()),
             consumed: Mutex::new(queues.to_vec()),
             fetch: redis::Script::new(FETCH_LUA),
@@ -534,12 +552,16 @@ impl Broker for RedisBroker {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        let mut got = Vec::new();
-        if max > 1 {
-            got = self.fetch_batch(max).await?;
-        }
+        let mut got = self.fetch_batch(max.max(1)).await?;
         if got.is_empty() {
-            got = self.brpop_one().await?.into_iter().collect();
+            match &self.wakeup {
+                Some(w) => {
+                    if w.wait(&self.pop_order()).await {
+                        got = self.fetch_batch(max.max(1)).await?;
+                    }
+                }
+                None => got = self.brpop_one().await?.into_iter().collect(),
+            }
         }
         // A pop already under way when `cancel_consumer` arrived may bring a
         // message of a queue no longer consumed: it goes back, untouched.
