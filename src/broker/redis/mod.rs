@@ -464,20 +464,7 @@ impl RedisBroker {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_string()]);
         }
-        let mut conn = self.conn.clone();
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key(&format!("_kombu.binding.{exchange}")))
-            .query_async(&mut conn)
-            .await
-            .map_err(conn_err)?;
-        let queues: Vec<String> = members
-            .iter()
-            .filter_map(|m| {
-                let mut parts = m.splitn(3, SEP);
-                let (rk, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
-                (rk == routing_key).then(|| queue.to_string())
-            })
-            .collect();
+        let queues = self.bound_queues(exchange, routing_key).await?;
         // Unbound: fall back to the routing key, as Celery's queues are named after it.
         Ok(if queues.is_empty() {
             vec![routing_key.to_string()]
