@@ -106,6 +106,15 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// How the consumer waits when nothing is ready.
+enum Idle {
+    /// Sleep without taking the message, then pop it with the fetch script.
+    Wakeup(Box<Wakeup>),
+    /// Redis < 6.2: kombu's `BRPOP`, on a connection of its own whose
+    /// response timeout exceeds the BRPOP timeout.
+    Brpop(AsyncMutex<ConnectionManager>),
+}
+
 /// The Redis transport of one worker (one kombu channel).
 pub struct RedisBroker {
     url: String,
@@ -116,11 +125,7 @@ pub struct RedisBroker {
     opts: TransportOptions,
     /// Commands that never block: acks, restores, fetch script, publish.
     conn: ConnectionManager,
-    /// BRPOP only; its response timeout exceeds the BRPOP timeout.
-    blocking: AsyncMutex<ConnectionManager>,
-    /// Sleeps until a message is ready without taking it (`None`: no
-    /// `BLMOVE` on this server, block in `BRPOP`).
-    wakeup: Option<Wakeup>,
+    idle: Idle,
     /// Queue order for the next pop; rotated round-robin as kombu does.
     cycle: Mutex<Vec<String>>,
     /// The consumed queues in the order they were given (`active_queues`).
@@ -145,18 +150,20 @@ impl RedisBroker {
     ) -> anyhow::Result<RedisBroker> {
         let client = redis_url::client(url)?;
         let mut conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
-        let wakeup = if wakeup::supported(&mut conn).await {
-            Some(Wakeup::new(client.clone(), opts.brpop_timeout))
+        let idle = if wakeup::supported(&mut conn).await {
+            Idle::Wakeup(Box::new(Wakeup::new(client.clone(), opts.brpop_timeout)))
         } else {
             tracing::warn!(
                 "this Redis has no BLMOVE (< 6.2): consuming with BRPOP as kombu does, \
                  so a worker killed between the pop and its unacked bookkeeping loses \
                  that message; upgrade Redis to close the window"
             );
-            None
+            let block_timeout =
+                Duration::from_secs_f64(opts.brpop_timeout) + Duration::from_secs(5);
+            Idle::Brpop(AsyncMutex::new(
+                redis_url::manager(&client, block_timeout).await?,
+            ))
         };
-        let block_timeout = Duration::from_secs_f64(opts.brpop_timeout) + Duration::from_secs(5);
-        let blocking = redis_url::manager(&client, block_timeout).await?;
         let (acks, pending) = mpsc::unbounded_channel();
         tokio::spawn(flush_acks(
             conn.clone(),
@@ -172,8 +179,7 @@ impl RedisBroker {
             url: url.to_string(),
             opts,
             conn,
-            blocking: AsyncMutex::new(blocking),
-            wakeup,
+            idle,
             cycle: Mutex::new(queues.to_vec()),
             consumed: Mutex::new(queues.to_vec()),
             fetch: redis::Script::new(FETCH_LUA),
@@ -340,10 +346,13 @@ impl RedisBroker {
     }
 
     /// kombu's `BRPOP` followed by its `MULTI ZADD HSET EXEC` bookkeeping.
-    async fn brpop_one(&self) -> Result<Option<Delivery>, BrokerError> {
+    async fn brpop_one(
+        &self,
+        blocking: &AsyncMutex<ConnectionManager>,
+    ) -> Result<Option<Delivery>, BrokerError> {
         let keys = self.pop_order();
         let popped: Option<(String, Vec<u8>)> = {
-            let mut conn = self.blocking.lock().await;
+            let mut conn = blocking.lock().await;
             redis::cmd("BRPOP")
                 .arg(&keys)
                 .arg(self.opts.brpop_timeout)
@@ -539,15 +548,16 @@ impl Broker for RedisBroker {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        let mut got = self.fetch_batch(max.max(1)).await?;
+        let max = max.max(1);
+        let mut got = self.fetch_batch(max).await?;
         if got.is_empty() {
-            match &self.wakeup {
-                Some(w) => {
+            match &self.idle {
+                Idle::Wakeup(w) => {
                     if w.wait(&self.pop_order()).await {
-                        got = self.fetch_batch(max.max(1)).await?;
+                        got = self.fetch_batch(max).await?;
                     }
                 }
-                None => got = self.brpop_one().await?.into_iter().collect(),
+                Idle::Brpop(conn) => got = self.brpop_one(conn).await?.into_iter().collect(),
             }
         }
         // A pop already under way when `cancel_consumer` arrived may bring a
