@@ -4,7 +4,6 @@
 //! after SIGHUP.
 
 use crate::backend::{ResultBackend, redis::RedisBackend};
-use crate::broker::{Broker, redis::RedisBroker};
 use crate::cli::Cli;
 use crate::config::{self, Config};
 use crate::daemon;
@@ -310,13 +309,9 @@ pub async fn start(config: Config, app: App) -> Result<Stopped> {
     let _ = app;
 
     let broker = connect_retrying("broker", &config.broker_url, &shutdown, || {
-        let decls = config.queue_decls.clone();
-        let connecting =
-            RedisBroker::connect(&config.broker_url, &config.queues, config.transport.clone());
-        async move { connecting.await.map(|b| b.with_bindings(&decls)) }
+        crate::broker::connect(&config)
     })
     .await?;
-    let broker: Arc<dyn Broker> = Arc::new(broker);
     let backend: Option<Arc<dyn ResultBackend>> = match &config.result_backend {
         Some(url) => {
             let b = connect_retrying("result backend", url, &shutdown, || {
@@ -367,7 +362,9 @@ where
             Ok(v) => return Ok(v),
             Err(e)
                 if e.downcast_ref::<redis::RedisError>()
-                    .is_some_and(crate::broker::redis_url::is_connection_error) =>
+                    .is_some_and(crate::broker::redis_url::is_connection_error)
+                    || e.downcast_ref::<crate::broker::BrokerError>()
+                        .is_some_and(crate::broker::BrokerError::is_connection) =>
             {
                 let wait = crate::worker::backoff(attempt);
                 attempt += 1;

@@ -328,7 +328,9 @@ impl Cli {
             // Without an app conf naming one, results follow the broker, as
             // the example app configures them.
             if !cfg.result_backend_explicit {
-                cfg.result_backend = Some(b.clone());
+                // An AMQP broker has no result store of its own here:
+                // results are disabled, as Celery's default.
+                cfg.result_backend = (!crate::broker::amqp::url::is_amqp(&b)).then(|| b.clone());
             }
             cfg.broker_url = b;
         }
@@ -445,16 +447,21 @@ impl Cli {
         }
         crate::logging::parse_level(&self.loglevel).map_err(anyhow::Error::msg)?;
         cfg.loglevel = self.loglevel.to_ascii_uppercase();
-        for url in std::iter::once(&cfg.broker_url).chain(cfg.result_backend.as_ref()) {
-            if !(url.starts_with("redis://")
+        if !crate::broker::supported(&cfg.broker_url) {
+            bail!(
+                "unsupported broker URL {}: this build speaks Redis (redis://, rediss://, socket://) and AMQP (amqp://, amqps://, pyamqp://)",
+                config::mask_url(&cfg.broker_url)
+            );
+        }
+        if let Some(url) = &cfg.result_backend
+            && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("socket://"))
-            {
-                bail!(
-                    "unsupported URL {}: this build speaks Redis (redis://, rediss://, socket://)",
-                    config::mask_url(url)
-                );
-            }
+        {
+            bail!(
+                "unsupported result backend {}: this build stores results in Redis (redis://, rediss://, socket://)",
+                config::mask_url(url)
+            );
         }
         Ok(cfg)
     }

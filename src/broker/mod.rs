@@ -1,11 +1,13 @@
 //! Message transports. A [`Broker`] hands out [`Delivery`]s and settles them
 //! (ack / reject / restore); it knows routing, not task semantics.
 
+pub mod amqp;
 pub mod redis;
 pub mod redis_url;
 
 use crate::protocol::{DecodeError, Envelope};
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// One message taken from a queue, still unacknowledged.
 #[derive(Debug)]
@@ -45,6 +47,33 @@ impl BrokerError {
     }
 }
 
+/// The transport for `config.broker_url`, picked by URL scheme: kombu's
+/// Redis transport (`redis://`, `rediss://`, `socket://`) or AMQP
+/// (`amqp://`, `amqps://`, `pyamqp://`).
+pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Broker>> {
+    let url = &config.broker_url;
+    if amqp::url::is_amqp(url) {
+        let b = amqp::AmqpBroker::connect(
+            url,
+            &config.queues,
+            &config.queue_decls,
+            config.prefetch_count(),
+        )
+        .await?;
+        return Ok(Arc::new(b));
+    }
+    let b = redis::RedisBroker::connect(url, &config.queues, config.transport.clone()).await?;
+    Ok(Arc::new(b.with_bindings(&config.queue_decls)))
+}
+
+/// True when a broker URL names a transport this build has.
+pub fn supported(url: &str) -> bool {
+    amqp::url::is_amqp(url)
+        || ["redis://", "rediss://", "socket://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+}
+
 /// A transport with kombu's consume/ack semantics.
 #[async_trait]
 pub trait Broker: Send + Sync {
@@ -60,6 +89,10 @@ pub trait Broker: Send + Sync {
     async fn restore(&self, tag: &str) -> Result<(), BrokerError>;
     /// Periodic housekeeping (visibility-timeout restore).
     async fn maintain(&self) -> Result<(), BrokerError>;
+    /// A delivery starts (`true`) or stops (`false`) being held outside the
+    /// prefetch window (ETA, rate limit). A broker that enforces prefetch
+    /// itself raises its count meanwhile, as Celery's QoS bump does.
+    fn hold(&self, _held: bool) {}
     /// Publishes an envelope to a queue (anonymous exchange).
     async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError>;
     /// The broker URL with the password masked.

@@ -104,10 +104,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let give_up = |why| Box::pin(discard(shared, &def, &tag, &name, &request, why));
 
     let mut held = Some(held);
+    // Set while the request is outside the window; lowers the broker's
+    // prefetch again when the handler ends.
+    let mut _outside = None;
     if let Some(wait) = wait {
         // Like Celery's QoS bump: a held ETA task doesn't use up the
         // prefetch window, but stays unacked until it runs.
         held = None;
+        _outside = Some(Outside::new(&*shared.broker));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.stopped() => {
@@ -126,7 +130,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if let Some(bucket) = shared.limits.get(&def.name) {
         // Waiting for a rate-limit token doesn't hold up other task types:
         // the message leaves the prefetch window (as Celery's QoS bump).
-        held = None;
+        if held.take().is_some() {
+            _outside = Some(Outside::new(&*shared.broker));
+        }
         tokio::select! {
             _ = bucket.acquire() => {}
             _ = stop.stopped() => {
@@ -190,6 +196,22 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     }
     drop(held);
     shared.processed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A delivery held outside the prefetch window, for as long as it lives.
+struct Outside<'a>(&'a dyn crate::broker::Broker);
+
+impl<'a> Outside<'a> {
+    fn new(broker: &'a dyn crate::broker::Broker) -> Self {
+        broker.hold(true);
+        Outside(broker)
+    }
+}
+
+impl Drop for Outside<'_> {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
 }
 
 /// Stops holding a request when its handler ends, however it ends.

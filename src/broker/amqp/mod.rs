@@ -1,0 +1,855 @@
+//! RabbitMQ (AMQP 0-9-1) through lapin, with the topology and semantics of
+//! kombu's `pyamqp` transport (SPEC §5).
+//!
+//! One connection (a [`Session`]) carries a consuming channel with the
+//! worker's QoS, a publishing channel in confirm mode, and short-lived
+//! channels for passive declares and remote control. Deliveries of every
+//! consumed queue meet in one buffer that [`Broker::fetch`] drains; each
+//! keeps lapin's `Acker`, which settles it once. When the connection drops
+//! the session is rebuilt on the next call; what was unacked comes back from
+//! RabbitMQ (redelivered), and settling a delivery of the old connection is
+//! a logged no-op instead of an error.
+
+pub mod url;
+pub mod wire;
+
+use super::{Broker, BrokerError, Delivery};
+use crate::config::QueueDecl;
+use crate::protocol::Envelope;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
+use lapin::{Acker, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
+
+/// How long an idle fetch waits for a delivery before returning empty.
+const POLL: Duration = Duration::from_secs(1);
+/// Celery's `broker_heartbeat` default (seconds).
+const HEARTBEAT: u16 = 120;
+/// kombu's pidbox queue arguments: messages live 300 s, the queue 10 s
+/// after its consumer is gone.
+const PIDBOX_TTL_MS: i32 = 300_000;
+const PIDBOX_EXPIRES_MS: i32 = 10_000;
+
+fn conn_err(e: lapin::Error) -> BrokerError {
+    if e.is_amqp_error() {
+        BrokerError::Command(e.to_string())
+    } else {
+        BrokerError::Connection(e.to_string())
+    }
+}
+
+/// What the consumers hand to `fetch`.
+enum Incoming {
+    Message {
+        generation: u64,
+        queue: String,
+        delivery: Box<lapin::message::Delivery>,
+    },
+    /// A consumer's stream failed: its connection is gone.
+    Lost { generation: u64, reason: String },
+}
+
+/// One live connection and its channels.
+struct Session {
+    generation: u64,
+    conn: Connection,
+    consume: Channel,
+    publish: Channel,
+    /// Consumer tag per consumed queue.
+    consumers: Mutex<HashMap<String, String>>,
+    /// Queues and exchanges declared on this connection.
+    declared: Mutex<HashSet<String>>,
+}
+
+impl Session {
+    fn alive(&self) -> bool {
+        self.conn.status().connected()
+            && self.consume.status().connected()
+            && self.publish.status().connected()
+    }
+
+    fn is_declared(&self, what: &str) -> bool {
+        self.declared.lock().expect("declared lock").contains(what)
+    }
+
+    fn mark_declared(&self, what: String) {
+        self.declared.lock().expect("declared lock").insert(what);
+    }
+}
+
+/// How an exchange is declared, by kombu's defaults for its role.
+fn exchange_kind(name: &str) -> (ExchangeKind, bool) {
+    if name == crate::events::dispatcher::EXCHANGE {
+        // `Exchange('celeryev', type='topic')`: durable.
+        (ExchangeKind::Topic, true)
+    } else if name.starts_with("reply.") && name.ends_with(".pidbox") {
+        (ExchangeKind::Direct, false)
+    } else if name.ends_with(".pidbox") {
+        (ExchangeKind::Fanout, false)
+    } else {
+        (ExchangeKind::Direct, true)
+    }
+}
+
+struct Inner {
+    uri: AMQPUri,
+    masked: String,
+    decls: Vec<QueueDecl>,
+    consumed: Mutex<Vec<String>>,
+    /// The worker's prefetch window (0 = unlimited).
+    prefetch: u16,
+    /// Channel-wide QoS (RabbitMQ's `global`), off for quorum queues.
+    global_qos: bool,
+    /// Deliveries held outside the window (ETA, rate limit): Celery's QoS bump.
+    bumped: AtomicI64,
+    qos_changed: Arc<Notify>,
+    session: AsyncMutex<Option<Arc<Session>>>,
+    generation: AtomicU64,
+    tx: mpsc::UnboundedSender<Incoming>,
+    rx: AsyncMutex<mpsc::UnboundedReceiver<Incoming>>,
+    pending: Mutex<HashMap<u64, Acker>>,
+    next_tag: AtomicU64,
+}
+
+/// The AMQP transport.
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl AmqpBroker {
+    /// Connects, so a bad URL or refused login fails at start as in Celery.
+    pub async fn connect(
+        url: &str,
+        queues: &[String],
+        decls: &[QueueDecl],
+        prefetch: usize,
+    ) -> anyhow::Result<AmqpBroker> {
+        let uri = url::parse(url, HEARTBEAT)?;
+        let quorum = queues.iter().find(|q| {
+            decls.iter().any(|d| {
+                &d.name == *q
+                    && d.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
+            })
+        });
+        if let Some(q) = quorum {
+            // Celery's ETA_TASKS_NO_GLOBAL_QOS_WARNING.
+            tracing::warn!(
+                "Detected quorum queue {q:?}, disabling global QoS. With global QoS disabled, \
+                 ETA tasks may not function as expected. Instead of adjusting the prefetch \
+                 count dynamically, ETA tasks will occupy the prefetch buffer, potentially \
+                 blocking other tasks from being consumed."
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            uri,
+            masked: crate::config::mask_url(url),
+            decls: decls.to_vec(),
+            consumed: Mutex::new(queues.to_vec()),
+            prefetch: prefetch.min(usize::from(u16::MAX)) as u16,
+            global_qos: quorum.is_none(),
+            bumped: AtomicI64::new(0),
+            qos_changed: Arc::new(Notify::new()),
+            session: AsyncMutex::new(None),
+            generation: AtomicU64::new(0),
+            tx,
+            rx: AsyncMutex::new(rx),
+            pending: Mutex::new(HashMap::new()),
+            next_tag: AtomicU64::new(1),
+        });
+        inner.session().await.map_err(anyhow::Error::new)?;
+        tokio::spawn(apply_qos(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.qos_changed),
+        ));
+        Ok(AmqpBroker { inner })
+    }
+}
+
+impl Inner {
+    /// The live session, connecting (and consuming) first when there is none.
+    async fn session(self: &Arc<Self>) -> Result<Arc<Session>, BrokerError> {
+        let mut current = self.session.lock().await;
+        if let Some(s) = current.as_ref()
+            && s.alive()
+        {
+            return Ok(Arc::clone(s));
+        }
+        if current.take().is_some() {
+            tracing::warn!(
+                "Connection to broker lost: deliveries not yet acknowledged will be redelivered by RabbitMQ"
+            );
+        }
+        let session = Arc::new(self.open().await?);
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Session, BrokerError> {
+        let props =
+            ConnectionProperties::default().with_connection_name("rust-celery-worker".into());
+        let conn = Connection::connect_uri(self.uri.clone(), props)
+            .await
+            .map_err(|e| BrokerError::Connection(e.to_string()))?;
+        let consume = conn.create_channel().await.map_err(conn_err)?;
+        let publish = conn.create_channel().await.map_err(conn_err)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(conn_err)?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Session {
+            generation,
+            conn,
+            consume,
+            publish,
+            consumers: Mutex::new(HashMap::new()),
+            declared: Mutex::new(HashSet::new()),
+        };
+        self.set_qos(&session).await?;
+        let queues = self.consumed.lock().expect("queues lock").clone();
+        for q in &queues {
+            self.declare_queue(&session, q).await?;
+            self.consume(&session, q).await?;
+        }
+        Ok(session)
+    }
+
+    fn qos_count(&self) -> u16 {
+        if self.prefetch == 0 {
+            return 0;
+        }
+        let bumped = self.bumped.load(Ordering::Relaxed).max(0);
+        (i64::from(self.prefetch) + bumped).min(i64::from(u16::MAX)) as u16
+    }
+
+    async fn set_qos(&self, session: &Session) -> Result<(), BrokerError> {
+        session
+            .consume
+            .basic_qos(
+                self.qos_count(),
+                BasicQosOptions {
+                    global: self.global_qos,
+                },
+            )
+            .await
+            .map_err(conn_err)
+    }
+
+    /// Celery's topology for a task queue: its exchange (direct, durable),
+    /// the queue (durable, with its `queue_arguments`), the binding.
+    async fn declare_queue(&self, session: &Session, queue: &str) -> Result<(), BrokerError> {
+        if session.is_declared(queue) {
+            return Ok(());
+        }
+        let (exchange, routing_key, args) = match self.decls.iter().find(|d| d.name == queue) {
+            Some(d) => (
+                d.exchange.clone(),
+                d.routing_key.clone(),
+                wire::json_to_table(&d.arguments),
+            ),
+            None => (queue.to_string(), queue.to_string(), FieldTable::default()),
+        };
+        let ch = &session.consume;
+        if !exchange.is_empty() {
+            self.declare_exchange(session, &exchange).await?;
+        }
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map_err(conn_err)?;
+        if !exchange.is_empty() {
+            ch.queue_bind(
+                queue.into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        }
+        session.mark_declared(queue.to_string());
+        Ok(())
+    }
+
+    async fn declare_exchange(&self, session: &Session, exchange: &str) -> Result<(), BrokerError> {
+        let key = format!("exchange:{exchange}");
+        if session.is_declared(&key) {
+            return Ok(());
+        }
+        let (kind, durable) = exchange_kind(exchange);
+        session
+            .consume
+            .exchange_declare(
+                exchange.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        session.mark_declared(key);
+        Ok(())
+    }
+
+    /// Starts a consumer on `queue` whose deliveries go to the shared buffer.
+    async fn consume(&self, session: &Session, queue: &str) -> Result<(), BrokerError> {
+        let tag = format!("rcw-{}-{}", session.generation, queue);
+        let consumer = session
+            .consume
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        session
+            .consumers
+            .lock()
+            .expect("consumers lock")
+            .insert(queue.to_string(), tag);
+        let tx = self.tx.clone();
+        let generation = session.generation;
+        let queue = queue.to_string();
+        tokio::spawn(async move {
+            let mut consumer = consumer;
+            while let Some(item) = consumer.next().await {
+                let sent = match item {
+                    Ok(delivery) => tx.send(Incoming::Message {
+                        generation,
+                        queue: queue.clone(),
+                        delivery: Box::new(delivery),
+                    }),
+                    Err(e) => {
+                        let _ = tx.send(Incoming::Lost {
+                            generation,
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Drops the session if it is `generation` (a newer one stays).
+    async fn forget(&self, generation: u64) {
+        let mut current = self.session.lock().await;
+        if current.as_ref().is_some_and(|s| s.generation == generation) {
+            *current = None;
+        }
+    }
+
+    fn delivery(&self, queue: String, d: lapin::message::Delivery) -> Delivery {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let arrival = wire::Arrival {
+            exchange: d.exchange.as_str(),
+            routing_key: d.routing_key.as_str(),
+            redelivered: d.redelivered,
+        };
+        let envelope = wire::envelope(&d.properties, d.data, &arrival);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(tag, d.acker);
+        Delivery {
+            tag: tag.to_string(),
+            queue,
+            payload: Ok(envelope),
+        }
+    }
+
+    fn take_acker(&self, tag: &str) -> Option<Acker> {
+        let tag: u64 = tag.parse().ok()?;
+        self.pending.lock().expect("pending lock").remove(&tag)
+    }
+
+    /// Settles a delivery once. One whose connection is gone can't be
+    /// settled any more: RabbitMQ redelivers it, so that is not an error.
+    async fn settle(&self, tag: &str, requeue: Option<bool>) -> Result<(), BrokerError> {
+        let Some(acker) = self.take_acker(tag) else {
+            return Ok(());
+        };
+        let done = match requeue {
+            None => acker.ack(BasicAckOptions::default()).await,
+            Some(requeue) => acker.reject(BasicRejectOptions { requeue }).await,
+        };
+        match done {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => {
+                tracing::warn!(
+                    "delivery {tag} belongs to a lost connection: RabbitMQ redelivers it"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish_to(
+        self: &Arc<Self>,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let session = self.session().await?;
+        let props = wire::properties(envelope, chrono::Utc::now());
+        let confirm = session
+            .publish
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &envelope.body,
+                props,
+            )
+            .await
+            .map_err(conn_err)?;
+        match confirm.await.map_err(conn_err)? {
+            Confirmation::Nack(_) => Err(BrokerError::Command(format!(
+                "RabbitMQ refused the message for {exchange:?}/{routing_key:?} (nack)"
+            ))),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
+    }
+
+    /// A channel of its own, for calls that may close it (passive declares)
+    /// or consume apart from the tasks (remote control).
+    async fn side_channel(self: &Arc<Self>) -> Result<(Arc<Session>, Channel), BrokerError> {
+        let session = self.session().await?;
+        let ch = session.conn.create_channel().await.map_err(conn_err)?;
+        Ok((session, ch))
+    }
+}
+
+/// Applies the QoS bump when it changes (Celery's `qos.update()`), while
+/// the broker lives.
+async fn apply_qos(inner: std::sync::Weak<Inner>, changed: Arc<Notify>) {
+    loop {
+        changed.notified().await;
+        // Many holds arrive together (a burst of ETA tasks): apply once.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let session = strong.session.lock().await.clone();
+        if let Some(s) = session
+            && s.alive()
+            && let Err(e) = strong.set_qos(&s).await
+        {
+            tracing::warn!("could not update the prefetch count: {e}");
+        }
+    }
+}
+
+/// Declares an exclusive, self-expiring queue bound to `exchange` (kombu's
+/// pidbox and reply queues) on `ch`.
+async fn bind_private_queue(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(PIDBOX_TTL_MS));
+    args.insert("x-expires".into(), AMQPValue::LongInt(PIDBOX_EXPIRES_MS));
+    let (kind, durable) = exchange_kind(exchange);
+    ch.exchange_declare(
+        exchange.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(conn_err)?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .map_err(conn_err)?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        routing_key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(conn_err)
+}
+
+fn no_ack() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    }
+}
+
+fn as_json_envelope(d: &lapin::message::Delivery) -> Envelope {
+    let arrival = wire::Arrival {
+        exchange: d.exchange.as_str(),
+        routing_key: d.routing_key.as_str(),
+        redelivered: d.redelivered,
+    };
+    wire::envelope(&d.properties, d.data.clone(), &arrival)
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn start(&self) -> Result<(), BrokerError> {
+        self.inner.session().await.map(|_| ())
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let inner = &self.inner;
+        let session = inner.session().await?;
+        let mut rx = inner.rx.lock().await;
+        let mut out = Vec::new();
+        let mut next = match tokio::time::timeout(POLL, rx.recv()).await {
+            Ok(Some(item)) => Some(item),
+            Ok(None) | Err(_) => None,
+        };
+        while let Some(item) = next.take() {
+            match item {
+                Incoming::Message {
+                    generation,
+                    queue,
+                    delivery,
+                } => {
+                    if generation != session.generation {
+                        // Its channel is gone: RabbitMQ has requeued it.
+                        continue;
+                    }
+                    let consumed = inner.consumed.lock().expect("queues lock").contains(&queue);
+                    if !consumed {
+                        // Arrived while its consumer was being cancelled.
+                        let _ = delivery
+                            .acker
+                            .reject(BasicRejectOptions { requeue: true })
+                            .await;
+                        continue;
+                    }
+                    out.push(inner.delivery(queue, *delivery));
+                }
+                Incoming::Lost { generation, reason } => {
+                    if generation == session.generation {
+                        drop(rx);
+                        inner.forget(generation).await;
+                        return if out.is_empty() {
+                            Err(BrokerError::Connection(reason))
+                        } else {
+                            Ok(out)
+                        };
+                    }
+                }
+            }
+            if out.len() < max {
+                next = rx.try_recv().ok();
+            }
+        }
+        if out.is_empty() && !session.alive() {
+            drop(rx);
+            inner.forget(session.generation).await;
+            return Err(BrokerError::Connection(
+                "connection to RabbitMQ closed".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
+        self.inner.settle(tag, None).await
+    }
+
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        self.inner.settle(tag, Some(requeue)).await
+    }
+
+    async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
+        self.inner.settle(tag, Some(true)).await
+    }
+
+    async fn maintain(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn hold(&self, held: bool) {
+        if !self.inner.global_qos || self.inner.prefetch == 0 {
+            return;
+        }
+        let delta = if held { 1 } else { -1 };
+        self.inner.bumped.fetch_add(delta, Ordering::Relaxed);
+        self.inner.qos_changed.notify_one();
+    }
+
+    async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError> {
+        let session = self.inner.session().await?;
+        self.inner.declare_queue(&session, queue).await?;
+        // Celery publishes through the default exchange when the queue's
+        // exchange is direct (SPEC §5.2).
+        self.inner.publish_to("", queue, envelope).await
+    }
+
+    fn url(&self) -> String {
+        self.inner.masked.clone()
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
+        let (_, ch) = self.inner.side_channel().await?;
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let n = match declared {
+            Ok(q) => u64::from(q.message_count()),
+            // 404: no such queue, so nothing waits in it.
+            Err(e) if e.is_amqp_error() => 0,
+            Err(e) => return Err(conn_err(e)),
+        };
+        let _ = ch.close(200, "".into()).await;
+        Ok(n)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let session = self.inner.session().await?;
+        self.inner.declare_queue(&session, queue).await?;
+        let n = session
+            .consume
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .map_err(conn_err)?;
+        Ok(u64::from(n))
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let session = self.inner.session().await?;
+        if session.alive() {
+            Ok(())
+        } else {
+            Err(BrokerError::Connection(
+                "connection to RabbitMQ closed".into(),
+            ))
+        }
+    }
+
+    async fn publish_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let session = self.inner.session().await?;
+        self.inner.declare_exchange(&session, exchange).await?;
+        self.inner.publish_to(exchange, routing_key, envelope).await
+    }
+
+    async fn publish_direct(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let session = self.inner.session().await?;
+        self.inner.declare_exchange(&session, exchange).await?;
+        self.inner.publish_to(exchange, routing_key, envelope).await
+    }
+
+    async fn subscribe_fanout(
+        &self,
+        exchange: &str,
+        queue: &str,
+    ) -> Result<mpsc::Receiver<Vec<u8>>, BrokerError> {
+        let (tx, rx) = mpsc::channel(1024);
+        // The first subscription happens now, so a refusal is seen at start.
+        let (_, ch) = self.inner.side_channel().await?;
+        bind_private_queue(&ch, queue, exchange, "").await?;
+        let first = ch
+            .basic_consume(queue.into(), "".into(), no_ack(), FieldTable::default())
+            .await
+            .map_err(conn_err)?;
+        let inner = Arc::clone(&self.inner);
+        let (exchange, queue) = (exchange.to_string(), queue.to_string());
+        tokio::spawn(async move {
+            let mut consumer = Some((ch, first));
+            let mut failures = 0u32;
+            loop {
+                if let Some((_ch, mut stream)) = consumer.take() {
+                    failures = 0;
+                    while let Some(Ok(d)) = stream.next().await {
+                        let raw = as_json_envelope(&d).to_json().into_bytes();
+                        if tx.send(raw).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(crate::worker::backoff(failures)).await;
+                failures += 1;
+                let again = async {
+                    let (_, ch) = inner.side_channel().await?;
+                    bind_private_queue(&ch, &queue, &exchange, "").await?;
+                    let c = ch
+                        .basic_consume(
+                            queue.as_str().into(),
+                            "".into(),
+                            no_ack(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(conn_err)?;
+                    Ok::<_, BrokerError>((ch, c))
+                };
+                match again.await {
+                    Ok(c) => consumer = Some(c),
+                    Err(e) => tracing::warn!("pidbox: cannot consume {queue}: {e}"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn collect_replies(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Envelope,
+        request_exchange: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Envelope>, BrokerError> {
+        let queue = format!("{routing_key}.{exchange}");
+        let (_, ch) = self.inner.side_channel().await?;
+        bind_private_queue(&ch, &queue, exchange, routing_key).await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                no_ack(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        let sent = self.publish_fanout(request_exchange, "", request).await;
+        let mut replies = Vec::new();
+        if sent.is_ok() {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, consumer.next()).await {
+                replies.push(as_json_envelope(&d));
+            }
+        }
+        let _ = ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch.close(200, "".into()).await;
+        sent?;
+        Ok(replies)
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.inner.consumed.lock().expect("queues lock").clone()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.queues().iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        let session = self.inner.session().await?;
+        self.inner.declare_queue(&session, queue).await?;
+        self.inner
+            .consumed
+            .lock()
+            .expect("queues lock")
+            .push(queue.to_string());
+        self.inner.consume(&session, queue).await?;
+        Ok(true)
+    }
+
+    fn cancel_queue(&self, queue: &str) -> bool {
+        let mut consumed = self.inner.consumed.lock().expect("queues lock");
+        let before = consumed.len();
+        consumed.retain(|q| q != queue);
+        let removed = consumed.len() != before;
+        drop(consumed);
+        if removed {
+            let inner = Arc::clone(&self.inner);
+            let queue = queue.to_string();
+            tokio::spawn(async move {
+                let session = inner.session.lock().await.clone();
+                let Some(s) = session else { return };
+                let tag = s.consumers.lock().expect("consumers lock").remove(&queue);
+                if let Some(tag) = tag
+                    && let Err(e) = s
+                        .consume
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                {
+                    tracing::warn!("cancel_consumer {queue}: {e}");
+                }
+            });
+        }
+        removed
+    }
+
+    fn info(&self) -> Value {
+        let a = &self.inner.uri.authority;
+        json!({
+            "hostname": a.host,
+            "userid": a.userinfo.username,
+            "virtual_host": self.inner.uri.vhost,
+            "port": a.port,
+            "insist": false,
+            "ssl": matches!(self.inner.uri.scheme, lapin::uri::AMQPScheme::AMQPS),
+            "transport": "amqp",
+            "connect_timeout": 4,
+            "transport_options": {},
+            "login_method": "PLAIN",
+            "uri_prefix": null,
+            "heartbeat": f64::from(HEARTBEAT),
+            "failover_strategy": "round-robin",
+            "alternates": [],
+        })
+    }
+}
