@@ -32,7 +32,11 @@ fn samples() -> Vec<(String, Value)> {
 /// The properties py-amqp wrote, parsed from the captured bytes.
 fn captured_properties(doc: &Value) -> lapin::BasicProperties {
     let raw = STANDARD
-        .decode(doc["content_header_property_bytes_base64"].as_str().unwrap())
+        .decode(
+            doc["content_header_property_bytes_base64"]
+                .as_str()
+                .unwrap(),
+        )
         .unwrap();
     let (_, props) = lapin::protocol::basic::parse_properties(raw.as_slice())
         .unwrap_or_else(|e| panic!("unparsable property bytes: {e:?}"));
@@ -40,7 +44,9 @@ fn captured_properties(doc: &Value) -> lapin::BasicProperties {
 }
 
 fn body(doc: &Value) -> Vec<u8> {
-    STANDARD.decode(doc["body_base64"].as_str().unwrap()).unwrap()
+    STANDARD
+        .decode(doc["body_base64"].as_str().unwrap())
+        .unwrap()
 }
 
 /// `[type, value]` pairs of the capture vs ours, recursively.
@@ -67,7 +73,10 @@ fn assert_table(what: &str, ours: &FieldTable, theirs: &Map<String, Value>) {
     let keys: Vec<&str> = ours.inner().keys().map(|k| k.as_str()).collect();
     let mut expected: Vec<&str> = theirs.keys().map(String::as_str).collect();
     expected.sort();
-    assert_eq!(keys, expected, "{what}: header names (none omitted, nulls too)");
+    assert_eq!(
+        keys, expected,
+        "{what}: header names (none omitted, nulls too)"
+    );
     for (k, v) in ours.inner() {
         assert_types(&format!("{what}.{}", k.as_str()), v, &theirs[k.as_str()]);
     }

@@ -102,3 +102,4 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+pub mod rabbit;
