@@ -99,8 +99,24 @@ pub async fn start(
         let (host, cfg, loglevel) = (Arc::clone(&host), cfg.clone(), config.loglevel.clone());
         thread.run(move || host.beat_start(&cfg, &loglevel)).await?
     };
-    let client = crate::broker::redis_url::client(&config.broker_url)?;
-    let conn = crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?;
+    // The lock lives in the broker's Redis, else (an AMQP broker) in the
+    // result backend's; with neither there is no lock, as in Celery.
+    let lock_url = std::iter::once(&config.broker_url)
+        .chain(config.result_backend.as_ref())
+        .find(|u| !crate::broker::amqp::url::is_amqp(u));
+    let conn = match lock_url {
+        Some(url) => {
+            let client = crate::broker::redis_url::client(url)?;
+            Some(crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?)
+        }
+        None => {
+            tracing::warn!(
+                "beat: no Redis for the beat lock (broker and results are not Redis): \
+                 two workers started with -B will both send each entry, as Celery's do"
+            );
+            None
+        }
+    };
     let key = lock_key(&config.transport.global_keyprefix, &app);
     let token = format!(
         "{} pid:{} {}",
@@ -117,7 +133,7 @@ async fn run(
     thread: BeatThread,
     host: Arc<dyn BeatHost>,
     cfg: BeatConfig,
-    mut conn: redis::aio::ConnectionManager,
+    mut conn: Option<redis::aio::ConnectionManager>,
     key: String,
     token: String,
     shutdown: Shutdown,
@@ -129,17 +145,22 @@ async fn run(
     // None until the first answer, so the start is logged either way.
     let mut leader: Option<bool> = None;
     while !shutdown.is_warm() {
-        let held: Result<i64, _> = acquire
-            .key(&key)
-            .arg(&token)
-            .arg(lease.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
+        let held: Result<i64, _> = match conn.as_mut() {
+            Some(c) => {
+                acquire
+                    .key(&key)
+                    .arg(&token)
+                    .arg(lease.as_millis() as u64)
+                    .invoke_async(c)
+                    .await
+            }
+            None => Ok(1),
+        };
         let now_leader = match held {
             Ok(n) => n == 1,
             Err(e) => {
                 // Can't tell: stop ticking rather than risk a second leader.
-                tracing::warn!("beat: cannot reach the broker for the beat lock: {e}");
+                tracing::warn!("beat: cannot reach Redis for the beat lock: {e}");
                 false
             }
         };
@@ -170,11 +191,13 @@ async fn run(
     tracing::info!("beat: Shutting down...");
     let h = Arc::clone(&host);
     thread.run(move || h.beat_stop()).await;
-    if leader == Some(true) {
+    if leader == Some(true)
+        && let Some(c) = conn.as_mut()
+    {
         let released: Result<i64, _> = redis::Script::new(RELEASE_LUA)
             .key(&key)
             .arg(&token)
-            .invoke_async(&mut conn)
+            .invoke_async(c)
             .await;
         if let Err(e) = released {
             tracing::warn!("beat: releasing the beat lock: {e}");

@@ -313,6 +313,13 @@ pub async fn start(config: Config, app: App) -> Result<Stopped> {
     })
     .await?;
     let backend: Option<Arc<dyn ResultBackend>> = match &config.result_backend {
+        Some(url) if url.starts_with("rpc://") => {
+            let persistent = config.result_persistent;
+            Some(Arc::new(crate::backend::rpc::RpcBackend::new(
+                Arc::clone(&broker),
+                persistent,
+            )))
+        }
         Some(url) => {
             let b = connect_retrying("result backend", url, &shutdown, || {
                 RedisBackend::connect(url, config.result_expires, &config.result_keyprefix)

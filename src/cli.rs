@@ -456,10 +456,11 @@ impl Cli {
         if let Some(url) = &cfg.result_backend
             && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
-                || url.starts_with("socket://"))
+                || url.starts_with("socket://")
+                || url.starts_with("rpc://"))
         {
             bail!(
-                "unsupported result backend {}: this build stores results in Redis (redis://, rediss://, socket://)",
+                "unsupported result backend {}: this build stores results in Redis (redis://, rediss://, socket://) or sends them back over the broker (rpc://)",
                 config::mask_url(url)
             );
         }

@@ -172,7 +172,7 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("result_accept_content", Use::ByApp),
     ("result_chord_join_timeout", Use::ByApp),
     ("result_chord_retry_interval", Use::ByApp),
-    ("result_persistent", Use::ByApp),
+    ("result_persistent", Use::Applied),
     ("result_cache_max", Use::ByApp),
     ("timezone", Use::ByApp),
     ("enable_utc", Use::ByApp),
@@ -228,6 +228,8 @@ pub struct Config {
     /// `None` = results never expire.
     pub result_expires: Option<Duration>,
     pub result_extended: bool,
+    /// `result_persistent`: RPC replies survive a broker restart.
+    pub result_persistent: bool,
     pub transport: TransportOptions,
     /// `result_backend_transport_options.global_keyprefix`.
     pub result_keyprefix: String,
@@ -321,6 +323,7 @@ impl Default for Config {
             task_store_errors_even_if_ignored: false,
             result_expires: Some(Duration::from_secs(86400)),
             result_extended: false,
+            result_persistent: false,
             transport: TransportOptions::default(),
             result_keyprefix: String::new(),
             task_acks_late: false,
@@ -452,6 +455,7 @@ impl Config {
                 self.task_store_errors_even_if_ignored = flag(&value)?
             }
             "result_extended" => self.result_extended = flag(&value)?,
+            "result_persistent" => self.result_persistent = flag(&value)?,
             "result_expires" => {
                 self.result_expires = match &value {
                     Value::Null => None,
@@ -609,6 +613,7 @@ fn seconds(name: &str, v: &Value) -> Result<Option<serde_json::Number>> {
 pub fn normalize_backend(url: &str) -> Option<String> {
     match url.trim() {
         "" | "disabled" | "none" | "None" => None,
+        "rpc" => Some("rpc://".into()),
         u => Some(u.to_string()),
     }
 }

@@ -293,6 +293,14 @@ pub struct Request {
 }
 
 impl Request {
+    /// Where Celery's RPC backend sends this task's states: the caller's
+    /// `reply_to` queue, tagged with the `correlation_id` (else the id).
+    pub fn rpc_reply(&self) -> Option<(String, String)> {
+        let to = self.reply_to.as_ref().filter(|t| !t.is_empty())?;
+        let id = self.correlation_id.as_ref().unwrap_or(&self.id);
+        Some((to.clone(), id.clone()))
+    }
+
     /// The request for a decoded message consumed from `queue` by node
     /// `hostname`; the envelope's properties move into it.
     pub fn from_message(

@@ -2,6 +2,7 @@
 
 mod chord_lua;
 pub mod redis;
+pub mod rpc;
 
 use crate::protocol::result_meta::ResultMeta;
 use async_trait::async_trait;

@@ -30,6 +30,9 @@ pub struct ResultMeta {
     pub group_id: Option<String>,
     pub parent_id: Option<String>,
     pub extended: Option<Extended>,
+    /// `(reply_to, correlation_id)` of the request: where the RPC backend
+    /// sends the state (not part of the stored JSON).
+    pub reply: Option<(String, String)>,
 }
 
 impl ResultMeta {
@@ -43,6 +46,7 @@ impl ResultMeta {
             group_id: None,
             parent_id: None,
             extended: None,
+            reply: None,
         }
     }
 

@@ -71,6 +71,7 @@ impl StateWriter for States {
         let mut m = ResultMeta::new(&request.id, state, meta);
         m.group_id = request.group.clone();
         m.parent_id = request.parent_id.clone();
+        m.reply = request.rpc_reply();
         let shared = Arc::clone(&self.shared);
         // Blocking tasks call this from the blocking pool; async tasks from a
         // runtime thread, where block_in_place keeps other tasks running.

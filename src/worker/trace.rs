@@ -184,6 +184,7 @@ impl Tracer<'_> {
         let mut m = ResultMeta::new(&r.id, status, result);
         m.group_id = r.group.clone();
         m.parent_id = r.parent_id.clone();
+        m.reply = r.rpc_reply();
         if cfg.result_extended {
             m.extended = Some(Extended {
                 name: r.task.clone(),

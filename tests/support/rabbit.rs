@@ -46,12 +46,21 @@ fn node() -> &'static Node {
 /// A node with its own name, ports and data dir, stopped when the test
 /// binary exits (`rabbitmqctl stop` from an atexit hook is not available
 /// in Rust tests, so the node stops itself: its parent watcher is this pid).
+// The node outlives this call on purpose; the watcher below reaps it.
+#[allow(clippy::zombie_processes)]
 fn start_private() -> Node {
     let port = free_port();
     let dist = free_port();
     let name = format!("rcw-test-{}@localhost", std::process::id());
     let dir = std::env::temp_dir().join(format!("rcw-rabbit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // rabbitmq-server won't create its data and log dirs itself, and
+    // Debian's wrapper runs it as the `rabbitmq` user.
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["", "mnesia", "log"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let plugins = dir.join("enabled_plugins");
     std::fs::write(&plugins, "[].\n").unwrap();
     let server = ["/usr/sbin/rabbitmq-server", "rabbitmq-server"]

@@ -293,7 +293,8 @@ impl Inner {
 
     async fn declare_exchange(&self, session: &Session, exchange: &str) -> Result<(), BrokerError> {
         let key = format!("exchange:{exchange}");
-        if session.is_declared(&key) {
+        // The default exchange always exists and can't be declared.
+        if exchange.is_empty() || session.is_declared(&key) {
             return Ok(());
         }
         let (kind, durable) = exchange_kind(exchange);

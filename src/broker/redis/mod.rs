@@ -473,7 +473,13 @@ impl RedisBroker {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_string()]);
         }
-        let queues = self.bound_queues(exchange, routing_key).await?;
+        // The default exchange routes to the queue named by the key
+        // (kombu's virtual transports do the same): RPC replies.
+        let queues = if exchange.is_empty() {
+            vec![routing_key.to_string()]
+        } else {
+            self.bound_queues(exchange, routing_key).await?
+        };
         // Unbound: fall back to the routing key, as Celery's queues are named after it.
         Ok(if queues.is_empty() {
             vec![routing_key.to_string()]
@@ -689,7 +695,13 @@ impl Broker for RedisBroker {
         routing_key: &str,
         envelope: &Envelope,
     ) -> Result<(), BrokerError> {
-        let queues = self.bound_queues(exchange, routing_key).await?;
+        // The default exchange routes to the queue named by the key
+        // (kombu's virtual transports do the same): RPC replies.
+        let queues = if exchange.is_empty() {
+            vec![routing_key.to_string()]
+        } else {
+            self.bound_queues(exchange, routing_key).await?
+        };
         if queues.is_empty() {
             tracing::debug!("no queue bound to {exchange:?} with key {routing_key:?}: dropped");
             return Ok(());
