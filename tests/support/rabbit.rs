@@ -63,6 +63,12 @@ fn start_private() -> Node {
     }
     let plugins = dir.join("enabled_plugins");
     std::fs::write(&plugins, "[].\n").unwrap();
+    // Our own config and env files: the machine's may pin the listener to
+    // 5672 (Debian's /etc/rabbitmq/rabbitmq.conf here does).
+    let conf = dir.join("rabbitmq.conf");
+    std::fs::write(&conf, format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+    let env_file = dir.join("rabbitmq-env.conf");
+    std::fs::write(&env_file, "").unwrap();
     let server = ["/usr/sbin/rabbitmq-server", "rabbitmq-server"]
         .into_iter()
         .find(|p| Command::new(p).arg("--help").output().is_ok())
@@ -75,6 +81,8 @@ fn start_private() -> Node {
         .env("RABBITMQ_LOG_BASE", dir.join("log"))
         .env("RABBITMQ_PID_FILE", dir.join("pid"))
         .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+        .env("RABBITMQ_CONFIG_FILE", &conf)
+        .env("RABBITMQ_CONF_ENV_FILE", &env_file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
