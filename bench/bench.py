@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Throughput and memory: rust-celery-worker vs the real `celery worker` (prefork).
 
-Five scenarios, each measured for both workers in the same run, on the same private
-redis-server (broker in db 0, results alone in db 1):
+Six scenarios, each measured for both workers in the same run, on the same private
+redis-server (broker in db 0, results alone in db 1; amqp: broker on RabbitMQ):
 
 plain (the original benchmark). For each worker:
 
@@ -59,6 +59,23 @@ whatever their process group); the idle RSS is measured once per worker, before 
 noop round. Targets printed next to the ratios: noop throughput >= 2x Celery's, cpu
 throughput >= 1x, RSS < 1x.
 
+amqp: plain on RabbitMQ. The same idle and loaded phases (measure(), with an AmqpQueue
+in place of the Redis list), the broker being queue `celery` in a vhost of this run
+(`rabbitmqctl add_vhost rcw-bench-<uuid>`, guest permitted, deleted at the end) on the
+RabbitMQ at 127.0.0.1:5672 (guest/guest), the results in db 1 of the private Redis;
+workers get `-b amqp://guest:guest@127.0.0.1:5672/<vhost>` (ours) or the same URL in
+CELERY_BROKER_URL (Celery's). One envelope is captured from the real producer bound to
+that URL (a publisher subprocess: `apply_async((0, 0), queue=<capture queue>)`, which
+also declares Celery's default queue with Celery's own Queue object: durable, bound with
+key `celery` to the durable direct exchange `celery`), read back with py-amqp
+`basic_get`, and N copies with fresh ids (headers id/root_id/argsrepr, correlation_id)
+are published on one py-amqp channel, without confirms, until a passive queue_declare
+counts N. Startup = worker start -> the queue has a consumer (passive queue_declare);
+CPU is printed per worker, and our tasks/s against the reference 9,400 tasks/s
+(rusty-celery's consume rate on RabbitMQ on the bench machine, storing no results).
+Skipped, with the reason, when nothing answers on 127.0.0.1:5672 (`--scenario all`
+includes it then too, last).
+
 Publishers run in a subprocess so that the Celery client's result subscriptions
 (chords subscribe to their header results) never touch the measured Redis traffic.
 No process is left behind: workers are stopped with SIGTERM and their process groups
@@ -67,7 +84,7 @@ listed before the stop and SIGKILLed if still running 3 s after the parent exite
 redis-server is stopped in a finally block, and at the very end any process still
 carrying this run's CELERY_BROKER_URL is reported and killed.
 
-    python bench/bench.py [--scenario all|plain|events|canvas|eta|python] [--tasks 20000]
+    python bench/bench.py [--scenario all|plain|events|canvas|eta|python|amqp] [--tasks 20000]
         [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
         [--py-noop 5000] [--py-cpu 2000]
         [--concurrency N] [--skip-rust] [--skip-celery]
@@ -329,13 +346,43 @@ def wait_brpop(r: redis.Redis, worker: Worker, timeout: float = 60.0) -> float:
 _UNCHECKED = object()
 
 
+class RedisQueue:
+    """The broker of every scenario but amqp: kombu's list `celery` in db 0 of the
+    private Redis (results in db 1)."""
+
+    def __init__(self, server: RedisServer):
+        self.r0 = server.client(0)
+
+    def flush(self) -> None:
+        """Empty queue, no results (FLUSHALL: db 0 and db 1)."""
+        self.r0.flushall()
+
+    def preload(self, template: dict, n: int, args_for=None) -> list[str]:
+        return preload(self.r0, template, n, args_for)
+
+    def wait_consuming(self, worker: "Worker") -> float:
+        return wait_brpop(self.r0, worker)
+
+    def after_run(self, out: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        self.r0.close()
+
+
 def measure(label: str, argv: list[str], env: dict, server: RedisServer, template: dict,
             n: int, workdir: Path, timeout: float, *, args_for=None, expected=_UNCHECKED,
-            idle: bool = True, tag: str = "") -> dict:
+            idle: bool = True, tag: str = "", queue=None) -> dict:
     """Idle phase (unless idle=False), then the loaded phase on n preloaded messages.
     With `expected`, every stored result must be SUCCESS with exactly that value;
-    without, a sample of 200 is checked for the plain scenario's even ints."""
-    r0, r1 = server.client(0), server.client(1)
+    without, a sample of 200 is checked for the plain scenario's even ints.
+    `queue` is the broker side (flush / preload / wait_consuming / after_run): the
+    private Redis (RedisQueue, the default) or RabbitMQ (AmqpQueue, scenario amqp);
+    results are always read from db 1 of the private Redis."""
+    own_queue = queue is None
+    if own_queue:
+        queue = RedisQueue(server)
+    r1 = server.client(1)
     out: dict = {"worker": label, "argv": argv, "tasks": n}
     out["leftovers_killed"] = 0
     out["stop_timeouts"] = 0
@@ -347,10 +394,10 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
 
     # Idle phase.
     if idle:
-        r0.flushall()
+        queue.flush()
         w = Worker(label, argv, env, workdir / f"{log_prefix}-idle.log")
         try:
-            out["startup_s"] = wait_brpop(r0, w)
+            out["startup_s"] = queue.wait_consuming(w)
             time.sleep(2.0)
             pids = tree_pids(w.proc.pid)
             by_proc = [rss_kib(p) for p in pids]  # main process first
@@ -361,9 +408,9 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
             stopped(w)
 
     # Loaded phase.
-    r0.flushall()
+    queue.flush()
     t_pre = time.monotonic()
-    ids = preload(r0, template, n, args_for)
+    ids = queue.preload(template, n, args_for)
     out["preload_s"] = time.monotonic() - t_pre
 
     peak = 0
@@ -404,6 +451,7 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
         w.stop()
         out["stop_s"] = time.monotonic() - t_stop
         stopped(w)
+    queue.after_run(out)
 
     # CPU time up to the last poll (~100 ms granularity): the worker's main process
     # versus everything below it (pool children).
@@ -430,7 +478,8 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
         out["missing"] = missing
         out["bad_results"] = bad
         out["other_keys"] = r1.dbsize() - (n - missing)
-        r0.close()
+        if own_queue:
+            queue.close()
         r1.close()
         return out
 
@@ -446,9 +495,202 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
             bad += 1
     out["results_stored"] = keys
     out["bad_results_in_sample"] = bad
-    r0.close()
+    if own_queue:
+        queue.close()
     r1.close()
     return out
+
+
+# --------------------------------------------------------------------------- amqp
+
+AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
+AMQP_USER = AMQP_PASSWORD = "guest"
+# rusty-celery's consume rate on RabbitMQ on the bench machine (it stores no results).
+AMQP_REFERENCE_TASKS_PER_S = 9400
+
+
+def rabbit_unavailable() -> str | None:
+    """Why scenario amqp cannot run: None when something accepts TCP connections on
+    AMQP_HOST:AMQP_PORT, py-amqp imports and rabbitmqctl is on PATH."""
+    import shutil
+    import socket
+    try:
+        import amqp  # noqa: F401  (py-amqp, a dependency of kombu)
+    except ImportError as exc:
+        return f"py-amqp is not importable ({exc})"
+    try:
+        socket.create_connection((AMQP_HOST, AMQP_PORT), timeout=3).close()
+    except OSError as exc:
+        return f"RabbitMQ does not answer on {AMQP_HOST}:{AMQP_PORT} ({exc})"
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl not found on PATH (needed for this run's vhost)"
+    return None
+
+
+def rabbitmqctl(*argv: str, timeout: float = 120.0) -> str:
+    try:
+        proc = subprocess.run(["rabbitmqctl", *argv], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"rabbitmqctl {' '.join(argv)}: no answer in {timeout:g}s")
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(argv)} failed (exit {proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+    return proc.stdout
+
+
+def amqp_errors(method):
+    """AmqpQueue methods raise RuntimeError (what measure()'s callers catch) on an AMQP or
+    socket error, after reopening the connection for the next worker's run."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *a, **kw):
+        try:
+            return method(self, *a, **kw)
+        except (self._amqp.exceptions.AMQPError, OSError) as exc:
+            try:
+                self.reconnect()
+            except (self._amqp.exceptions.AMQPError, OSError):
+                pass
+            raise RuntimeError(f"RabbitMQ ({method.__name__}): {exc!r}") from exc
+    return wrapper
+
+
+class AmqpQueue:
+    """Scenario amqp's broker side, for measure(): Celery's default queue `celery`
+    (durable, bound with key `celery` to the durable direct exchange `celery`) in this
+    run's own vhost on RabbitMQ; results stay in db 1 of the private Redis. One py-amqp
+    connection (heartbeats off: it idles while a worker runs) and one channel."""
+
+    QUEUE = EXCHANGE = "celery"
+
+    def __init__(self, vhost: str, server: RedisServer):
+        import amqp
+        self._amqp = amqp
+        self.vhost = vhost
+        self.url = f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
+        self.r1 = server.client(1)
+        self.conn = self.ch = None
+        try:
+            self.reconnect()
+        except (amqp.exceptions.AMQPError, OSError) as exc:
+            self.r1.close()
+            raise RuntimeError(f"cannot open vhost {vhost} on {AMQP_HOST}:{AMQP_PORT} as "
+                               f"{AMQP_USER}: {exc!r}") from exc
+
+    def reconnect(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.collect()  # drop the old socket without a handshake
+            except Exception:  # noqa: BLE001
+                pass
+        self.conn = self._amqp.Connection(f"{AMQP_HOST}:{AMQP_PORT}", userid=AMQP_USER,
+                                          password=AMQP_PASSWORD, virtual_host=self.vhost,
+                                          heartbeat=0, connect_timeout=10)
+        self.conn.connect()
+        self.ch = self.conn.channel()
+
+    @amqp_errors
+    def declare(self) -> None:
+        """Exchange, queue and binding as kombu declares Celery's default
+        `Queue('celery', Exchange('celery', 'direct'), routing_key='celery')`; a
+        mismatch with what is already declared is a channel error (an exception)."""
+        self.ch.exchange_declare(self.EXCHANGE, "direct", durable=True, auto_delete=False)
+        self.ch.queue_declare(self.QUEUE, durable=True, exclusive=False, auto_delete=False)
+        self.ch.queue_bind(self.QUEUE, self.EXCHANGE, routing_key=self.QUEUE)
+
+    @amqp_errors
+    def counts(self) -> tuple[int, int]:
+        """(messages ready, consumers) of queue `celery` (a passive queue_declare)."""
+        ok = self.ch.queue_declare(self.QUEUE, passive=True)
+        return ok.message_count, ok.consumer_count
+
+    @amqp_errors
+    def capture_template(self, args, env: dict, workdir: Path) -> dict:
+        """One real envelope from Celery's producer bound to this vhost: a publisher
+        subprocess (env CELERY_BROKER_URL = self.url) sends `example_task.apply_async((0,
+        0), queue=<capture queue>)` and declares Celery's default queue with Celery's own
+        Queue object; the message is read back here with basic_get."""
+        pub = run_publisher("capture", args, env, workdir, "amqp")
+        queue = pub["capture_queue"]
+        self.declare()  # same arguments as Celery's: a no-op, or a channel error
+        msg, deadline = None, time.monotonic() + 10.0
+        while msg is None:
+            msg = self.ch.basic_get(queue, no_ack=True)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no message in capture queue {queue} after 10 s")
+                time.sleep(0.05)
+        self.ch.queue_delete(queue)
+        props = dict(msg.properties)
+        headers = props.pop("application_headers", None) or {}
+        body = msg.body if isinstance(msg.body, str) else msg.body.decode()
+        return {"properties": props, "headers": headers, "body": body,
+                "captured_from": {"exchange": msg.delivery_info.get("exchange"),
+                                  "routing_key": msg.delivery_info.get("routing_key")}}
+
+    @amqp_errors
+    def flush(self) -> None:
+        """Empty queue `celery`, no results (FLUSHALL of the private Redis)."""
+        self.ch.queue_purge(self.QUEUE)
+        self.r1.flushall()
+
+    @amqp_errors
+    def preload(self, template: dict, n: int, args_for=None) -> list[str]:
+        """Publish n copies of `template` to exchange `celery`, key `celery`, with fresh
+        ids (headers id / root_id / argsrepr, property correlation_id); message i gets
+        positional args `args_for(i)` (default `[i, i]`). No publisher confirms: then
+        wait until the queue holds exactly n messages. Returns the task ids in order."""
+        if args_for is None:
+            args_for = lambda i: [i, i]  # noqa: E731
+        embed = json.loads(template["body"])[2]
+        headers0, props0 = template["headers"], template["properties"]
+        Message, publish = self._amqp.Message, self.ch.basic_publish
+        ids = []
+        for i in range(n):
+            tid = str(uuid.uuid4())
+            ids.append(tid)
+            args = args_for(i)
+            headers = dict(headers0, id=tid, root_id=tid, argsrepr=repr(tuple(args)),
+                           kwargsrepr="{}")
+            body = json.dumps([args, {}, embed]).encode()
+            publish(Message(body, **dict(props0, application_headers=headers,
+                                         correlation_id=tid)),
+                    exchange=self.EXCHANGE, routing_key=self.QUEUE)
+        deadline = time.monotonic() + 30.0
+        while True:
+            have = self.counts()[0]
+            if have == n:
+                return ids
+            if have > n or time.monotonic() > deadline:
+                raise RuntimeError(f"queue {self.QUEUE} holds {have} messages, wanted {n}")
+            time.sleep(0.05)
+
+    @amqp_errors
+    def wait_consuming(self, worker: "Worker", timeout: float = 60.0) -> float:
+        """Wait until queue `celery` has a consumer (the worker's basic_consume)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if not worker.alive():
+                raise RuntimeError(f"{worker.label} exited early:\n{worker.log_tail()}")
+            if self.counts()[1] > 0:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise RuntimeError(f"{worker.label} never started consuming (no consumer on queue "
+                           f"{self.QUEUE} in {timeout}s):\n{worker.log_tail()}")
+
+    @amqp_errors
+    def after_run(self, out: dict) -> None:
+        """Messages still ready in `celery` once the worker is gone (0 expected)."""
+        out["queue_left_after_stop"] = self.counts()[0]
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 — the vhost is deleted next anyway
+            pass
+        self.r1.close()
 
 
 # --------------------------------------------------------------------------- canvas / eta
@@ -498,6 +740,17 @@ def publisher_main(args) -> int:
             keep.append(res)
             tasks.append([res.id, 2 * i])
         out.update(eta=eta.isoformat(), tasks=tasks)
+    elif args.publish == "capture":
+        # Scenario amqp: one message from the real producer on CELERY_BROKER_URL
+        # (RabbitMQ) into a capture queue of its own (Celery declares it: direct exchange
+        # of the same name); then Celery's default queue declared with Celery's own
+        # Queue object, the topology both workers consume from.
+        queue = f"bench-capture-{uuid.uuid4().hex[:8]}"
+        celery_app.tasks[TASK].apply_async((0, 0), queue=queue)
+        with celery_app.connection_for_write() as conn:
+            celery_app.amqp.queues[celery_app.conf.task_default_queue](
+                conn.default_channel).declare()
+        out.update(capture_queue=queue)
     else:
         raise SystemExit(f"unknown --publish {args.publish!r}")
     out["publish_s"] = time.monotonic() - t0
@@ -863,27 +1116,66 @@ def ratio(a, b) -> str:
         return "-"
 
 
-def print_plain(results: list, n: int, failures: list) -> None:
+def print_plain(results: list, n: int, failures: list, scenario: str = "",
+                extra: tuple = (), note: str = "") -> None:
+    """The plain table and ratio line; scenario amqp reuses it with its name (in the
+    ratio line and warnings) and `extra` columns (header, width, row -> text)."""
     print()
     head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
-            f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}")
+            f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}"
+            + "".join(f" {h:>{w}}" for h, w, _ in extra))
     print(head)
     print("-" * len(head))
     for r in results:
         print(f"{r['worker']:<28} {r['tasks']:>7} {r['wall_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
               f"{r['steady_tasks_per_s']:>9.0f} {fmt_mib(r['idle_rss_kib']):>13} "
               f"{fmt_mib(r['peak_rss_kib']):>13} {r['idle_processes']:>6} "
-              f"{r['results_stored']:>7}")
+              f"{r['results_stored']:>7}" + "".join(f" {fn(r):>{w}}" for _, w, fn in extra))
     print("(wall = from worker start until the last result is stored; steady = from the "
-          "first stored result to the last)")
+          f"first stored result to the last{note})")
+    tag = f" ({scenario})" if scenario else ""
     if len(results) == 2:
         ours, theirs = results
-        print(f"\nrust / celery: throughput x{ours['tasks_per_s'] / theirs['tasks_per_s']:.2f} "
+        print(f"\nrust / celery{tag}: throughput x{ours['tasks_per_s'] / theirs['tasks_per_s']:.2f} "
               f"(steady x{ours['steady_tasks_per_s'] / theirs['steady_tasks_per_s']:.2f}), "
               f"idle RSS x{ours['idle_rss_kib'] / max(theirs['idle_rss_kib'], 1):.3f}, "
               f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
     for r in results:
-        check_stored(r, n, failures)
+        check_stored(r, n, failures, tag)
+
+
+def print_amqp(results: list, n: int, failures: list, vhost: str) -> None:
+    print(f"\namqp: {n} x {TASK}, broker RabbitMQ {AMQP_HOST}:{AMQP_PORT} vhost {vhost} "
+          f"(queue `celery`), results in the private Redis db 1")
+
+    def cpu(r):
+        return f"{r['cpu_parent_s']:.2f} + {r['cpu_children_s']:.2f}"
+
+    print_plain(results, n, failures, "amqp",
+                extra=(("startup s", 9, lambda r: f"{r['startup_s']:.2f}"),
+                       ("CPU s main+pool", 16, cpu),
+                       ("left", 5, lambda r: str(r.get("queue_left_after_stop", "-")))),
+                note="; startup = worker start -> a consumer on `celery`; CPU = utime+stime "
+                "of the main process + of its children during the loaded phase; left = "
+                "messages still in `celery` after the worker stopped")
+    if len(results) == 2:
+        ours, theirs = results
+        cpu_ours = ours["cpu_parent_s"] + ours["cpu_children_s"]
+        cpu_theirs = theirs["cpu_parent_s"] + theirs["cpu_children_s"]
+        print(f"    CPU {ratio(cpu_ours, cpu_theirs)} ({cpu_ours:.2f}s vs {cpu_theirs:.2f}s, "
+              f"{1000 * cpu_ours / n:.3f} vs {1000 * cpu_theirs / n:.3f} ms/task)")
+    for r in results:
+        if r["worker"].startswith("rust"):
+            print(f"{r['worker']} on RabbitMQ: {r['tasks_per_s']:.0f} tasks/s (steady "
+                  f"{r['steady_tasks_per_s']:.0f}/s) = "
+                  f"{ratio(r['tasks_per_s'], AMQP_REFERENCE_TASKS_PER_S)} (steady "
+                  f"{ratio(r['steady_tasks_per_s'], AMQP_REFERENCE_TASKS_PER_S)}) of the "
+                  f"reference {AMQP_REFERENCE_TASKS_PER_S:,} tasks/s (rusty-celery's consume "
+                  f"rate on RabbitMQ on this machine, storing no results)")
+        if r.get("queue_left_after_stop"):
+            print(f"WARNING: {r['worker']}: amqp: {r['queue_left_after_stop']} messages left "
+                  f"in queue `celery` after all {n} results were stored")
+            failures.append(f"{r['worker']} (amqp: messages left)")
 
 
 def check_stored(r: dict, n: int, failures: list, what: str = "") -> None:
@@ -1073,10 +1365,11 @@ def print_eta(results: list, failures: list) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["all", "plain", "events", "canvas", "eta", "python"],
+    ap.add_argument("--scenario",
+                    choices=["all", "plain", "events", "canvas", "eta", "python", "amqp"],
                     default="all")
     ap.add_argument("--tasks", type=int, default=20000,
-                    help="plain and events scenarios (default 20000)")
+                    help="plain, events and amqp scenarios (default 20000)")
     ap.add_argument("--chains", type=int, default=2000, help="canvas scenario (default 2000)")
     ap.add_argument("--chords", type=int, default=200, help="canvas scenario (default 200)")
     ap.add_argument("--eta-tasks", type=int, default=10000, help="eta scenario (default 10000)")
@@ -1095,7 +1388,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per worker run, seconds")
     ap.add_argument("--json", help="also write the results to this file "
                     "(default bench/results/<timestamp>.json)")
-    ap.add_argument("--publish", choices=["canvas", "eta"], help=argparse.SUPPRESS)
+    ap.add_argument("--publish", choices=["canvas", "eta", "capture"], help=argparse.SUPPRESS)
     ap.add_argument("--publish-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eta_delay is None:
@@ -1106,8 +1399,8 @@ def main() -> int:
     # Turn SIGTERM into an exception so the finally blocks clean up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    scenarios = ["plain", "events", "canvas", "eta", "python"] if args.scenario == "all" \
-        else [args.scenario]
+    scenarios = ["plain", "events", "canvas", "eta", "python", "amqp"] \
+        if args.scenario == "all" else [args.scenario]
     import celery
     workdir = Path(tempfile.mkdtemp(prefix="rcw-bench-"))
     server = RedisServer(workdir / "redis").start()
@@ -1133,7 +1426,7 @@ def main() -> int:
         [str(ROOT / "python"), str(ROOT / "interop")]
         + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 
-    def runs(app: str, run_env: dict, rust_extra: tuple = ()) -> list:
+    def runs(app: str, run_env: dict, rust_extra: tuple = (), broker: str = "") -> list:
         out = []
         if args.skip_rust:
             print("rust-celery-worker: skipped (--skip-rust)")
@@ -1142,7 +1435,8 @@ def main() -> int:
                   f"(build it with `make release` / `cargo build --release`)")
         else:
             out.append(("rust-celery-worker", [
-                args.bin, "-A", "app.workers", "-b", broker_url, "--result-backend", backend_url,
+                args.bin, "-A", "app.workers", "-b", broker or broker_url,
+                "--result-backend", backend_url,
                 *rust_extra, "-c", str(c), "--without-gossip", "--without-mingle",
                 "--without-heartbeat", "-l", "warning", "-n", "bench-rust@%h"], run_env))
         if args.skip_celery:
@@ -1159,6 +1453,9 @@ def main() -> int:
     eta_results = []
     py_results: dict = {}
     events_results = []  # per worker: {"worker", "without": run, "with": run, "ratio"}
+    amqp_results = []
+    amqp_info: dict = {}  # vhost, or why the scenario was skipped
+    stray_markers = [f"CELERY_BROKER_URL={broker_url}"]
     failures = []
 
     def attempt(label: str, what: str, fn):
@@ -1280,12 +1577,61 @@ def main() -> int:
                           f"{fmt_mib(res['peak_rss_kib'])} MiB in {res['peak_processes']} "
                           f"processes, {res['missing']} missing / {res['bad_results']} wrong, "
                           f"load {fmt_load(res['loadavg_after'])}", flush=True)
+        if "amqp" in scenarios:
+            print(f"== amqp: {n} x {TASK}, broker RabbitMQ, results in Redis db 1 "
+                  f"(load average {fmt_load(loadavg())})", flush=True)
+            why = rabbit_unavailable()
+            vhost = f"rcw-bench-{uuid.uuid4()}"
+            if why is None:
+                try:
+                    rabbitmqctl("add_vhost", vhost)
+                except RuntimeError as exc:
+                    why = str(exc)
+            if why is not None:
+                print(f"-- amqp: SKIPPED: {why}", flush=True)
+                amqp_info["skipped"] = why
+            else:
+                amqp_info["vhost"] = vhost
+                queue = None
+                try:
+                    rabbitmqctl("set_permissions", "-p", vhost, AMQP_USER, ".*", ".*", ".*")
+                    queue = AmqpQueue(vhost, server)
+                    stray_markers.append(f"CELERY_BROKER_URL={queue.url}")
+                    amqp_env = dict(env, CELERY_BROKER_URL=queue.url)
+                    template = queue.capture_template(args, amqp_env, workdir)
+                    amqp_info["template"] = template
+                    for label, argv, run_env in runs("app.workers", amqp_env, broker=queue.url):
+                        print(f"-- amqp {label}: measuring ...", flush=True)
+                        res = attempt(f"amqp {label}", f"{label} (amqp)", lambda: measure(
+                            label, argv, run_env, server, template, n, workdir, args.timeout,
+                            tag="amqp", queue=queue))
+                        if res is None:
+                            continue
+                        res["loadavg_after"] = loadavg()
+                        amqp_results.append(res)
+                        print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s, "
+                              f"steady {res['steady_tasks_per_s']:.0f}/s (preload "
+                              f"{res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), idle "
+                              f"RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak "
+                              f"{fmt_mib(res['peak_rss_kib'])} MiB, CPU "
+                              f"{res['cpu_parent_s']:.2f} + {res['cpu_children_s']:.2f}s, "
+                              f"load {fmt_load(res['loadavg_after'])}", flush=True)
+                except RuntimeError as exc:  # vhost setup or capture: the scenario fails
+                    print(f"-- amqp: FAILED: {exc}", flush=True)
+                    failures.append("amqp")
+                finally:
+                    if queue is not None:
+                        queue.close()
+                    try:
+                        rabbitmqctl("delete_vhost", vhost)
+                    except RuntimeError as exc:
+                        print(f"WARNING: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         server.stop()
-        strays = stray_processes(f"CELERY_BROKER_URL={broker_url}")
+        strays = [proc for marker in stray_markers for proc in stray_processes(marker)]
         for pid, cmd in strays:
             print(f"WARNING: process {pid} left behind ({cmd[:120]}); SIGKILL", file=sys.stderr)
             try:
@@ -1304,9 +1650,14 @@ def main() -> int:
         print_eta(eta_results, failures)
     if any(py_results.values()):
         print_python(py_results, failures)
+    if amqp_results:
+        print_amqp(amqp_results, n, failures, amqp_info["vhost"])
+    elif amqp_info.get("skipped"):
+        print(f"\namqp: skipped ({amqp_info['skipped']})")
     if strays:
         failures.append(f"{len(strays)} process(es) left behind")
-    if results or events_results or canvas_results or eta_results or any(py_results.values()):
+    if results or events_results or canvas_results or eta_results or any(py_results.values()) \
+            or amqp_results:
         print(f"\nload average: start {fmt_load(load_start)}, end {fmt_load(load_end)} "
               f"({os.cpu_count()} CPUs)")
         out_path = Path(args.json) if args.json else \
@@ -1331,6 +1682,10 @@ def main() -> int:
         if "python" in scenarios:
             doc["python"] = {"noop_tasks": args.py_noop, "cpu_tasks": args.py_cpu,
                              "cpu_n": PY_CPU_N, "results": py_results}
+        if "amqp" in scenarios:
+            doc["amqp"] = {"tasks": n, "broker": f"amqp://{AMQP_HOST}:{AMQP_PORT}",
+                           "reference_tasks_per_s": AMQP_REFERENCE_TASKS_PER_S,
+                           **amqp_info, "results": amqp_results}
         out_path.write_text(json.dumps(doc, indent=2))
         print(f"results written to {out_path}")
     if failures:

@@ -33,8 +33,20 @@ pub fn envelope(props: &BasicProperties, body: Vec<u8>, arrival: &Arrival<'_>) -
         properties.insert("delivery_mode".into(), json!(mode));
     }
     properties.insert("priority".into(), json!(props.priority().unwrap_or(0)));
-    if let Some(exp) = text(props.expiration()) {
-        properties.insert("expiration".into(), Value::String(exp));
+    for (key, value) in [
+        ("expiration", props.expiration()),
+        ("app_id", props.app_id()),
+        ("message_id", props.message_id()),
+        ("type", props.kind()),
+        ("user_id", props.user_id()),
+        ("cluster_id", props.cluster_id()),
+    ] {
+        if let Some(v) = text(value) {
+            properties.insert(key.into(), Value::String(v));
+        }
+    }
+    if let Some(t) = props.timestamp() {
+        properties.insert("timestamp".into(), json!(t));
     }
     properties.insert(
         "delivery_info".into(),
@@ -48,6 +60,12 @@ pub fn envelope(props: &BasicProperties, body: Vec<u8>, arrival: &Arrival<'_>) -
         Some(table) => table_to_json(table),
         None => Map::new(),
     };
+    // py-amqp's `message.properties` carries the header table too, and
+    // Celery's `request.properties` shows it.
+    properties.insert(
+        "application_headers".into(),
+        Value::Object(headers.clone()),
+    );
     Envelope {
         body,
         content_type: text(props.content_type()),
@@ -96,6 +114,20 @@ pub fn properties(env: &Envelope, now: chrono::DateTime<chrono::Utc>) -> BasicPr
     });
     if let Some(exp) = expiration {
         props = props.with_expiration(exp.into());
+    }
+    // The other basic properties a producer may set (`user_id` is left out:
+    // RabbitMQ refuses one that isn't the connection's user).
+    if let Some(v) = text("app_id") {
+        props = props.with_app_id(v.into());
+    }
+    if let Some(v) = text("message_id") {
+        props = props.with_message_id(v.into());
+    }
+    if let Some(v) = text("type") {
+        props = props.with_type(v.into());
+    }
+    if let Some(t) = p.get("timestamp").and_then(Value::as_u64) {
+        props = props.with_timestamp(t);
     }
     props
 }
