@@ -121,6 +121,9 @@ struct Inner {
     rx: AsyncMutex<mpsc::UnboundedReceiver<Incoming>>,
     pending: Mutex<HashMap<u64, Acker>>,
     next_tag: AtomicU64,
+    /// Consumers start with the first fetch, not at connect: `--purge`
+    /// (between the two) must find the messages still in their queues.
+    consuming: std::sync::atomic::AtomicBool,
 }
 
 /// The AMQP transport.
@@ -168,6 +171,7 @@ impl AmqpBroker {
             rx: AsyncMutex::new(rx),
             pending: Mutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
+            consuming: std::sync::atomic::AtomicBool::new(false),
         });
         inner.session().await.map_err(anyhow::Error::new)?;
         tokio::spawn(apply_qos(
@@ -220,9 +224,12 @@ impl Inner {
         };
         self.set_qos(&session).await?;
         let queues = self.consumed.lock().expect("queues lock").clone();
+        let consuming = self.consuming.load(Ordering::Relaxed);
         for q in &queues {
             self.declare_queue(&session, q).await?;
-            self.consume(&session, q).await?;
+            if consuming {
+                self.consume(&session, q).await?;
+            }
         }
         Ok(session)
     }
@@ -540,6 +547,12 @@ impl Broker for AmqpBroker {
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         let inner = &self.inner;
         let session = inner.session().await?;
+        if !inner.consuming.swap(true, Ordering::Relaxed) {
+            let queues = inner.consumed.lock().expect("queues lock").clone();
+            for q in &queues {
+                inner.consume(&session, q).await?;
+            }
+        }
         let mut rx = inner.rx.lock().await;
         let mut out = Vec::new();
         let mut next = match tokio::time::timeout(POLL, rx.recv()).await {
@@ -804,7 +817,9 @@ impl Broker for AmqpBroker {
             .lock()
             .expect("queues lock")
             .push(queue.to_string());
-        self.inner.consume(&session, queue).await?;
+        if self.inner.consuming.load(Ordering::Relaxed) {
+            self.inner.consume(&session, queue).await?;
+        }
         Ok(true)
     }
 
