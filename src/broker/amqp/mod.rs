@@ -608,7 +608,19 @@ impl Broker for AmqpBroker {
     }
 
     async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
-        self.inner.settle(tag, None).await
+        // basic.ack has no reply: waiting for lapin to hand the frame to its
+        // I/O loop only held up the task's slot (an early ack is awaited
+        // before the body runs), so the ack goes on without us.
+        let Some(acker) = self.inner.take_acker(tag) else {
+            return Ok(());
+        };
+        let tag = tag.to_string();
+        tokio::spawn(async move {
+            if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+                tracing::warn!("delivery {tag} belongs to a lost connection: RabbitMQ redelivers it");
+            }
+        });
+        Ok(())
     }
 
     async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
