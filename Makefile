@@ -16,6 +16,7 @@ VENV_STAMP := $(VENV)/.stamp-deps
 BROKER ?= $(or $(CELERY_BROKER_URL),redis://127.0.0.1:6379/0)
 PYTEST_ARGS ?=
 PYTEST_ARGS_PY ?=
+PYTEST_ARGS_AMQP ?=
 
 .PHONY: venv build release run test test-rust test-interop bench lint
 
@@ -63,13 +64,21 @@ test-interop: venv
 	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS)
 
 # Every part always runs; the target fails if any failed. The interop suite
-# runs twice: Rust-native tasks, then every task as a Python body in our
-# prefork pool (INTEROP_WORKER=rust-python).
+# runs three times: Rust-native tasks on Redis; then, side by side (they wait
+# on workers more than they use the CPU), every task as a Python body in our
+# prefork pool (INTEROP_WORKER=rust-python) and Rust-native tasks on RabbitMQ
+# (INTEROP_BROKER=amqp, a vhost of its own). The side-by-side pass's output is
+# printed when it ends.
 test: venv
-	@rc=0; \
+	@rc=0; mkdir -p target; \
 	cargo test || rc=1; \
 	$(VENV)/bin/pytest interop -q $(PYTEST_ARGS) || rc=1; \
-	INTEROP_WORKER=rust-python $(VENV)/bin/pytest interop -q $(PYTEST_ARGS_PY) || rc=1; \
+	( INTEROP_WORKER=rust-python $(VENV)/bin/pytest interop -q $(PYTEST_ARGS_PY) \
+	    > target/interop-python-bodies.log 2>&1; echo $$? > target/interop-python-bodies.rc ) & \
+	INTEROP_BROKER=amqp $(VENV)/bin/pytest interop -q $(PYTEST_ARGS_AMQP) || rc=1; \
+	wait; \
+	echo "=== INTEROP_WORKER=rust-python pass"; cat target/interop-python-bodies.log; \
+	[ "$$(cat target/interop-python-bodies.rc)" = 0 ] || rc=1; \
 	exit $$rc
 
 bench: venv release

@@ -3,7 +3,8 @@
 
 Entries (all call ``beatapp.record``, which ``RPUSH``es one JSON object
 ``{"t": <time.time()>, "args": [...], "kwargs": {...}, "pid": <pid>}`` per run to the
-list ``beat:<entry name>`` on the broker's Redis):
+list ``beat:<entry name>`` on the broker's Redis (``INTEROP_SIDE_REDIS``: the result
+backend's with an AMQP broker):
 
 * ``every-second``: ``schedule: 1.0`` (a float number of seconds), with ``args`` and
   ``kwargs`` that the task records (the test checks they arrive).
@@ -65,7 +66,8 @@ if os.environ.get("BEATAPP_CRON", "1") != "0":
 @app.task(name="beatapp.record")
 def record(entry, *args, **kwargs):
     import redis
-    r = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    r = redis.Redis.from_url(os.environ.get("INTEROP_SIDE_REDIS")
+                             or os.environ["CELERY_BROKER_URL"])
     r.rpush(f"beat:{entry}", json.dumps({"t": time.time(), "args": list(args),
                                          "kwargs": kwargs, "pid": os.getpid()}))
     r.close()

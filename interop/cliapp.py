@@ -6,8 +6,9 @@ runs in the worker's Python pool (prefork children by default), never as a Rust 
 * ``cliapp.sleep(seconds, result=None)``: sleeps, returns ``result`` if not None, else
   ``seconds``.
 * ``cliapp.sleep_then_mark(seconds, key)``: ``SET <key>:started <pid>`` on the broker's
-  Redis, sleeps ``seconds``, then ``SET <key> done`` (the marker a cold shutdown must
-  keep from ever being written).
+  Redis (``INTEROP_SIDE_REDIS``: the result backend's with an AMQP broker), sleeps
+  ``seconds``, then ``SET <key> done`` (the marker a cold shutdown must keep from ever
+  being written).
 * ``cliapp.pid()`` → the pid of the process running the body.
 
 Broker and backend come from ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``.
@@ -25,7 +26,8 @@ app.conf.update(task_serializer="json", accept_content=["json"], result_serializ
 
 def _redis():
     import redis
-    return redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    return redis.Redis.from_url(os.environ.get("INTEROP_SIDE_REDIS")
+                                or os.environ["CELERY_BROKER_URL"])
 
 
 @app.task(name="cliapp.add")

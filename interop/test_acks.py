@@ -2,7 +2,6 @@
 option and ``task_acks_late``), ``task_acks_on_failure_or_timeout``."""
 from __future__ import annotations
 
-import json
 import time
 
 from helpers import log_count, result_meta, wait_until
@@ -10,58 +9,56 @@ from helpers import log_count, result_meta, wait_until
 GET_TIMEOUT = 20
 
 
-def _unacked_ids(broker):
-    return [json.loads(v)[0]["headers"]["id"] for v in broker.hvals("unacked")]
-
-
-def test_early_ack_by_default(celery_client, worker, broker):
+def test_early_ack_by_default(celery_client, worker, transport):
     w = worker(concurrency=1, settings={"task_track_started": True})
     res = celery_client.send_task("rcw.testing.sleep", args=[2, "early"])
     wait_until(lambda: res.state == "STARTED", timeout=10, what="STARTED")
-    # Acked when it started: nothing in `unacked` while it runs.
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=2, what="ack before running")
-    assert broker.llen("celery") == 0
+    # Acked when it started: nothing unacked while it runs.
+    wait_until(lambda: transport.unacked_count() == 0, timeout=2, what="ack before running")
+    assert transport.queue_length("celery") == 0
     assert not res.ready()
     # So a crash now loses it (nothing left to restore) -- Celery's documented
     # trade-off; acks_late is the cure (below).
     w.kill9()
-    assert broker.hlen("unacked") == 0 and broker.llen("celery") == 0
+    assert transport.surviving_ids("celery") == []
     assert res.state == "STARTED"
 
 
-def test_task_acks_late_setting_acks_after_result(celery_client, worker, broker, backend):
+def test_task_acks_late_setting_acks_after_result(celery_client, worker, transport, backend):
     worker(concurrency=1, settings={"task_acks_late": True, "task_track_started": True})
     res = celery_client.send_task("rcw.testing.sleep", args=[2, "late"])
     wait_until(lambda: res.state == "STARTED", timeout=10, what="STARTED")
     time.sleep(0.5)
     assert not res.ready()
-    assert _unacked_ids(broker) == [res.id], "acks_late task not unacked while running"
+    assert transport.holds_unacked([res.id]), "acks_late task not unacked while running"
     assert res.get(timeout=GET_TIMEOUT) == "late"
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="ack after SUCCESS")
-    assert broker.llen("celery") == 0
-    assert broker.zcard("unacked_index") == 0
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="ack after SUCCESS")
+    assert transport.queue_length("celery") == 0
+    assert transport.nothing_unacked()
 
 
-def test_acks_late_task_survives_kill9(celery_client, worker, broker, backend):
+def test_acks_late_task_survives_kill9(celery_client, worker, transport, backend):
+    # visibility_timeout: how long kombu's Redis transport waits before restoring an
+    # unacked message (RabbitMQ requeues it when the connection drops).
     settings = {"broker_transport_options": {"visibility_timeout": 1},
                 "task_track_started": True}
     w1 = worker(concurrency=1, settings=settings)
     # rcw.testing.late_sleep has acks_late=True as a task option.
     res = celery_client.send_task("rcw.testing.late_sleep", args=[2, "survived"])
     wait_until(lambda: res.state == "STARTED", timeout=10, what="STARTED")
-    assert _unacked_ids(broker) == [res.id]
+    assert transport.holds_unacked([res.id])
     w1.kill9()
-    assert _unacked_ids(broker) == [res.id]
+    assert transport.surviving_ids("celery") == [res.id]
     time.sleep(1.5)  # older than visibility_timeout → restored by the next worker
     w2 = worker(concurrency=1, settings=settings)
     assert res.get(timeout=GET_TIMEOUT) == "survived"
     w2.wait_for_log(f"Task rcw.testing.late_sleep[{res.id}] succeeded", timeout=5)
     assert log_count(w2, f"Task rcw.testing.late_sleep[{res.id}] succeeded") == 1
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="unacked empty")
-    assert broker.llen("celery") == 0
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="unacked empty")
+    assert transport.queue_length("celery") == 0
 
 
-def test_acks_late_failure_not_requeued(celery_client, worker, broker, backend):
+def test_acks_late_failure_not_requeued(celery_client, worker, transport, backend):
     """acks_late + task_acks_on_failure_or_timeout=False: a failed task is rejected
     without requeue -- FAILURE stored, the message neither acked-and-rerun nor back in
     the queue."""
@@ -72,9 +69,9 @@ def test_acks_late_failure_not_requeued(celery_client, worker, broker, backend):
     meta = result_meta(backend, res.id)
     assert meta["status"] == "FAILURE"
     assert meta["result"]["exc_message"] == ["late failure"]
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="unacked empty")
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="unacked empty")
     time.sleep(1.0)
-    assert broker.llen("celery") == 0 and broker.hlen("unacked") == 0
+    assert transport.queue_length("celery") == 0 and transport.unacked_count() == 0
     assert log_count(w, f"Task rcw.testing.fail[{res.id}] received") == 1
     # The worker carries on.
     assert celery_client.send_task("app.workers.tasks.example_task", args=[1, 2]).get(

@@ -91,7 +91,12 @@ def test_chain_passes_results_and_links_metas(celery_client, worker, backend):
     res = chain(example_task.s(2, 2), example_task.s(3), example_task.s(5))()
     assert res.get(timeout=GET_TIMEOUT) == 12
     third, second, first = res, res.parent, res.parent.parent
-    metas = [result_meta(backend, r.id) for r in (first, second, third)]
+    # Celery's worker publishes a chain's next step before it stores the step's own
+    # result, so the last step can finish first.
+    def stored():
+        found = [result_meta(backend, r.id) for r in (first, second, third)]
+        return found if all(found) else None
+    metas = wait_until(stored, timeout=5, what="the three steps' metas")
     assert [m["result"] for m in metas] == [4, 7, 12]
     assert "parent_id" not in metas[0]
     assert metas[1]["parent_id"] == first.id

@@ -139,11 +139,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _urls(redis_server):
-    return f"{redis_server.url}/0", f"{redis_server.url}/1"
-
-
-def _env_for(redis_server, kind: str, extra: dict | None = None) -> dict:
+def _env_for(urls, kind: str, extra: dict | None = None) -> dict:
     """The environment the ``worker`` fixture gives a worker of ``kind``."""
     extra_env = dict(extra or {})
     if kind in ("rust", "rust-python"):
@@ -155,11 +151,11 @@ def _env_for(redis_server, kind: str, extra: dict | None = None) -> dict:
             extra_env.setdefault("RCW_PY_SETTINGS", "{}")
     else:
         extra_env.setdefault("RCW_PY_SETTINGS", "{}")
-    return helpers.worker_env(*_urls(redis_server), extra_env)
+    return helpers.worker_env(*urls, extra_env)
 
 
 @pytest.fixture
-def spawn(request, tmp_path, redis_server):
+def spawn(request, tmp_path, urls):
     """Start a worker from an explicit argv (``spawn(argv, name)`` → WorkerProcess,
     not waited for); stopped (SIGTERM, then SIGKILL of its group) at teardown."""
     started = []
@@ -169,7 +165,7 @@ def spawn(request, tmp_path, redis_server):
         if kind in ("rust", "rust-python"):
             request.getfixturevalue("rust_bin")
         proc = WorkerProcess(kind, [str(a) for a in argv],
-                             env or _env_for(redis_server, kind),
+                             env or _env_for(urls, kind),
                              helpers.PYTHON_DIR, tmp_path / f"spawn-{name}.log", name)
         started.append(proc)
         return proc
@@ -199,11 +195,11 @@ def _opt_of(arg: str):
     return None
 
 
-def _argv(redis_server, name: str, extra=(), kind: str | None = None, **kwargs) -> list:
+def _argv(urls, name: str, extra=(), kind: str | None = None, **kwargs) -> list:
     """``helpers.worker_argv`` + ``extra``, minus the harness's own occurrence of any
     option ``extra`` sets: click takes the last of a repeated option, a clap parser
     refuses the repeat, so each option appears once (``-c``, ``-l``, ``-E``...)."""
-    broker_url, backend_url = _urls(redis_server)
+    broker_url, backend_url = urls
     base = worker_argv(kind or WORKER_KIND, broker_url=broker_url, backend_url=backend_url,
                        name=name, **kwargs)
     given = {_opt_of(a) for a in extra} - {None}
@@ -377,7 +373,7 @@ def test_detach_daemonizes(worker, celery_client, tmp_path, daemons):
 
 
 @pytest.mark.parametrize("spelling", ["-X", "--exclude-queues="])
-def test_exclude_queues(worker, celery_client, broker, backend, spelling):
+def test_exclude_queues(worker, celery_client, transport, backend, spelling):
     """``-Q a,b -X b``: a is consumed, b is not."""
     suffix = uuid.uuid4().hex[:8]
     a, b = f"qa-{suffix}", f"qb-{suffix}"
@@ -387,24 +383,24 @@ def test_exclude_queues(worker, celery_client, broker, backend, spelling):
     ran = celery_client.send_task("rcw.testing.echo", args=["a"], queue=a)
     assert ran.get(timeout=GET_TIMEOUT) == "a"
     time.sleep(1.5)
-    assert broker.llen(b) == 1
+    assert transport.queue_length(b) == 1
     assert helpers.result_meta(backend, left.id) is None
 
 
 @pytest.mark.parametrize("flag", ["--purge", "--discard"])
-def test_purge_discards_waiting_messages(worker, celery_client, broker, backend, queue_name,
-                                         flag):
+def test_purge_discards_waiting_messages(worker, celery_client, transport, backend,
+                                         queue_name, flag):
     """``--purge``/``--discard``: messages waiting in the consumed queues are deleted
     at start; tasks sent afterwards run."""
     stale = [celery_client.send_task("app.workers.tasks.example_task", args=[i, 0],
                                      queue=queue_name) for i in range(3)]
-    assert broker.llen(queue_name) == 3
+    assert transport.queue_length(queue_name) == 3
     w = worker(queues=[queue_name], extra_args=[flag])
     fresh = celery_client.send_task("app.workers.tasks.example_task", args=[5, 5],
                                     queue=queue_name)
     assert fresh.get(timeout=GET_TIMEOUT) == 10
     time.sleep(0.5)
-    assert broker.llen(queue_name) == 0
+    assert transport.queue_length(queue_name) == 0
     assert [helpers.result_meta(backend, r.id) for r in stale] == [None] * 3
     assert not any(r.id in w.log() for r in stale), "a purged message was received"
 
@@ -451,12 +447,12 @@ def test_autoscale_grows_under_load_and_shrinks_back(worker, celery_client):
 # --------------------------------------------------------------------------- beat
 
 
-def _runs(broker, entry: str) -> list:
-    return [json.loads(raw) for raw in broker.lrange(f"beat:{entry}", 0, -1)]
+def _runs(side_redis, entry: str) -> list:
+    return [json.loads(raw) for raw in side_redis.lrange(f"beat:{entry}", 0, -1)]
 
 
 @pytest.mark.timeout(60)
-def test_embedded_beat_runs_the_schedule(worker, broker, tmp_path):
+def test_embedded_beat_runs_the_schedule(worker, side_redis, tmp_path):
     """``-B -s <file>``: the app's ``beat_schedule`` runs inside the worker: a float
     1.0 s entry (args/kwargs arrive), a ``timedelta(seconds=1)`` entry and a
     ``crontab()`` entry whose ``nowfun`` puts the next minute ~3 s ahead (it fires
@@ -465,23 +461,23 @@ def test_embedded_beat_runs_the_schedule(worker, broker, tmp_path):
     w = worker(app="beatapp", extra_args=["-B", "-s", str(schedule)],
                env={"BEATAPP_CRON_LEAD": "3"})
     deadline = w.started_at + 10.0
-    wait_until(lambda: _runs(broker, "cron"), timeout=max(1.0, deadline - time.monotonic()),
+    wait_until(lambda: _runs(side_redis, "cron"), timeout=max(1.0, deadline - time.monotonic()),
                interval=0.1, what="the crontab entry to fire within 10 s of the start")
-    wait_until(lambda: len(_runs(broker, "every-second")) >= 4
-               and len(_runs(broker, "every-td")) >= 4, timeout=10, interval=0.1,
+    wait_until(lambda: len(_runs(side_redis, "every-second")) >= 4
+               and len(_runs(side_redis, "every-td")) >= 4, timeout=10, interval=0.1,
                what="4 runs of each 1 s entry")
     time.sleep(1.0)
 
-    every = _runs(broker, "every-second")
+    every = _runs(side_redis, "every-second")
     assert all(r["args"] == [1, "two"] and r["kwargs"] == {"flag": True, "n": 3}
                for r in every), every
-    assert all(r["args"] == [] and r["kwargs"] == {} for r in _runs(broker, "every-td"))
-    cron = _runs(broker, "cron")
+    assert all(r["args"] == [] and r["kwargs"] == {} for r in _runs(side_redis, "every-td"))
+    cron = _runs(side_redis, "cron")
     assert len(cron) == 1, cron
     assert cron[0]["args"] == [] and cron[0]["kwargs"] == {"at": "minute"}
     # About once per second: over the span of the runs seen, not a burst.
     for entry in ("every-second", "every-td"):
-        times = sorted(r["t"] for r in _runs(broker, entry))
+        times = sorted(r["t"] for r in _runs(side_redis, entry))
         span = times[-1] - times[0]
         assert len(times) - 1 <= span + 1.5, f"{entry}: {len(times)} runs in {span:.1f}s"
         assert len(times) - 1 >= span - 1.5, f"{entry}: {len(times)} runs in {span:.1f}s"
@@ -490,21 +486,22 @@ def test_embedded_beat_runs_the_schedule(worker, broker, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_embedded_beat_with_a_third_party_scheduler(worker, broker, tmp_path):
+def test_embedded_beat_with_a_third_party_scheduler(worker, side_redis, tmp_path):
     """``-B --scheduler redbeat.RedBeatScheduler``: RedBeat's scheduler (schedule and
-    lock in the broker's Redis, lock token in a thread-local) runs the entries."""
+    lock in the broker's Redis -- the result backend's with an AMQP broker --, lock
+    token in a thread-local) runs the entries."""
     pytest.importorskip("redbeat")
     worker(app="redbeatapp", extra_args=["-B", "--scheduler", "redbeat.RedBeatScheduler",
                                          "-s", str(tmp_path / "unused")])
-    wait_until(lambda: broker.llen("redbeat-runs") >= 3, timeout=15, interval=0.2,
+    wait_until(lambda: side_redis.llen("redbeat-runs") >= 3, timeout=15, interval=0.2,
                what="3 runs of the RedBeat entry")
-    assert broker.exists("redbeat:tick"), "RedBeat did not store its entry"
-    assert broker.exists("redbeat::lock"), "RedBeat's own lock is not held"
+    assert side_redis.exists("redbeat:tick"), "RedBeat did not store its entry"
+    assert side_redis.exists("redbeat::lock"), "RedBeat's own lock is not held"
 
 
 @pytest.mark.rust_only
 @pytest.mark.timeout(60)
-def test_two_embedded_beats_fire_once_per_period(worker, broker, tmp_path):
+def test_two_embedded_beats_fire_once_per_period(worker, side_redis, tmp_path):
     """Two ``-B`` workers on one broker, each with its own ``-s`` file: each entry
     fires once per period across both. Celery's embedded beat has no cross-worker
     lock (each ``-B`` worker runs its own scheduler), so it fires twice: rust_only."""
@@ -514,16 +511,16 @@ def test_two_embedded_beats_fire_once_per_period(worker, broker, tmp_path):
     env = {"BEATAPP_CRON": "0"}
     worker(app="beatapp", extra_args=["-B", "-s", str(tmp_path / "s1")], env=env)
     worker(app="beatapp", extra_args=["-B", "-s", str(tmp_path / "s2")], env=env)
-    broker.delete("beat:every-second")
+    side_redis.delete("beat:every-second")
     t0 = time.time()
     time.sleep(6.0)
-    runs = [r for r in _runs(broker, "every-second") if t0 <= r["t"] <= t0 + 6.0]
+    runs = [r for r in _runs(side_redis, "every-second") if t0 <= r["t"] <= t0 + 6.0]
     assert 3 <= len(runs) <= 8, f"{len(runs)} runs of the 1 s entry in 6 s"
 
 
 @pytest.mark.rust_only
 @pytest.mark.timeout(60)
-def test_beat_lock_is_taken_over_when_its_holder_dies(worker, broker, tmp_path):
+def test_beat_lock_is_taken_over_when_its_holder_dies(worker, side_redis, tmp_path):
     """The ``-B`` leader is killed with SIGKILL (it cannot release the lock): once its
     lease expires (``beat_lock_timeout=2``) the other ``-B`` worker schedules."""
     env = {"BEATAPP_CRON": "0"}
@@ -542,18 +539,18 @@ def test_beat_lock_is_taken_over_when_its_holder_dies(worker, broker, tmp_path):
     second.wait_for_log("Sending due task every-second", timeout=10)
 
 
-def test_remap_sigterm_makes_term_cold(worker, celery_client, broker):
+def test_remap_sigterm_makes_term_cold(worker, celery_client, side_redis):
     """``REMAP_SIGTERM=SIGQUIT``: SIGTERM is a cold shutdown, so a running task is cut
     off (a warm shutdown would let it finish and set the marker)."""
     w = worker(app="cliapp", pool="prefork", concurrency=1, env={"REMAP_SIGTERM": "SIGQUIT"})
     key = f"marker-{uuid.uuid4().hex[:8]}"
     celery_client.send_task("cliapp.sleep_then_mark", args=[3, key])
-    wait_until(lambda: broker.get(f"{key}:started"), timeout=15, what="the task to start")
+    wait_until(lambda: side_redis.get(f"{key}:started"), timeout=15, what="the task to start")
     w.send_signal(signal.SIGTERM)
     w.proc.wait(timeout=10)
     assert "Cold shutdown" in w.log()
     time.sleep(4)
-    assert broker.get(key) is None, "SIGTERM was warm despite REMAP_SIGTERM=SIGQUIT"
+    assert side_redis.get(key) is None, "SIGTERM was warm despite REMAP_SIGTERM=SIGQUIT"
 
 
 # --------------------------------------------------------------------------- orphans
@@ -590,26 +587,26 @@ def test_kill9_of_the_worker_alone_leaves_no_pool_process(worker, celery_client)
                what=f"the pool processes {sorted(procs)} to exit after their parent died")
 
 
-def test_cold_shutdown_abandons_the_running_task(worker, celery_client, broker):
+def test_cold_shutdown_abandons_the_running_task(worker, celery_client, side_redis):
     """SIGQUIT (cold shutdown) while a 4 s task runs: the worker exits, no pool process
     remains, and the abandoned task never finishes behind the worker's back."""
     w, procs = _prefork_worker(worker, celery_client)
     key = f"marker-{uuid.uuid4().hex[:8]}"
     celery_client.send_task("cliapp.sleep_then_mark", args=[4, key])
-    wait_until(lambda: broker.get(f"{key}:started"), timeout=10, what="the task to start")
+    wait_until(lambda: side_redis.get(f"{key}:started"), timeout=10, what="the task to start")
     t0 = time.monotonic()
     w.send_signal(signal.SIGQUIT)
     w.proc.wait(timeout=10)
     wait_until(lambda: not _leftovers(w, procs), timeout=3,
                what=f"no pool process left after the cold shutdown (had {sorted(procs)})")
     time.sleep(max(0.0, t0 + 6.0 - time.monotonic()))
-    assert broker.get(key) is None, "the abandoned task finished after the cold shutdown"
+    assert side_redis.get(key) is None, "the abandoned task finished after the cold shutdown"
 
 
 # --------------------------------------------------------------------------- signals
 
 
-def test_sighup_restarts_in_place(spawn, celery_client, redis_server):
+def test_sighup_restarts_in_place(spawn, celery_client, urls):
     """SIGHUP (stdout not a tty): the worker restarts itself with the same pid,
     logs 'ready.' again and still runs tasks.
 
@@ -617,7 +614,7 @@ def test_sighup_restarts_in_place(spawn, celery_client, redis_server):
     is ``celery/__main__.py``, which fails as a script (relative import), so Celery's
     worker is started through its ``celery`` console script here."""
     name = _name()
-    argv = _argv(redis_server, name)
+    argv = _argv(urls, name)
     if WORKER_KIND == "python":
         assert argv[1:3] == ["-m", "celery"], argv
         argv = [str(Path(argv[0]).parent / "celery"), *argv[3:]]
@@ -674,14 +671,14 @@ def test_sigusr1_dump_names_the_running_task(worker, celery_client):
 # --------------------------------------------------------------------------- spellings
 
 
-def test_many_options_together(spawn, celery_client, redis_server, tmp_path):
+def test_many_options_together(spawn, celery_client, urls, tmp_path):
     """All of these at once are accepted, and a task round-trips."""
     name = _name()
     extra = ["-O", "fair", "--without-gossip", "--without-mingle", "--without-heartbeat",
              "--heartbeat-interval=5", "--disable-prefetch", "--prefetch-multiplier=1", "-E",
              "--time-limit=30", "--soft-time-limit=20", "-S", str(tmp_path / "state.db"),
              "--max-tasks-per-child=5", "-c", "2"]
-    w = spawn(_argv(redis_server, name, extra=extra), name)
+    w = spawn(_argv(urls, name, extra=extra), name)
     w.wait_ready(30)
     _roundtrip(celery_client, 11)
 
@@ -689,11 +686,11 @@ def test_many_options_together(spawn, celery_client, redis_server, tmp_path):
 @pytest.mark.parametrize("spelling", [["--loglevel=INFO"], ["--loglevel", "info"],
                                       ["-l", "info"], ["-linfo"], ["-l", "WARNING"],
                                       ["--loglevel=warning"]], ids=" ".join)
-def test_loglevel_spellings(spawn, celery_client, redis_server, spelling):
+def test_loglevel_spellings(spawn, celery_client, urls, spelling):
     """Each spelling sets the level: at INFO 'ready.' and the task's 'succeeded' line
     are logged, at WARNING neither is."""
     name = _name()
-    w = spawn(_argv(redis_server, name, extra=spelling), name)
+    w = spawn(_argv(urls, name, extra=spelling), name)
     info = "info" in " ".join(spelling).lower()
     if info:
         w.wait_ready(30)
@@ -711,10 +708,10 @@ def test_loglevel_spellings(spawn, celery_client, redis_server, spelling):
 
 @pytest.mark.parametrize("spelling", [["--concurrency", "3"], ["--concurrency=3"],
                                       ["-c", "3"], ["-c3"]], ids=" ".join)
-def test_concurrency_spellings(spawn, celery_client, redis_server, spelling):
+def test_concurrency_spellings(spawn, celery_client, urls, spelling):
     """Each spelling sets the pool size (``stats()['pool']['max-concurrency']``)."""
     name = _name()
-    w = spawn(_argv(redis_server, name, extra=spelling), name)
+    w = spawn(_argv(urls, name, extra=spelling), name)
     w.wait_ready(30)
     wait_for_pidbox(celery_client, w.node)
     stats = celery_client.control.inspect([w.node], timeout=2).stats()
@@ -726,11 +723,11 @@ def test_concurrency_spellings(spawn, celery_client, redis_server, spelling):
 
 @pytest.mark.rust_only
 @pytest.mark.parametrize("where", ["worker -A APP", "-A APP worker"])
-def test_worker_subcommand_spellings(spawn, celery_client, redis_server, where):
+def test_worker_subcommand_spellings(spawn, celery_client, urls, where):
     """``rust-celery-worker worker -A APP ...`` (Celery 4's ``celery worker -A app``,
     which Celery 5 refuses: rust_only) and ``rust-celery-worker -A APP worker ...``."""
     name = _name()
-    argv = _argv(redis_server, name)
+    argv = _argv(urls, name)
     assert argv[1] == "-A", argv
     if where == "worker -A APP":
         argv = [argv[0], "worker", *argv[1:]]
@@ -742,12 +739,12 @@ def test_worker_subcommand_spellings(spawn, celery_client, redis_server, where):
 
 
 @pytest.mark.rust_only
-def test_autoreload_is_refused(request, redis_server):
+def test_autoreload_is_refused(request, urls):
     """``--autoreload`` (removed from Celery long ago; Celery 5 rejects it as an unknown
     option with a usage text): ours exits 2 with one line pointing to ``watchmedo``."""
     request.getfixturevalue("rust_bin")
-    argv = _argv(redis_server, _name(), extra=["--autoreload"])
-    proc = subprocess.run(argv, env=_env_for(redis_server, WORKER_KIND),
+    argv = _argv(urls, _name(), extra=["--autoreload"])
+    proc = subprocess.run(argv, env=_env_for(urls, WORKER_KIND),
                           cwd=str(helpers.PYTHON_DIR), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=20)
@@ -759,11 +756,11 @@ def test_autoreload_is_refused(request, redis_server):
 @pytest.mark.rust_only
 @pytest.mark.timeout(60)
 def test_gevent_pool_runs_sleeping_python_tasks_concurrently(spawn, celery_client,
-                                                             redis_server):
+                                                             urls):
     """``--pool=gevent --concurrency=10``: 10 sleeping Python tasks take about as long
     as one. (gevent is not installed for Celery's worker here: rust_only.)"""
     name = _name()
-    w = spawn(_argv(redis_server, name, app="cliapp",
+    w = spawn(_argv(urls, name, app="cliapp",
                     extra=["--pool=gevent", "--concurrency=10"]), name)
     w.wait_ready(30)
     banner = _banner(w)

@@ -157,7 +157,7 @@ def test_cli_inspect_status_and_control(celery_client, worker):
 
 
 @pytest.mark.timeout(60)
-def test_stats(celery_client, worker, redis_server):
+def test_stats(celery_client, worker, transport):
     w = _ready(worker, celery_client, concurrency=2)
     for res in [celery_client.send_task("rcw.testing.echo", args=[i]) for i in range(3)]:
         res.get(timeout=GET_TIMEOUT)
@@ -175,9 +175,9 @@ def test_stats(celery_client, worker, redis_server):
     assert isinstance(stats["pool"]["implementation"], str)
     broker = stats["broker"]
     assert broker["hostname"] == "127.0.0.1"
-    assert broker["port"] == redis_server.port
-    assert broker["transport"] == "redis"
-    assert broker["virtual_host"] == "0"
+    assert broker["port"] == transport.port
+    assert broker["transport"] == transport.kombu_transport
+    assert broker["virtual_host"] == transport.virtual_host
     # worker_prefetch_multiplier (4) x concurrency.
     assert stats["prefetch_count"] == 8
     assert {"utime", "stime", "maxrss"} <= set(stats["rusage"]), stats["rusage"]
@@ -309,7 +309,7 @@ def test_active_queues(celery_client, worker, queue_name):
 
 
 @pytest.mark.timeout(60)
-def test_conf_and_report(celery_client, worker, redis_server):
+def test_conf_and_report(celery_client, worker, transport, redis_server):
     w = _ready(worker, celery_client)
     conf = _only(_inspect(celery_client, w).conf(), w)
     # Only the settings that differ from Celery's defaults.
@@ -320,8 +320,9 @@ def test_conf_and_report(celery_client, worker, redis_server):
     assert conf["timezone"] == "UTC"
     # Broker URL through kombu's as_uri(mask=...): the password slot masked even when
     # there is no password (Celery: 'redis://:********@127.0.0.1:PORT/0').
-    assert conf["broker_url"].startswith("redis://")
-    assert conf["broker_url"].endswith(f"127.0.0.1:{redis_server.port}/0"), conf["broker_url"]
+    assert conf["broker_url"].startswith(f"{transport.scheme}://")
+    assert conf["broker_url"].endswith(
+        f"127.0.0.1:{transport.port}/{transport.virtual_host}"), conf["broker_url"]
     assert conf["result_backend"].endswith(f"127.0.0.1:{redis_server.port}/1")
     assert "worker_prefetch_multiplier" not in conf
     assert not [k for k in conf if k.startswith("__")]
@@ -339,7 +340,7 @@ def test_conf_and_report(celery_client, worker, redis_server):
     # app.bugreport(): software/platform/loader/settings lines, then the changed conf.
     assert "software -> " in text
     assert "platform -> " in text
-    assert "settings -> transport:redis results:" in text
+    assert f"settings -> transport:{transport.kombu_transport} results:" in text
     assert "task_serializer: 'json'" in text
 
 
@@ -387,7 +388,7 @@ def test_revoke_replies_and_revoked_list(celery_client, worker):
 
 
 @pytest.mark.timeout(60)
-def test_revoke_queued_task_never_runs(celery_client, worker, backend, broker):
+def test_revoke_queued_task_never_runs(celery_client, worker, backend, transport):
     """Celery's ``-P threads`` hands prefetched tasks to its executor at once (a revoke
     then comes too late), so the Python worker runs ``-P prefork`` here."""
     w = _ready(worker, celery_client, concurrency=1, pool="prefork")
@@ -409,16 +410,16 @@ def test_revoke_queued_task_never_runs(celery_client, worker, backend, broker):
     assert meta["result"] == REVOKED_RESULT
     w.wait_for_log(f"Discarding revoked task: rcw.testing.echo[{victim.id}]", timeout=10)
     assert log_count(w, f"rcw.testing.echo[{victim.id}] succeeded") == 0
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="unacked empty")
-    assert broker.llen("celery") == 0
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="unacked empty")
+    assert transport.queue_length("celery") == 0
 
 
 @pytest.mark.timeout(60)
-def test_revoke_eta_task_is_acked_and_never_runs(celery_client, worker, backend, broker):
+def test_revoke_eta_task_is_acked_and_never_runs(celery_client, worker, backend, transport):
     w = _ready(worker, celery_client)
     res = celery_client.send_task("rcw.testing.echo", args=["eta"], countdown=4)
     w.wait_for_log(f"[{res.id}] received", timeout=10)
-    assert broker.hlen("unacked") == 1  # held by the worker
+    assert transport.unacked_count() == 1  # held by the worker
     reply = _control_reply(celery_client.control.revoke(
         res.id, destination=[w.node], reply=True), w)
     assert reply == {"ok": f"tasks {{'{res.id}'}} flagged as revoked"}
@@ -426,8 +427,8 @@ def test_revoke_eta_task_is_acked_and_never_runs(celery_client, worker, backend,
     assert result_meta(backend, res.id)["result"] == REVOKED_RESULT
     # Discarded at the latest when its ETA comes; the held message is acked then.
     w.wait_for_log(f"Discarding revoked task: rcw.testing.echo[{res.id}]", timeout=15)
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="ETA message acked")
-    assert broker.llen("celery") == 0
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="ETA message acked")
+    assert transport.queue_length("celery") == 0
     time.sleep(0.5)
     assert log_count(w, f"rcw.testing.echo[{res.id}] succeeded") == 0
     assert res.state == "REVOKED"
@@ -553,7 +554,7 @@ def test_time_limit_applies_to_the_next_tasks(celery_client, worker, backend):
 
 
 @pytest.mark.timeout(60)
-def test_add_and_cancel_consumer(celery_client, worker, broker, queue_name):
+def test_add_and_cancel_consumer(celery_client, worker, transport, queue_name):
     w = _ready(worker, celery_client)
     reply = _control_reply(celery_client.control.add_consumer(
         queue_name, destination=[w.node], reply=True), w)
@@ -575,8 +576,8 @@ def test_add_and_cancel_consumer(celery_client, worker, broker, queue_name):
                what="queue no longer active")
     left = celery_client.send_task("rcw.testing.echo", args=["stays"], queue=queue_name)
     time.sleep(1.5)
-    assert broker.llen(queue_name) == 1, "the cancelled queue was still consumed"
-    assert json.loads(broker.lindex(queue_name, 0))["headers"]["id"] == left.id
+    assert transport.queue_length(queue_name) == 1, "the cancelled queue was still consumed"
+    assert [m.task_id for m in transport.peek(queue_name)] == [left.id]
     assert left.state == "PENDING"
     # The default queue is still consumed.
     assert celery_client.send_task("rcw.testing.echo", args=[2]).get(timeout=GET_TIMEOUT) == 2

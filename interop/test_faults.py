@@ -16,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
 
 import lossless  # noqa: E402
 
-pytestmark = [pytest.mark.rust_only, pytest.mark.one_mode]
+pytestmark = [pytest.mark.rust_only, pytest.mark.one_mode,
+              pytest.mark.redis_only("faults/lossless.py runs and SIGKILLs Redis brokers "
+                                     "of its own")]
 
 
 @pytest.mark.timeout(120)

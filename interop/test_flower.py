@@ -97,7 +97,7 @@ def flower(celery_client, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_flower_shows_worker_and_tasks(celery_client, worker, flower):
+def test_flower_shows_worker_and_tasks(celery_client, worker, flower, transport):
     w = worker(events=True, concurrency=2)
     wait_for_pidbox(celery_client, w.node)
 
@@ -110,7 +110,7 @@ def test_flower_shows_worker_and_tasks(celery_client, worker, flower):
     info = wait_until(worker_view, timeout=40, interval=1.0, what="flower lists the worker")
     assert info["stats"]["pid"] == w.pid
     assert info["stats"]["pool"]["max-concurrency"] == 2
-    assert info["stats"]["broker"]["transport"] == "redis"
+    assert info["stats"]["broker"]["transport"] == transport.kombu_transport
     assert "rcw.testing.echo" in info["registered"]
     assert "app.workers.tasks.example_task" in info["registered"]
     assert [q["name"] for q in info["active_queues"]] == ["celery"]

@@ -80,19 +80,20 @@ def test_metrics_count_a_burst_exactly(celery_client, worker, queue_name):
 
 
 def test_metrics_queue_length_counts_waiting_messages(celery_client, worker, queue_name,
-                                                       broker):
+                                                       transport):
     port = free_port()
     other = queue_name + "-b"
     worker(queues=[queue_name, other], concurrency=1, prefetch=1,
            extra_args=["--metrics-port", str(port)])
     # One slot, a window of one: while the sleeper runs, nothing else is fetched.
     sleeper = celery_client.send_task("rcw.testing.sleep", args=[3], queue=queue_name)
-    wait_until(lambda: broker.llen(queue_name) == 0, timeout=10, what="sleeper fetched")
+    wait_until(lambda: transport.queue_length(queue_name) == 0, timeout=10,
+               what="sleeper fetched")
     for i in range(5):
         celery_client.send_task("app.workers.tasks.example_task", args=[i, 0], queue=other)
     # Early ack frees the window when the sleeper starts, so one more message is
-    # held (reserved), as with Celery; the other four wait in Redis.
-    wait_until(lambda: broker.llen(other) == 4, timeout=5, what="4 waiting")
+    # held (reserved), as with Celery; the other four wait in the broker.
+    wait_until(lambda: transport.queue_length(other) == 4, timeout=5, what="4 waiting")
     s = _samples(port)
     assert _value(s, "celery_queue_length", queue_name=other) == 4
     assert _value(s, "celery_queue_length", queue_name=queue_name) == 0
@@ -102,6 +103,7 @@ def test_metrics_queue_length_counts_waiting_messages(celery_client, worker, que
                timeout=15, what="queue drained")
 
 
+@pytest.mark.redis_only("stops and restarts a Redis broker of its own")
 def test_healthz_follows_the_broker(worker, tmp_path, monkeypatch):
     server = RedisServer(tmp_path / "redis-health").start()
     port = free_port()

@@ -23,7 +23,7 @@ def _now():
 # --------------------------------------------------------------------------- ETA
 
 
-def test_countdown_and_eta_wait_unacked(celery_client, worker, broker, backend):
+def test_countdown_and_eta_wait_unacked(celery_client, worker, transport, backend):
     from app.workers.tasks import example_task
 
     w = worker()
@@ -35,10 +35,8 @@ def test_countdown_and_eta_wait_unacked(celery_client, worker, broker, backend):
     # Received, held by the worker, and still unacked (kombu's ack emulation keeps
     # them in `unacked` until they run).
     time.sleep(1.2)
-    assert broker.hlen("unacked") == 2
-    held = [json.loads(v) for v in broker.hvals("unacked")]
-    assert {e[0]["headers"]["id"] for e in held} == {by_countdown.id, by_eta.id}
-    assert broker.llen("celery") == 0
+    assert transport.holds_unacked([by_countdown.id, by_eta.id])
+    assert transport.queue_length("celery") == 0
     assert (by_countdown.state, by_eta.state) == ("PENDING", "PENDING")
     assert result_meta(backend, by_countdown.id) is None
     assert by_countdown.get(timeout=3) == 3  # ready by ~4 s after sending
@@ -47,10 +45,10 @@ def test_countdown_and_eta_wait_unacked(celery_client, worker, broker, backend):
         done = result_meta(backend, res.id)["date_done"]
         assert dt.datetime.fromisoformat(done) >= sent + dt.timedelta(seconds=2), (
             f"{res.id} ran at {done}, before its ETA {sent + dt.timedelta(seconds=2)}")
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="ETA messages acked")
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="ETA messages acked")
 
 
-def test_held_eta_does_not_block_the_queue(celery_client, worker, broker):
+def test_held_eta_does_not_block_the_queue(celery_client, worker, transport):
     from app.workers.tasks import example_task
 
     # One slot, prefetch 1: a held ETA task must not use up the prefetch window.
@@ -63,11 +61,11 @@ def test_held_eta_does_not_block_the_queue(celery_client, worker, broker):
         assert res.get(timeout=GET_TIMEOUT) == 2 * i
     assert time.monotonic() - started < 2.0, "tasks waited behind a held ETA task"
     assert not later.ready()
-    assert broker.hlen("unacked") == 1
+    assert transport.unacked_count() == 1
     assert later.get(timeout=GET_TIMEOUT) == 101
 
 
-def test_warm_shutdown_while_eta_held_returns_it(celery_client, worker, broker, backend):
+def test_warm_shutdown_while_eta_held_returns_it(celery_client, worker, transport, backend):
     from app.workers.tasks import example_task
 
     w1 = worker()
@@ -79,12 +77,11 @@ def test_warm_shutdown_while_eta_held_returns_it(celery_client, worker, broker, 
     assert w1.proc.returncode == 0
     assert res.state == "PENDING"
     # The held message went back to its queue, flagged redelivered, ETA intact.
-    assert broker.hlen("unacked") == 0
-    assert broker.llen("celery") == 1
-    env = json.loads(broker.lindex("celery", 0))
-    assert env["headers"]["id"] == res.id
-    assert env["headers"].get("redelivered") is True
-    assert env["headers"]["eta"] is not None
+    assert transport.unacked_count() == 0
+    [held] = transport.peek("celery")
+    assert held.task_id == res.id
+    assert held.redelivered
+    assert held.headers["eta"] is not None
     w2 = worker()
     assert res.get(timeout=GET_TIMEOUT) == 11
     done = dt.datetime.fromisoformat(result_meta(backend, res.id)["date_done"])
@@ -118,7 +115,9 @@ def _assert_expired(backend, res, w):
     assert log_count(w, f"app.workers.tasks.example_task[{res.id}] succeeded") == 0
 
 
-def test_expired_before_a_worker_sees_it(celery_client, worker, backend, broker):
+@pytest.mark.redis_only("RabbitMQ drops the expired message itself (AMQP expiration "
+                        "property): no worker sees it; the variant is below")
+def test_expired_before_a_worker_sees_it(celery_client, worker, backend, transport):
     from app.workers.tasks import example_task
 
     res = example_task.apply_async((1, 1), expires=1)
@@ -128,11 +127,32 @@ def test_expired_before_a_worker_sees_it(celery_client, worker, backend, broker)
     _assert_expired(backend, res, w)
     assert alive.get(timeout=GET_TIMEOUT) == 4
     # Expired messages are acked, not left behind.
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="unacked empty")
-    assert broker.llen("celery") == 0
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="unacked empty")
+    assert transport.queue_length("celery") == 0
 
 
-def test_expires_before_its_eta(celery_client, worker, backend, broker):
+@pytest.mark.amqp_only("RabbitMQ expires messages in the queue")
+def test_expired_in_the_queue_is_dropped_by_rabbitmq(celery_client, worker, backend,
+                                                     transport):
+    """Celery's producer turns ``expires`` into the AMQP ``expiration`` property (ms),
+    so RabbitMQ drops a message that expires while it waits: no worker sees it, nothing
+    is stored, the state stays PENDING."""
+    from app.workers.tasks import example_task
+
+    res = example_task.apply_async((1, 1), expires=1)
+    alive = example_task.apply_async((2, 2), expires=60)
+    assert [m.properties.get("expiration") for m in transport.peek("celery")] == [
+        "1000", "60000"]
+    time.sleep(1.5)
+    w = worker()
+    assert alive.get(timeout=GET_TIMEOUT) == 4
+    time.sleep(0.5)
+    assert res.state == "PENDING" and result_meta(backend, res.id) is None
+    assert res.id not in w.log()
+    assert transport.queue_length("celery") == 0 and transport.unacked_count() == 0
+
+
+def test_expires_before_its_eta(celery_client, worker, backend, transport):
     from app.workers.tasks import example_task
 
     w = worker()
@@ -140,7 +160,7 @@ def test_expires_before_its_eta(celery_client, worker, backend, broker):
     time.sleep(0.5)
     assert res.state == "PENDING"  # not revoked before it expired
     _assert_expired(backend, res, w)
-    wait_until(lambda: broker.hlen("unacked") == 0, timeout=5, what="unacked empty")
+    wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="unacked empty")
 
 
 # --------------------------------------------------------------------------- rate limits

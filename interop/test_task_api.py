@@ -97,14 +97,13 @@ def test_nested_canvases(celery_client, api_worker):
     assert res.get(timeout=GET) == [5, 8]
 
 
-def test_conf_with_every_kind_of_value_applies(celery_client, worker, broker):
+def test_conf_with_every_kind_of_value_applies(celery_client, worker, transport):
     w = worker(app="apiapp", queues=["apiq", "hp"], concurrency=1, pool="prefork")
     # worker_max_tasks_per_child=3 from the conf: a fourth task gets a new process.
     pids = [apiapp.pid.delay().get(timeout=GET) for _ in range(4)]
     assert len(set(pids[:3])) == 1 and pids[3] != pids[0]
     # Queue("hp", Exchange("hpx"), routing_key="hp.key") is bound as declared.
-    members = broker.smembers("_kombu.binding.hpx")
-    assert b"hp.key\x06\x16\x06\x16hp" in members
+    assert transport.bound("hpx", "hp.key", "hp")
     assert apiapp.add.apply_async((2, 3), queue="hp").get(timeout=GET) == 5
     if w.kind != "python":
         # What the worker does not support is named, in one line.
@@ -113,12 +112,13 @@ def test_conf_with_every_kind_of_value_applies(celery_client, worker, broker):
         assert len(warned) == 1 and "worker_disable_rate_limits" in warned[0]
 
 
-def test_router_function_routes_chain_steps(celery_client, worker, broker):
+def test_router_function_routes_chain_steps(celery_client, worker, transport):
     """A ``task_routes`` router function decides where the worker sends a
     chain step: a worker serving only ``apiq`` leaves it in ``hp``."""
     worker(app="apiapp", queues=["apiq"], concurrency=1, pool="prefork")
     res = chain(apiapp.add.s(1, 1), apiapp.routed_step.s()).apply_async(queue="apiq")
-    wait_until(lambda: broker.llen("hp") == 1, timeout=15, what="the step waiting in 'hp'")
+    wait_until(lambda: transport.queue_length("hp") == 1, timeout=15,
+               what="the step waiting in 'hp'")
     worker(app="apiapp", queues=["hp"], concurrency=1, pool="prefork")
     assert res.get(timeout=GET) == ["routed", 2]
 
