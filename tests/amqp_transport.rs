@@ -188,6 +188,15 @@ async fn a_lost_connection_redelivers_what_was_unacked() {
     }
     let got = fetch_n(&b, 2).await;
     b.ack(&got[0].tag).await.unwrap();
+    // Acks go out in the background: wait until RabbitMQ has the first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v.list("list_queues", &["messages_unacknowledged"]) != ["1"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ack never reached RabbitMQ"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     v.close_connections();
     // The old delivery can't be settled any more: that is not an error.
     tokio::time::sleep(Duration::from_millis(300)).await;
