@@ -328,11 +328,14 @@ impl Cli {
             // Without an app conf naming one, results follow the broker, as
             // the example app configures them.
             if !cfg.result_backend_explicit {
-                // An AMQP broker has no result store of its own here:
-                // results are disabled, as Celery's default.
-                cfg.result_backend = (!crate::broker::amqp::url::is_amqp(&b)).then(|| b.clone());
+                cfg.result_backend = Some(b.clone());
             }
             cfg.broker_url = b;
+        }
+        if !cfg.result_backend_explicit && crate::broker::amqp::url::is_amqp(&cfg.broker_url) {
+            // An AMQP broker (from -b or the app's conf) is no result store:
+            // without a backend named, results are disabled, as Celery's default.
+            cfg.result_backend = None;
         }
         if let Some(r) = self.result_backend {
             cfg.result_backend = config::normalize_backend(&r);
@@ -573,6 +576,27 @@ mod tests {
         let mut argv = vec!["rust-celery-worker"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv)?.into_config()
+    }
+
+    #[test]
+    fn an_amqp_broker_disables_results_unless_a_backend_is_named() {
+        let c = parse(&["-b", "amqp://guest:guest@localhost:5672//"]).unwrap();
+        assert_eq!(c.result_backend, None);
+        let mut conf = Config::default();
+        conf.apply_setting_str("broker_url=pyamqp://rabbit//")
+            .unwrap();
+        let c = Cli::try_parse_from(["rust-celery-worker"])
+            .unwrap()
+            .into_config_over(conf)
+            .unwrap();
+        assert_eq!(c.result_backend, None, "the app's conf named the broker");
+        let c = parse(&["-b", "amqp://h//", "--result-backend", "redis://r/1"]).unwrap();
+        assert_eq!(c.result_backend.as_deref(), Some("redis://r/1"));
+        let c = parse(&["-b", "amqp://h//", "--result-backend", "rpc"]).unwrap();
+        assert_eq!(c.result_backend.as_deref(), Some("rpc://"));
+        let c = parse(&["-b", "redis://h/2"]).unwrap();
+        assert_eq!(c.result_backend.as_deref(), Some("redis://h/2"));
+        assert!(parse(&["-b", "sqs://"]).is_err());
     }
 
     #[test]

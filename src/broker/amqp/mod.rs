@@ -400,25 +400,17 @@ impl Inner {
         self.pending.lock().expect("pending lock").remove(&tag)
     }
 
-    /// Settles a delivery once. One whose connection is gone can't be
+    /// Rejects a delivery (once). One whose connection is gone can't be
     /// settled any more: RabbitMQ redelivers it, so that is not an error.
-    async fn settle(&self, tag: &str, requeue: Option<bool>) -> Result<(), BrokerError> {
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
         let Some(acker) = self.take_acker(tag) else {
             return Ok(());
         };
-        let done = match requeue {
-            None => acker.ack(BasicAckOptions::default()).await,
-            Some(requeue) => acker.reject(BasicRejectOptions { requeue }).await,
-        };
-        match done {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(_) => {
-                tracing::warn!(
-                    "delivery {tag} belongs to a lost connection: RabbitMQ redelivers it"
-                );
-                Ok(())
-            }
+        let done = acker.reject(BasicRejectOptions { requeue }).await;
+        if !matches!(done, Ok(true)) {
+            lost_delivery(tag);
         }
+        Ok(())
     }
 
     async fn publish_to(
@@ -522,6 +514,10 @@ async fn bind_private_queue(
     .map_err(conn_err)
 }
 
+fn lost_delivery(tag: &str) {
+    tracing::warn!("delivery {tag} belongs to a lost connection: RabbitMQ redelivers it");
+}
+
 fn no_ack() -> BasicConsumeOptions {
     BasicConsumeOptions {
         no_ack: true,
@@ -617,18 +613,20 @@ impl Broker for AmqpBroker {
         let tag = tag.to_string();
         tokio::spawn(async move {
             if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
-                tracing::warn!("delivery {tag} belongs to a lost connection: RabbitMQ redelivers it");
+                tracing::warn!(
+                    "delivery {tag} belongs to a lost connection: RabbitMQ redelivers it"
+                );
             }
         });
         Ok(())
     }
 
     async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        self.inner.settle(tag, Some(requeue)).await
+        self.inner.reject(tag, requeue).await
     }
 
     async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
-        self.inner.settle(tag, Some(true)).await
+        self.inner.reject(tag, true).await
     }
 
     async fn maintain(&self) -> Result<(), BrokerError> {

@@ -62,10 +62,7 @@ pub fn envelope(props: &BasicProperties, body: Vec<u8>, arrival: &Arrival<'_>) -
     };
     // py-amqp's `message.properties` carries the header table too, and
     // Celery's `request.properties` shows it.
-    properties.insert(
-        "application_headers".into(),
-        Value::Object(headers.clone()),
-    );
+    properties.insert("application_headers".into(), Value::Object(headers.clone()));
     Envelope {
         body,
         content_type: text(props.content_type()),
