@@ -28,23 +28,24 @@ def test_countdown_and_eta_wait_unacked(celery_client, worker, transport, backen
 
     w = worker()
     sent = _now()
-    by_countdown = example_task.apply_async((1, 2), countdown=2)
-    by_eta = example_task.apply_async((3, 4), eta=sent + dt.timedelta(seconds=2))
+    # 4 s: the broker checks below can take a second each (rabbitmqctl under load).
+    by_countdown = example_task.apply_async((1, 2), countdown=4)
+    by_eta = example_task.apply_async((3, 4), eta=sent + dt.timedelta(seconds=4))
     for res in (by_countdown, by_eta):
         w.wait_for_log(f"[{res.id}] received", timeout=5)
     # Received, held by the worker, and still unacked (kombu's ack emulation keeps
-    # them in `unacked` until they run).
-    time.sleep(1.2)
-    assert transport.holds_unacked([by_countdown.id, by_eta.id])
-    assert transport.queue_length("celery") == 0
+    # them in `unacked` until they run). The cheap checks first, while surely early.
+    time.sleep(0.5)
     assert (by_countdown.state, by_eta.state) == ("PENDING", "PENDING")
     assert result_meta(backend, by_countdown.id) is None
-    assert by_countdown.get(timeout=3) == 3  # ready by ~4 s after sending
-    assert by_eta.get(timeout=3) == 7
+    assert transport.holds_unacked([by_countdown.id, by_eta.id])
+    assert transport.queue_length("celery") == 0
+    assert by_countdown.get(timeout=8) == 3  # ready by ~5 s after sending
+    assert by_eta.get(timeout=5) == 7
     for res in (by_countdown, by_eta):
         done = result_meta(backend, res.id)["date_done"]
-        assert dt.datetime.fromisoformat(done) >= sent + dt.timedelta(seconds=2), (
-            f"{res.id} ran at {done}, before its ETA {sent + dt.timedelta(seconds=2)}")
+        assert dt.datetime.fromisoformat(done) >= sent + dt.timedelta(seconds=4), (
+            f"{res.id} ran at {done}, before its ETA {sent + dt.timedelta(seconds=4)}")
     wait_until(lambda: transport.unacked_count() == 0, timeout=5, what="ETA messages acked")
 
 
