@@ -26,6 +26,16 @@ async fn consumer(v: &Vhost, queues: &[&str], decls: &[QueueDecl], prefetch: usi
     b
 }
 
+/// `Queue('prio', Exchange('prio'), 'prio', queue_arguments={'x-max-priority': 10})`.
+fn prio_queue() -> QueueDecl {
+    QueueDecl {
+        name: "prio".into(),
+        exchange: "prio".into(),
+        routing_key: "prio".into(),
+        arguments: json!({"x-max-priority": 10}).as_object().unwrap().clone(),
+    }
+}
+
 fn id(d: &Delivery) -> String {
     d.payload.as_ref().unwrap().headers["id"]
         .as_str()
@@ -50,12 +60,7 @@ async fn fetch_n(b: &AmqpBroker, n: usize) -> Vec<Delivery> {
 #[tokio::test]
 async fn declares_celerys_topology() {
     let v = Vhost::new();
-    let prio = QueueDecl {
-        name: "prio".into(),
-        exchange: "prio".into(),
-        routing_key: "prio".into(),
-        arguments: json!({"x-max-priority": 10}).as_object().unwrap().clone(),
-    };
+    let prio = prio_queue();
     let _b = consumer(&v, &["celery", "prio"], &[prio], 8).await;
     let mut queues = v.list(
         "list_queues",
@@ -127,12 +132,7 @@ async fn deliveries_settle_once_and_rejects_requeue_or_drop() {
 #[tokio::test]
 async fn priority_queues_serve_the_highest_first() {
     let v = Vhost::new();
-    let decl = QueueDecl {
-        name: "prio".into(),
-        exchange: "prio".into(),
-        routing_key: "prio".into(),
-        arguments: json!({"x-max-priority": 10}).as_object().unwrap().clone(),
-    };
+    let decl = prio_queue();
     // Publish everything before anyone consumes.
     let publisher = consumer(&v, &[], std::slice::from_ref(&decl), 8).await;
     for (i, p) in [1u8, 9, 5].into_iter().enumerate() {

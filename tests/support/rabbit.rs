@@ -2,7 +2,8 @@
 //! when it answers, else a private `rabbitmq-server` started once for the
 //! test binary (`RCW_TEST_RABBITMQ=private` forces that).
 
-use std::net::{TcpListener, TcpStream};
+use super::free_port;
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -11,14 +12,6 @@ struct Node {
     port: u16,
     /// `-n` for rabbitmqctl; None = the default node.
     name: Option<String>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn answers(port: u16) -> bool {

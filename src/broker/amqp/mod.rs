@@ -376,14 +376,10 @@ impl Inner {
         }
     }
 
-    fn delivery(&self, queue: String, d: lapin::message::Delivery) -> Delivery {
+    fn delivery(&self, queue: String, mut d: lapin::message::Delivery) -> Delivery {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let arrival = wire::Arrival {
-            exchange: d.exchange.as_str(),
-            routing_key: d.routing_key.as_str(),
-            redelivered: d.redelivered,
-        };
-        let envelope = wire::envelope(&d.properties, d.data, &arrival);
+        let data = std::mem::take(&mut d.data);
+        let envelope = envelope_of(&d, data);
         self.pending
             .lock()
             .expect("pending lock")
@@ -413,13 +409,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Publishes to `exchange` (declared first, as kombu's `maybe_declare`)
+    /// and waits for RabbitMQ's confirm.
     async fn publish_to(
-        self: &Arc<Self>,
+        &self,
+        session: &Session,
         exchange: &str,
         routing_key: &str,
         envelope: &Envelope,
     ) -> Result<(), BrokerError> {
-        let session = self.session().await?;
+        self.declare_exchange(session, exchange).await?;
         let props = wire::properties(envelope, chrono::Utc::now());
         let confirm = session
             .publish
@@ -525,13 +524,30 @@ fn no_ack() -> BasicConsumeOptions {
     }
 }
 
-fn as_json_envelope(d: &lapin::message::Delivery) -> Envelope {
+/// The envelope of a delivery whose body is `data`.
+fn envelope_of(d: &lapin::message::Delivery, data: Vec<u8>) -> Envelope {
     let arrival = wire::Arrival {
         exchange: d.exchange.as_str(),
         routing_key: d.routing_key.as_str(),
         redelivered: d.redelivered,
     };
-    wire::envelope(&d.properties, d.data.clone(), &arrival)
+    wire::envelope(&d.properties, data, &arrival)
+}
+
+/// A no-ack consumer on the private queue `queue` bound to `exchange`, on a
+/// channel of its own (the pidbox).
+async fn subscribe_once(
+    inner: &Arc<Inner>,
+    exchange: &str,
+    queue: &str,
+) -> Result<(Channel, lapin::Consumer), BrokerError> {
+    let (_, ch) = inner.side_channel().await?;
+    bind_private_queue(&ch, queue, exchange, "").await?;
+    let consumer = ch
+        .basic_consume(queue.into(), "".into(), no_ack(), FieldTable::default())
+        .await
+        .map_err(conn_err)?;
+    Ok((ch, consumer))
 }
 
 #[async_trait]
@@ -647,7 +663,7 @@ impl Broker for AmqpBroker {
         self.inner.declare_queue(&session, queue).await?;
         // Celery publishes through the default exchange when the queue's
         // exchange is direct (SPEC §5.2).
-        self.inner.publish_to("", queue, envelope).await
+        self.inner.publish_to(&session, "", queue, envelope).await
     }
 
     fn url(&self) -> String {
@@ -705,8 +721,9 @@ impl Broker for AmqpBroker {
         envelope: &Envelope,
     ) -> Result<(), BrokerError> {
         let session = self.inner.session().await?;
-        self.inner.declare_exchange(&session, exchange).await?;
-        self.inner.publish_to(exchange, routing_key, envelope).await
+        self.inner
+            .publish_to(&session, exchange, routing_key, envelope)
+            .await
     }
 
     async fn publish_direct(
@@ -716,8 +733,9 @@ impl Broker for AmqpBroker {
         envelope: &Envelope,
     ) -> Result<(), BrokerError> {
         let session = self.inner.session().await?;
-        self.inner.declare_exchange(&session, exchange).await?;
-        self.inner.publish_to(exchange, routing_key, envelope).await
+        self.inner
+            .publish_to(&session, exchange, routing_key, envelope)
+            .await
     }
 
     async fn subscribe_fanout(
@@ -727,22 +745,17 @@ impl Broker for AmqpBroker {
     ) -> Result<mpsc::Receiver<Vec<u8>>, BrokerError> {
         let (tx, rx) = mpsc::channel(1024);
         // The first subscription happens now, so a refusal is seen at start.
-        let (_, ch) = self.inner.side_channel().await?;
-        bind_private_queue(&ch, queue, exchange, "").await?;
-        let first = ch
-            .basic_consume(queue.into(), "".into(), no_ack(), FieldTable::default())
-            .await
-            .map_err(conn_err)?;
+        let first = subscribe_once(&self.inner, exchange, queue).await?;
         let inner = Arc::clone(&self.inner);
         let (exchange, queue) = (exchange.to_string(), queue.to_string());
         tokio::spawn(async move {
-            let mut consumer = Some((ch, first));
+            let mut consumer = Some(first);
             let mut failures = 0u32;
             loop {
                 if let Some((_ch, mut stream)) = consumer.take() {
                     failures = 0;
                     while let Some(Ok(d)) = stream.next().await {
-                        let raw = as_json_envelope(&d).to_json().into_bytes();
+                        let raw = envelope_of(&d, d.data.clone()).to_json().into_bytes();
                         if tx.send(raw).await.is_err() {
                             return;
                         }
@@ -753,21 +766,7 @@ impl Broker for AmqpBroker {
                 }
                 tokio::time::sleep(crate::worker::backoff(failures)).await;
                 failures += 1;
-                let again = async {
-                    let (_, ch) = inner.side_channel().await?;
-                    bind_private_queue(&ch, &queue, &exchange, "").await?;
-                    let c = ch
-                        .basic_consume(
-                            queue.as_str().into(),
-                            "".into(),
-                            no_ack(),
-                            FieldTable::default(),
-                        )
-                        .await
-                        .map_err(conn_err)?;
-                    Ok::<_, BrokerError>((ch, c))
-                };
-                match again.await {
+                match subscribe_once(&inner, &exchange, &queue).await {
                     Ok(c) => consumer = Some(c),
                     Err(e) => tracing::warn!("pidbox: cannot consume {queue}: {e}"),
                 }
@@ -801,7 +800,7 @@ impl Broker for AmqpBroker {
         if sent.is_ok() {
             let deadline = tokio::time::Instant::now() + timeout;
             while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, consumer.next()).await {
-                replies.push(as_json_envelope(&d));
+                replies.push(envelope_of(&d, d.data.clone()));
             }
         }
         let _ = ch
