@@ -101,14 +101,20 @@ pub async fn start(
     };
     // The lock lives in the broker's Redis, else (an AMQP broker) in the
     // result backend's; with neither there is no lock, as in Celery.
-    let lock_url = std::iter::once(&config.broker_url)
-        .chain(config.result_backend.as_ref())
-        .find(|u| !crate::broker::amqp::url::is_amqp(u));
-    let conn = match lock_url {
-        Some(url) => {
-            let client = crate::broker::redis_url::client(url)?;
-            Some(crate::broker::redis_url::manager(&client, Duration::from_secs(5)).await?)
-        }
+    let lock_at = std::iter::once((&config.broker_url, &config.transport.sentinel))
+        .chain(
+            config
+                .result_backend
+                .iter()
+                .map(|u| (u, &config.result_sentinel)),
+        )
+        .find(|(u, _)| crate::broker::redis_url::is_redis(u));
+    let conn = match lock_at {
+        Some((url, sentinel)) => Some(
+            crate::broker::redis_endpoint::Endpoint::new(url, sentinel)?
+                .manager(Duration::from_secs(5))
+                .await?,
+        ),
         None => {
             tracing::warn!(
                 "beat: no Redis for the beat lock (broker and results are not Redis): \
@@ -133,7 +139,7 @@ async fn run(
     thread: BeatThread,
     host: Arc<dyn BeatHost>,
     cfg: BeatConfig,
-    mut conn: Option<redis::aio::ConnectionManager>,
+    mut conn: Option<crate::broker::redis_endpoint::Conn>,
     key: String,
     token: String,
     shutdown: Shutdown,

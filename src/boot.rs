@@ -322,7 +322,12 @@ pub async fn start(config: Config, app: App) -> Result<Stopped> {
         }
         Some(url) => {
             let b = connect_retrying("result backend", url, &shutdown, || {
-                RedisBackend::connect(url, config.result_expires, &config.result_keyprefix)
+                RedisBackend::connect(
+                    url,
+                    config.result_expires,
+                    &config.result_keyprefix,
+                    &config.result_sentinel,
+                )
             })
             .await?;
             Some(Arc::new(b))

@@ -452,18 +452,15 @@ impl Cli {
         cfg.loglevel = self.loglevel.to_ascii_uppercase();
         if !crate::broker::supported(&cfg.broker_url) {
             bail!(
-                "unsupported broker URL {}: this build speaks Redis (redis://, rediss://, socket://) and AMQP (amqp://, amqps://, pyamqp://)",
+                "unsupported broker URL {}: this build speaks Redis (redis://, rediss://, socket://, sentinel://) and AMQP (amqp://, amqps://, pyamqp://)",
                 config::mask_url(&cfg.broker_url)
             );
         }
         if let Some(url) = &cfg.result_backend
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("socket://")
-                || url.starts_with("rpc://"))
+            && !(crate::broker::redis_url::is_redis(url) || url.starts_with("rpc://"))
         {
             bail!(
-                "unsupported result backend {}: this build stores results in Redis (redis://, rediss://, socket://) or sends them back over the broker (rpc://)",
+                "unsupported result backend {}: this build stores results in Redis (redis://, rediss://, socket://, sentinel://) or sends them back over the broker (rpc://)",
                 config::mask_url(url)
             );
         }

@@ -4,6 +4,7 @@
 //! `broker_transport_options`, ...) so the later step of reading the Python
 //! app's `conf` feeds the same [`Config::apply_setting`].
 
+pub use crate::broker::redis_endpoint::SentinelOptions;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct TransportOptions {
     pub unacked_restore_interval: f64,
     /// BRPOP timeout in seconds (kombu: 1).
     pub brpop_timeout: f64,
+    /// `master_name` / `sentinel_kwargs` for a `sentinel://` broker.
+    pub sentinel: SentinelOptions,
 }
 
 impl Default for TransportOptions {
@@ -40,6 +43,7 @@ impl Default for TransportOptions {
             unacked_mutex_expire: 300,
             unacked_restore_interval: 100.0,
             brpop_timeout: 1.0,
+            sentinel: SentinelOptions::default(),
         }
     }
 }
@@ -62,6 +66,9 @@ impl TransportOptions {
         if self.priority_steps != d.priority_steps {
             m.insert("priority_steps".into(), self.priority_steps.clone().into());
         }
+        if let Some(name) = &self.sentinel.master_name {
+            m.insert("master_name".into(), name.clone().into());
+        }
         Value::Object(m)
     }
 
@@ -69,6 +76,7 @@ impl TransportOptions {
         let Value::Object(map) = opts else {
             bail!("broker_transport_options must be a mapping, got {opts}");
         };
+        self.sentinel.apply(opts);
         for (k, v) in map {
             let num = || v.as_f64().with_context(|| format!("{k} must be a number"));
             let text = || {
@@ -90,6 +98,7 @@ impl TransportOptions {
                 "unacked_mutex_expire" => self.unacked_mutex_expire = num()? as u64,
                 "unacked_restore_interval" => self.unacked_restore_interval = num()?,
                 "brpop_timeout" => self.brpop_timeout = num()?,
+                "master_name" | "sentinel_kwargs" => {}
                 // Options of other transports or features we don't need
                 // (socket_timeout, max_connections, ...) are accepted and ignored.
                 _ => tracing::debug!("ignoring broker transport option {k}"),
@@ -233,6 +242,8 @@ pub struct Config {
     pub transport: TransportOptions,
     /// `result_backend_transport_options.global_keyprefix`.
     pub result_keyprefix: String,
+    /// `result_backend_transport_options` for a `sentinel://` backend.
+    pub result_sentinel: SentinelOptions,
     pub task_acks_late: bool,
     pub task_reject_on_worker_lost: bool,
     pub task_acks_on_failure_or_timeout: bool,
@@ -326,6 +337,7 @@ impl Default for Config {
             result_persistent: false,
             transport: TransportOptions::default(),
             result_keyprefix: String::new(),
+            result_sentinel: SentinelOptions::default(),
             task_acks_late: false,
             task_reject_on_worker_lost: false,
             task_acks_on_failure_or_timeout: true,
@@ -538,6 +550,7 @@ impl Config {
                 if let Some(p) = value.get("global_keyprefix").and_then(Value::as_str) {
                     self.result_keyprefix = p.to_string();
                 }
+                self.result_sentinel.apply(&value);
             }
             _ => bail!("unknown or unsupported setting {name:?}"),
         }
@@ -645,6 +658,10 @@ pub fn expand_hostname(pattern: &str) -> String {
 
 /// A URL fit for logs: the password replaced by `**` (kombu's `maskpass`).
 pub fn mask_url(url: &str) -> String {
+    // kombu's failover and Sentinel lists (`a;b`) carry a password per URL.
+    if url.contains(';') {
+        return url.split(';').map(mask_url).collect::<Vec<_>>().join(";");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -745,6 +762,10 @@ mod tests {
             "redis://localhost:6379/0"
         );
         assert!(!mask_url("amqp://guest:guest@localhost:5672//").contains("guest@"));
+        assert_eq!(
+            mask_url("sentinel://:pw1@h1:26379/0;sentinel://:pw2@h2/0"),
+            "sentinel://:**@h1:26379/0;sentinel://:**@h2/0"
+        );
     }
 
     #[test]

@@ -258,9 +258,14 @@ async fn garbage_in_a_queue_is_delivered_as_an_error_not_a_crash() {
 #[tokio::test]
 async fn backend_writes_setex_and_publish_and_never_overwrites_success() {
     let server = RedisServer::start();
-    let backend = RedisBackend::connect(&server.url(), Some(Duration::from_secs(600)), "")
-        .await
-        .unwrap();
+    let backend = RedisBackend::connect(
+        &server.url(),
+        Some(Duration::from_secs(600)),
+        "",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_connection().unwrap();
     let mut pubsub = pubsub.as_pubsub();
@@ -323,7 +328,7 @@ async fn backend_writes_setex_and_publish_and_never_overwrites_success() {
 #[tokio::test]
 async fn backend_key_prefix_follows_celery() {
     let server = RedisServer::start();
-    let backend = RedisBackend::connect(&server.url(), None, "tenant")
+    let backend = RedisBackend::connect(&server.url(), None, "tenant", &Default::default())
         .await
         .unwrap();
     backend
@@ -357,7 +362,9 @@ async fn rediss_urls_speak_tls() {
     let d = b.fetch(1).await.unwrap().remove(0);
     assert_eq!(task_id(&d), "over-tls");
     b.ack(&d.tag).await.unwrap();
-    let backend = RedisBackend::connect(&url, None, "").await.unwrap();
+    let backend = RedisBackend::connect(&url, None, "", &Default::default())
+        .await
+        .unwrap();
     assert!(
         backend
             .store(&ResultMeta::new("over-tls", "SUCCESS", json!(1)))

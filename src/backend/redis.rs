@@ -4,11 +4,11 @@
 
 use super::chord_lua;
 use super::{BackendError, ChordJoin, ChordPart, ResultBackend};
-use crate::broker::redis_url::{self, is_connection_error};
+use crate::broker::redis_endpoint::{Conn, Endpoint, SentinelOptions};
+use crate::broker::redis_url::is_connection_error;
 use crate::config::mask_url;
 use crate::protocol::result_meta::ResultMeta;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 /// Celery reads the key, skips the write if it holds SUCCESS, then
@@ -29,7 +29,7 @@ return 1
 
 pub struct RedisBackend {
     url: String,
-    conn: ConnectionManager,
+    conn: Conn,
     expires: Option<Duration>,
     /// `result_backend_transport_options.global_keyprefix`, normalised.
     prefix: String,
@@ -58,9 +58,11 @@ impl RedisBackend {
         url: &str,
         expires: Option<Duration>,
         keyprefix: &str,
+        sentinel: &SentinelOptions,
     ) -> anyhow::Result<RedisBackend> {
-        let client = redis_url::client(url)?;
-        let conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
+        let conn = Endpoint::new(url, sentinel)?
+            .manager(Duration::from_secs(10))
+            .await?;
         Ok(RedisBackend {
             url: url.to_string(),
             conn,
@@ -84,7 +86,7 @@ impl RedisBackend {
 
     /// A connection for other writers that share this Redis (e.g. tasks that
     /// store their output next to the results).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod redis;
+pub mod redis_endpoint;
 pub mod redis_url;
 
 use crate::protocol::{DecodeError, Envelope};
@@ -68,10 +69,7 @@ pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn B
 
 /// True when a broker URL names a transport this build has.
 pub fn supported(url: &str) -> bool {
-    amqp::url::is_amqp(url)
-        || ["redis://", "rediss://", "socket://"]
-            .iter()
-            .any(|s| url.starts_with(s))
+    amqp::url::is_amqp(url) || redis_url::is_redis(url)
 }
 
 /// A transport with kombu's consume/ack semantics.

@@ -7,6 +7,13 @@ use anyhow::{Context, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
+/// True for the URL schemes of kombu's Redis transports.
+pub fn is_redis(url: &str) -> bool {
+    ["redis://", "rediss://", "socket://", "sentinel://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+}
+
 /// A redis-rs client for a kombu-style URL.
 pub fn client(url: &str) -> Result<redis::Client> {
     install_tls_provider();
@@ -87,6 +94,10 @@ pub fn is_connection_error(e: &redis::RedisError) -> bool {
             e.kind(),
             redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
                 | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                // No sentinel names a master (yet): kombu's MasterNotFoundError
+                // is a ConnectionError, retried the same way.
+                | redis::ErrorKind::MasterNameNotFoundBySentinel
+                | redis::ErrorKind::NoValidReplicasFoundBySentinel
         )
 }
 

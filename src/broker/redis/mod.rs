@@ -17,12 +17,12 @@
 
 mod wakeup;
 
-use super::redis_url::{self, is_connection_error};
+use super::redis_endpoint::{Conn, Endpoint};
+use super::redis_url::is_connection_error;
 use super::{Broker, BrokerError, Delivery};
 use crate::config::{TransportOptions, mask_url};
 use crate::protocol::Envelope;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,19 +112,19 @@ enum Idle {
     Wakeup(Box<Wakeup>),
     /// Redis < 6.2: kombu's `BRPOP`, on a connection of its own whose
     /// response timeout exceeds the BRPOP timeout.
-    Brpop(AsyncMutex<ConnectionManager>),
+    Brpop(AsyncMutex<Conn>),
 }
 
 /// The Redis transport of one worker (one kombu channel).
 pub struct RedisBroker {
     url: String,
     /// For the pub/sub and reply connections made on demand.
-    client: redis::Client,
+    endpoint: Endpoint,
     /// kombu's fanout prefix `/{db}.`.
     fanout_prefix: String,
     opts: TransportOptions,
     /// Commands that never block: acks, restores, fetch script, publish.
-    conn: ConnectionManager,
+    conn: Conn,
     idle: Idle,
     /// Queue order for the next pop; rotated round-robin as kombu does.
     cycle: Mutex<Vec<String>>,
@@ -148,10 +148,10 @@ impl RedisBroker {
         queues: &[String],
         opts: TransportOptions,
     ) -> anyhow::Result<RedisBroker> {
-        let client = redis_url::client(url)?;
-        let mut conn = redis_url::manager(&client, Duration::from_secs(10)).await?;
+        let endpoint = Endpoint::new(url, &opts.sentinel)?;
+        let mut conn = endpoint.manager(Duration::from_secs(10)).await?;
         let idle = if wakeup::supported(&mut conn).await {
-            Idle::Wakeup(Box::new(Wakeup::new(client.clone(), opts.brpop_timeout)))
+            Idle::Wakeup(Box::new(Wakeup::new(endpoint.clone(), opts.brpop_timeout)))
         } else {
             tracing::warn!(
                 "this Redis has no BLMOVE (< 6.2): consuming with BRPOP as kombu does, \
@@ -160,9 +160,7 @@ impl RedisBroker {
             );
             let block_timeout =
                 Duration::from_secs_f64(opts.brpop_timeout) + Duration::from_secs(5);
-            Idle::Brpop(AsyncMutex::new(
-                redis_url::manager(&client, block_timeout).await?,
-            ))
+            Idle::Brpop(AsyncMutex::new(endpoint.manager(block_timeout).await?))
         };
         let (acks, pending) = mpsc::unbounded_channel();
         tokio::spawn(flush_acks(
@@ -171,10 +169,10 @@ impl RedisBroker {
             format!("{}{}", opts.global_keyprefix, opts.unacked_key),
             format!("{}{}", opts.global_keyprefix, opts.unacked_index_key),
         ));
-        let db = client.get_connection_info().redis_settings().db();
+        let db = endpoint.db();
         Ok(RedisBroker {
             acks,
-            client,
+            endpoint,
             fanout_prefix: format!("/{db}."),
             url: url.to_string(),
             opts,
@@ -213,7 +211,7 @@ impl RedisBroker {
     }
 
     async fn pubsub(&self, topic: &str) -> Result<redis::aio::PubSub, BrokerError> {
-        subscribe(&self.client, topic).await.map_err(conn_err)
+        subscribe(&self.endpoint, topic).await.map_err(conn_err)
     }
 
     /// Queues bound to a direct `exchange` with `routing_key` (no fallback).
@@ -348,7 +346,7 @@ impl RedisBroker {
     /// kombu's `BRPOP` followed by its `MULTI ZADD HSET EXEC` bookkeeping.
     async fn brpop_one(
         &self,
-        blocking: &AsyncMutex<ConnectionManager>,
+        blocking: &AsyncMutex<Conn>,
     ) -> Result<Option<Delivery>, BrokerError> {
         let keys = self.pop_order();
         let popped: Option<(String, Vec<u8>)> = {
@@ -732,8 +730,7 @@ impl Broker for RedisBroker {
         let topic = self.fanout_topic(exchange, "");
         let first = self.pubsub(&topic).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let client = self.client.clone();
-        tokio::spawn(pump_pubsub(client, topic, first, tx));
+        tokio::spawn(pump_pubsub(self.endpoint.clone(), topic, first, tx));
         Ok(rx)
     }
 
@@ -759,7 +756,8 @@ impl Broker for RedisBroker {
         let mut replies = Vec::new();
         if sent.is_ok() {
             // A connection of its own: BRPOP blocks it for the whole wait.
-            let mut waiting = redis_url::manager(&self.client, timeout + Duration::from_secs(5))
+            let mut waiting = (self.endpoint)
+                .manager(timeout + Duration::from_secs(5))
                 .await
                 .map_err(conn_err)?;
             let deadline = tokio::time::Instant::now() + timeout;
@@ -824,7 +822,12 @@ impl Broker for RedisBroker {
     }
 
     fn info(&self) -> Value {
-        let info = self.client.get_connection_info();
+        if super::redis_endpoint::is_sentinel(&self.url) {
+            return self.sentinel_info();
+        }
+        let Some(info) = self.endpoint.connection_info() else {
+            return Value::Null;
+        };
         let (hostname, port, ssl) = match info.addr() {
             redis::ConnectionAddr::Tcp(h, p) => (Value::from(h.clone()), Value::from(*p), false),
             redis::ConnectionAddr::TcpTls { host, port, .. } => {
@@ -855,10 +858,45 @@ impl Broker for RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// kombu's `Connection.info()` for a Sentinel URL: the first sentinel's
+    /// address, the whole list as `alternates` (passwords masked).
+    fn sentinel_info(&self) -> Value {
+        let urls: Vec<&str> = self.url.split(';').filter(|u| !u.is_empty()).collect();
+        let first = urls.first().copied().unwrap_or_default();
+        let authority = first
+            .trim_start_matches("sentinel://")
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (hostname, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().unwrap_or(26379)),
+            None => (host_port, 26379u16),
+        };
+        serde_json::json!({
+            "hostname": hostname,
+            "userid": null,
+            "virtual_host": self.endpoint.db().to_string(),
+            "port": port,
+            "insist": false,
+            "ssl": false,
+            "transport": "sentinel",
+            "connect_timeout": 4,
+            "transport_options": self.opts.as_json(),
+            "login_method": null,
+            "uri_prefix": null,
+            "heartbeat": 120.0,
+            "failover_strategy": "round-robin",
+            "alternates": urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Forwards pub/sub messages to `tx`; on a lost connection, resubscribes with
 /// backoff. Ends when the receiver is dropped.
 async fn pump_pubsub(
-    client: redis::Client,
+    endpoint: Endpoint,
     topic: String,
     first: redis::aio::PubSub,
     tx: mpsc::Sender<Vec<u8>>,
@@ -869,7 +907,7 @@ async fn pump_pubsub(
     loop {
         let pubsub = match current.take() {
             Some(p) => p,
-            None => match subscribe(&client, &topic).await {
+            None => match subscribe(&endpoint, &topic).await {
                 Ok(p) => {
                     tracing::info!("Resubscribed to {topic}");
                     failures = 0;
@@ -907,8 +945,8 @@ async fn pump_pubsub(
     }
 }
 
-async fn subscribe(client: &redis::Client, topic: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+async fn subscribe(endpoint: &Endpoint, topic: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = endpoint.client().await?.get_async_pubsub().await?;
     pubsub.psubscribe(topic).await?;
     Ok(pubsub)
 }
@@ -916,7 +954,7 @@ async fn subscribe(client: &redis::Client, topic: &str) -> redis::RedisResult<re
 /// Settles queued acks in batches: `MULTI; ZREM unacked_index t1 t2 …;
 /// HDEL unacked t1 t2 …; EXEC` — kombu's ack, for many tags at once.
 async fn flush_acks(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     mut pending: mpsc::UnboundedReceiver<(String, AckReply)>,
     unacked: String,
     unacked_index: String,

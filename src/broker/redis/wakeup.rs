@@ -10,14 +10,14 @@
 //! fetcher, which then pops with the script. Same number of round trips per
 //! message as `BRPOP` + bookkeeping.
 
-use super::super::redis_url;
+use super::super::redis_endpoint::{Conn, Endpoint};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 pub struct Wakeup {
-    client: redis::Client,
+    endpoint: Endpoint,
     /// Seconds each `BLMOVE` blocks (kombu's `brpop_timeout`).
     block: f64,
     /// Bumped each time the fetcher found nothing and is about to wait.
@@ -27,9 +27,9 @@ pub struct Wakeup {
 }
 
 impl Wakeup {
-    pub fn new(client: redis::Client, block: f64) -> Wakeup {
+    pub fn new(endpoint: Endpoint, block: f64) -> Wakeup {
         Wakeup {
-            client,
+            endpoint,
             block,
             arm: watch::channel(0).0,
             ready: Arc::new(Notify::new()),
@@ -54,7 +54,7 @@ impl Wakeup {
             for key in keys {
                 waiters.entry(key.clone()).or_insert_with(|| {
                     tokio::spawn(waiter(
-                        self.client.clone(),
+                        self.endpoint.clone(),
                         key.clone(),
                         self.block,
                         self.arm.subscribe(),
@@ -82,7 +82,7 @@ impl Drop for Wakeup {
 /// One list key: on each arm, block until it is non-empty, then wake the
 /// fetcher. Its own connection, as a blocked one can do nothing else.
 async fn waiter(
-    client: redis::Client,
+    endpoint: Endpoint,
     key: String,
     block: f64,
     mut arm: watch::Receiver<u64>,
@@ -92,7 +92,7 @@ async fn waiter(
     let mut conn = None;
     while arm.changed().await.is_ok() {
         if conn.is_none() {
-            match redis_url::manager(&client, timeout).await {
+            match endpoint.manager(timeout).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::debug!("wake-up connection for {key:?}: {e}");
@@ -126,7 +126,7 @@ async fn waiter(
 }
 
 /// Has the server `BLMOVE` (Redis ≥ 6.2)?
-pub async fn supported(conn: &mut redis::aio::ConnectionManager) -> bool {
+pub async fn supported(conn: &mut Conn) -> bool {
     let info: redis::RedisResult<redis::Value> = redis::cmd("COMMAND")
         .arg("INFO")
         .arg("BLMOVE")
