@@ -129,6 +129,10 @@ pub const SETTINGS: &[(&str, Use)] = &[
     ("task_default_queue", Use::Applied),
     ("task_queues", Use::Applied),
     ("task_create_missing_queues", Use::Applied),
+    ("task_default_queue_type", Use::Applied),
+    ("task_create_missing_queue_type", Use::Applied),
+    ("worker_detect_quorum_queues", Use::Applied),
+    ("broker_native_delayed_delivery_queue_type", Use::Applied),
     ("task_serializer", Use::Applied),
     ("result_serializer", Use::Applied),
     ("accept_content", Use::Applied),
@@ -207,8 +211,60 @@ pub struct QueueDecl {
     pub name: String,
     pub exchange: String,
     pub routing_key: String,
+    /// The exchange's type (`direct`, `topic`, `fanout`).
+    pub exchange_type: String,
     /// `queue_arguments` (`x-max-priority`, …), for brokers that take them.
     pub arguments: serde_json::Map<String, Value>,
+}
+
+impl QueueDecl {
+    /// kombu's queue for a bare name: a direct exchange and routing key of
+    /// that name; a `quorum` type becomes `x-queue-type`.
+    pub fn missing(name: &str, queue_type: &str) -> QueueDecl {
+        let mut arguments = serde_json::Map::new();
+        if queue_type == "quorum" {
+            arguments.insert("x-queue-type".into(), "quorum".into());
+        }
+        QueueDecl {
+            name: name.to_string(),
+            exchange: name.to_string(),
+            routing_key: name.to_string(),
+            exchange_type: "direct".into(),
+            arguments,
+        }
+    }
+
+    pub fn is_quorum(&self) -> bool {
+        self.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
+    }
+}
+
+/// Celery ≥ 5.5's queue-type settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueTypes {
+    pub default: String,
+    pub missing: String,
+    pub detect_quorum: bool,
+    pub delayed_delivery: String,
+}
+
+impl Default for QueueTypes {
+    fn default() -> Self {
+        QueueTypes {
+            default: "classic".into(),
+            missing: "classic".into(),
+            detect_quorum: true,
+            delayed_delivery: "quorum".into(),
+        }
+    }
+}
+
+/// `classic` or `quorum`, as Celery validates them.
+fn queue_type(name: &str, value: &Value) -> Result<String> {
+    match value.as_str() {
+        Some(t @ ("classic" | "quorum")) => Ok(t.to_string()),
+        _ => bail!("{name}: invalid queue type {value}; valid types are 'classic' and 'quorum'"),
+    }
 }
 
 /// Everything the worker needs, resolved once at start-up.
@@ -224,6 +280,10 @@ pub struct Config {
     pub queue_decls: Vec<QueueDecl>,
     /// `task_create_missing_queues`: `-Q` may name queues `task_queues` lacks.
     pub create_missing_queues: bool,
+    /// RabbitMQ queue types (Celery ≥ 5.5): `task_default_queue_type`,
+    /// `task_create_missing_queue_type`, `worker_detect_quorum_queues`,
+    /// `broker_native_delayed_delivery_queue_type`.
+    pub queue_types: QueueTypes,
     /// Follow-ups the worker publishes take the sender's priority.
     pub task_inherit_parent_priority: bool,
     pub concurrency: usize,
@@ -324,6 +384,7 @@ impl Default for Config {
             queues: vec!["celery".into()],
             queue_decls: Vec::new(),
             create_missing_queues: true,
+            queue_types: QueueTypes::default(),
             task_inherit_parent_priority: false,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hostname: format!("celery@{}", host_name()),
@@ -430,6 +491,7 @@ impl Config {
                         Some(QueueDecl {
                             exchange: field("exchange").unwrap_or(&name).to_string(),
                             routing_key: field("routing_key").unwrap_or(&name).to_string(),
+                            exchange_type: field("exchange_type").unwrap_or("direct").to_string(),
                             arguments: q
                                 .get("queue_arguments")
                                 .and_then(Value::as_object)
@@ -445,6 +507,14 @@ impl Config {
                 }
             }
             "task_create_missing_queues" => self.create_missing_queues = flag(&value)?,
+            "task_default_queue_type" => self.queue_types.default = queue_type(name, &value)?,
+            "task_create_missing_queue_type" => {
+                self.queue_types.missing = queue_type(name, &value)?
+            }
+            "worker_detect_quorum_queues" => self.queue_types.detect_quorum = flag(&value)?,
+            "broker_native_delayed_delivery_queue_type" => {
+                self.queue_types.delayed_delivery = queue_type(name, &value)?
+            }
             "task_inherit_parent_priority" => self.task_inherit_parent_priority = flag(&value)?,
             // Python-side serialisation settings: we consume JSON and say so
             // when the app expects something else.
@@ -590,12 +660,28 @@ impl Config {
             .iter()
             .find(|d| d.name == queue)
             .cloned()
-            .unwrap_or_else(|| QueueDecl {
-                name: queue.to_string(),
-                exchange: queue.to_string(),
-                routing_key: queue.to_string(),
-                arguments: serde_json::Map::new(),
-            })
+            .unwrap_or_else(|| QueueDecl::missing(queue, &self.queue_types.missing))
+    }
+
+    /// Every queue the app knows, as Celery's `app.amqp.queues` after `-Q`:
+    /// `task_queues` (else the default queue, of `task_default_queue_type`),
+    /// then the consumed queues it lacks (`new_missing`, of
+    /// `task_create_missing_queue_type`).
+    pub fn known_queues(&self) -> Vec<QueueDecl> {
+        let mut all = if self.queue_decls.is_empty() {
+            vec![QueueDecl::missing(
+                &self.task_default_queue,
+                &self.queue_types.default,
+            )]
+        } else {
+            self.queue_decls.clone()
+        };
+        for q in &self.queues {
+            if !all.iter().any(|d| &d.name == q) {
+                all.push(QueueDecl::missing(q, &self.queue_types.missing));
+            }
+        }
+        all
     }
 
     /// Parses `NAME=VALUE` (value as JSON, else as a plain string).
@@ -766,6 +852,30 @@ mod tests {
             mask_url("sentinel://:pw1@h1:26379/0;sentinel://:pw2@h2/0"),
             "sentinel://:**@h1:26379/0;sentinel://:**@h2/0"
         );
+    }
+
+    #[test]
+    fn queue_types_shape_the_known_queues_as_celerys_app_amqp_queues() {
+        let mut c = Config::default();
+        c.apply_setting("task_default_queue_type", "quorum".into())
+            .unwrap();
+        c.queues = vec!["celery".into(), "extra".into()];
+        let known = c.known_queues();
+        assert!(known[0].is_quorum(), "{known:?}");
+        assert!(
+            !known[1].is_quorum(),
+            "missing queues are classic by default"
+        );
+        c.apply_setting("task_create_missing_queue_type", "quorum".into())
+            .unwrap();
+        assert!(c.known_queues()[1].is_quorum());
+        assert!(
+            c.apply_setting("task_default_queue_type", "stream".into())
+                .is_err()
+        );
+        c.apply_setting("worker_detect_quorum_queues", false.into())
+            .unwrap();
+        assert!(!c.queue_types.detect_quorum);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod support;
 
-use rust_celery_worker::broker::amqp::AmqpBroker;
+use rust_celery_worker::broker::amqp::{AmqpBroker, Topology};
 use rust_celery_worker::broker::{Broker, Delivery};
 use rust_celery_worker::config::QueueDecl;
 use rust_celery_worker::protocol::{Envelope, TaskMessage};
@@ -19,7 +19,7 @@ fn envelope(id: &str, priority: u8) -> Envelope {
 
 async fn consumer(v: &Vhost, queues: &[&str], decls: &[QueueDecl], prefetch: usize) -> AmqpBroker {
     let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
-    let b = AmqpBroker::connect(&v.url(), &queues, decls, prefetch)
+    let b = AmqpBroker::connect(&v.url(), &queues, &Topology::new(decls.to_vec()), prefetch)
         .await
         .unwrap();
     b.start().await.unwrap();
@@ -32,6 +32,7 @@ fn prio_queue() -> QueueDecl {
         name: "prio".into(),
         exchange: "prio".into(),
         routing_key: "prio".into(),
+        exchange_type: "direct".into(),
         arguments: json!({"x-max-priority": 10}).as_object().unwrap().clone(),
     }
 }
@@ -291,4 +292,78 @@ async fn queues_are_added_cancelled_and_purged_live() {
     assert_eq!(b.queue_len("extra").await.unwrap(), 0);
     assert_eq!(b.queue_len("no-such-queue").await.unwrap(), 0);
     assert_eq!(b.queues(), ["celery"]);
+}
+
+/// Celery ≥ 5.5 with a quorum queue: per-consumer QoS, and kombu's native
+/// delayed delivery declared, so a Python producer's countdown published to
+/// `celery_delayed_27` reaches the queue after its delay.
+#[tokio::test]
+async fn quorum_queues_get_consumer_qos_and_native_delayed_delivery() {
+    let v = Vhost::new();
+    let qq = QueueDecl {
+        name: "qq".into(),
+        exchange: "tx".into(),
+        routing_key: "tasks.qq".into(),
+        exchange_type: "topic".into(),
+        arguments: json!({"x-queue-type": "quorum"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let topology = Topology::new(vec![qq]);
+    assert_eq!(topology.quorum.as_deref(), Some("qq"));
+    let b = AmqpBroker::connect(&v.url(), &["qq".to_string()], &topology, 4)
+        .await
+        .unwrap();
+    b.start().await.unwrap();
+    assert!(b.fetch(1).await.unwrap().is_empty());
+    // QoS on the consumer (global QoS is refused by quorum queues).
+    assert_eq!(
+        v.list("list_consumers", &["queue_name", "prefetch_count"]),
+        ["qq\t4"]
+    );
+    let queues = v.list("list_queues", &["name", "arguments"]);
+    let delayed: Vec<&String> = queues
+        .iter()
+        .filter(|q| q.starts_with("celery_delayed_"))
+        .collect();
+    assert_eq!(delayed.len(), 28, "{queues:?}");
+    assert!(
+        delayed
+            .iter()
+            .all(|q| q.contains("{\"x-queue-type\",\"quorum\"}")),
+        "{delayed:?}"
+    );
+    let bindings = v.list(
+        "list_bindings",
+        &["source_name", "destination_name", "routing_key"],
+    );
+    for wanted in [
+        "celery_delayed_delivery\ttx\t#.tasks.qq",
+        "tx\tqq\t#.tasks.qq",
+        "celery_delayed_0\tcelery_delayed_delivery\t*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.0.#",
+    ] {
+        assert!(
+            bindings.iter().any(|b| b == wanted),
+            "{wanted} not in {bindings:?}"
+        );
+    }
+    // kombu's calculate_routing_key(1, 'tasks.qq'): 28 bits, then the key.
+    let bits: Vec<String> = format!("{:028b}", 1)
+        .chars()
+        .map(|c| c.to_string())
+        .collect();
+    let rk = format!("{}.tasks.qq", bits.join("."));
+    let sent = std::time::Instant::now();
+    b.publish_direct("celery_delayed_27", &rk, &envelope("later", 0))
+        .await
+        .unwrap();
+    let got = fetch_n(&b, 1).await;
+    assert_eq!(id(&got[0]), "later");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(900),
+        "delivered after {:?}, before its 1 s delay",
+        sent.elapsed()
+    );
+    b.ack(&got[0].tag).await.unwrap();
 }

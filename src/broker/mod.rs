@@ -57,7 +57,7 @@ pub async fn connect(config: &crate::config::Config) -> anyhow::Result<Arc<dyn B
         let b = amqp::AmqpBroker::connect(
             url,
             &config.queues,
-            &config.queue_decls,
+            &amqp::Topology::from_config(config),
             config.prefetch_count(),
         )
         .await?;

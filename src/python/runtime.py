@@ -197,6 +197,7 @@ def _queue_json(q):
         "name": q.name,
         "exchange": getattr(exchange, "name", exchange) or "",
         "routing_key": q.routing_key or "",
+        "exchange_type": getattr(exchange, "type", None) or "direct",
         "queue_arguments": _jsonable(dict(q.queue_arguments or {})),
     }
 

@@ -10,6 +10,7 @@
 //! RabbitMQ (redelivered), and settling a delivery of the old connection is
 //! a logged no-op instead of an error.
 
+mod delayed;
 pub mod url;
 pub mod wire;
 
@@ -20,8 +21,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -91,7 +92,10 @@ impl Session {
 
 /// How an exchange is declared, by kombu's defaults for its role.
 fn exchange_kind(name: &str) -> (ExchangeKind, bool) {
-    if name == crate::events::dispatcher::EXCHANGE {
+    if name.contains("celery_delayed_") {
+        // kombu's native delayed delivery levels and delivery exchange.
+        (ExchangeKind::Topic, true)
+    } else if name == crate::events::dispatcher::EXCHANGE {
         // `Exchange('celeryev', type='topic')`: durable.
         (ExchangeKind::Topic, true)
     } else if name.starts_with("reply.") && name.ends_with(".pidbox") {
@@ -103,10 +107,73 @@ fn exchange_kind(name: &str) -> (ExchangeKind, bool) {
     }
 }
 
+/// What the worker declares on RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Celery's `app.amqp.queues`: every queue the app knows.
+    pub queues: Vec<QueueDecl>,
+    /// `task_create_missing_queue_type`, for queues named later (a publish
+    /// to a new queue, `add_consumer`).
+    pub missing_type: String,
+    /// The first quorum queue, when Celery's `detect_quorum_queues` finds
+    /// one: QoS per consumer, and kombu's native delayed delivery set up.
+    pub quorum: Option<String>,
+    /// `broker_native_delayed_delivery_queue_type`.
+    pub delayed_delivery_type: String,
+}
+
+impl Topology {
+    /// `queues` with Celery's defaults for the rest.
+    pub fn new(queues: Vec<QueueDecl>) -> Topology {
+        Topology::detect(queues, &crate::config::QueueTypes::default())
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> Topology {
+        Topology::detect(config.known_queues(), &config.queue_types)
+    }
+
+    fn detect(queues: Vec<QueueDecl>, types: &crate::config::QueueTypes) -> Topology {
+        let quorum = types
+            .detect_quorum
+            .then(|| {
+                queues
+                    .iter()
+                    .find(|d| d.is_quorum())
+                    .map(|d| d.name.clone())
+            })
+            .flatten();
+        Topology {
+            queues,
+            missing_type: types.missing.clone(),
+            quorum,
+            delayed_delivery_type: types.delayed_delivery.clone(),
+        }
+    }
+
+    fn decl(&self, queue: &str) -> QueueDecl {
+        self.queues
+            .iter()
+            .find(|d| d.name == queue)
+            .cloned()
+            .unwrap_or_else(|| QueueDecl::missing(queue, &self.missing_type))
+    }
+}
+
+/// A queue's exchange as its declaration names it (type, durable).
+fn kind_of(d: &QueueDecl) -> (ExchangeKind, bool) {
+    let kind = match d.exchange_type.as_str() {
+        "topic" => ExchangeKind::Topic,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        _ => ExchangeKind::Direct,
+    };
+    (kind, true)
+}
+
 struct Inner {
     uri: AMQPUri,
     masked: String,
-    decls: Vec<QueueDecl>,
+    topology: Topology,
     consumed: Mutex<Vec<String>>,
     /// The worker's prefetch window (0 = unlimited).
     prefetch: u16,
@@ -136,17 +203,12 @@ impl AmqpBroker {
     pub async fn connect(
         url: &str,
         queues: &[String],
-        decls: &[QueueDecl],
+        topology: &Topology,
         prefetch: usize,
     ) -> anyhow::Result<AmqpBroker> {
         let uri = url::parse(url, HEARTBEAT)?;
-        let quorum = queues.iter().find(|q| {
-            decls.iter().any(|d| {
-                &d.name == *q
-                    && d.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
-            })
-        });
-        if let Some(q) = quorum {
+        if let Some(q) = &topology.quorum {
+            tracing::info!("Global QoS is disabled. Prefetch count is now static.");
             // Celery's ETA_TASKS_NO_GLOBAL_QOS_WARNING.
             tracing::warn!(
                 "Detected quorum queue {q:?}, disabling global QoS. With global QoS disabled, \
@@ -159,10 +221,10 @@ impl AmqpBroker {
         let inner = Arc::new(Inner {
             uri,
             masked: crate::config::mask_url(url),
-            decls: decls.to_vec(),
+            topology: topology.clone(),
             consumed: Mutex::new(queues.to_vec()),
             prefetch: prefetch.min(usize::from(u16::MAX)) as u16,
-            global_qos: quorum.is_none(),
+            global_qos: topology.quorum.is_none(),
             bumped: AtomicI64::new(0),
             qos_changed: Arc::new(Notify::new()),
             session: AsyncMutex::new(None),
@@ -223,6 +285,9 @@ impl Inner {
             declared: Mutex::new(HashSet::new()),
         };
         self.set_qos(&session).await?;
+        if self.topology.quorum.is_some() {
+            self.declare_delayed_delivery(&session).await?;
+        }
         let queues = self.consumed.lock().expect("queues lock").clone();
         let consuming = self.consuming.load(Ordering::Relaxed);
         for q in &queues {
@@ -232,6 +297,103 @@ impl Inner {
             }
         }
         Ok(session)
+    }
+
+    /// kombu's native delayed delivery, as Celery's `DelayedDelivery`
+    /// bootstep sets it up when it finds a quorum queue: 28 levels of topic
+    /// exchange + TTL queue (level n holds 2ⁿ s and dead-letters to n-1), the
+    /// `celery_delayed_delivery` exchange after level 0, and every queue of
+    /// a non-direct exchange bound to it with `#.<routing key>`. Python
+    /// producers then publish countdowns to `celery_delayed_27`.
+    async fn declare_delayed_delivery(&self, session: &Session) -> Result<(), BrokerError> {
+        let ch = &session.consume;
+        let queue_type = self.topology.delayed_delivery_type.as_str();
+        let mut routing_key = String::from("1.#");
+        for level in (0..=delayed::MAX_LEVEL).rev() {
+            let name = delayed::level_name(level);
+            self.declare_exchange(session, &name).await?;
+            let args = wire::json_to_table(&delayed::queue_arguments(level, queue_type));
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(conn_err)?;
+            ch.queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+            routing_key = format!("*.{routing_key}");
+        }
+        let mut routing_key = String::from("0.#");
+        for level in (1..=delayed::MAX_LEVEL).rev() {
+            ch.exchange_bind(
+                delayed::level_name(level - 1).as_str().into(),
+                delayed::level_name(level).as_str().into(),
+                routing_key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+            routing_key = format!("*.{routing_key}");
+        }
+        self.declare_exchange(session, delayed::DELIVERY_EXCHANGE)
+            .await?;
+        ch.exchange_bind(
+            delayed::DELIVERY_EXCHANGE.into(),
+            delayed::level_name(0).as_str().into(),
+            routing_key.as_str().into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(conn_err)?;
+        for d in &self.topology.queues {
+            if d.exchange_type == "direct" || d.exchange.is_empty() {
+                tracing::warn!(
+                    "Exchange {} is a direct exchange and native delayed delivery do not \
+                     support direct exchanges.\nETA tasks published to this exchange will \
+                     block the worker until the ETA arrives.",
+                    d.exchange
+                );
+                continue;
+            }
+            self.declare_queue(session, &d.name).await?;
+            let rk = if d.routing_key.starts_with('#') {
+                d.routing_key.clone()
+            } else {
+                format!("#.{}", d.routing_key)
+            };
+            ch.exchange_bind(
+                d.exchange.as_str().into(),
+                delayed::DELIVERY_EXCHANGE.into(),
+                rk.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+            ch.queue_bind(
+                d.name.as_str().into(),
+                d.exchange.as_str().into(),
+                rk.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        }
+        Ok(())
     }
 
     fn qos_count(&self) -> u16 {
@@ -261,17 +423,16 @@ impl Inner {
         if session.is_declared(queue) {
             return Ok(());
         }
-        let (exchange, routing_key, args) = match self.decls.iter().find(|d| d.name == queue) {
-            Some(d) => (
-                d.exchange.clone(),
-                d.routing_key.clone(),
-                wire::json_to_table(&d.arguments),
-            ),
-            None => (queue.to_string(), queue.to_string(), FieldTable::default()),
-        };
+        let d = self.topology.decl(queue);
+        let (exchange, routing_key, args) = (
+            d.exchange.clone(),
+            d.routing_key.clone(),
+            wire::json_to_table(&d.arguments),
+        );
         let ch = &session.consume;
         if !exchange.is_empty() {
-            self.declare_exchange(session, &exchange).await?;
+            self.declare_exchange_as(session, &exchange, kind_of(&d))
+                .await?;
         }
         ch.queue_declare(
             queue.into(),
@@ -299,12 +460,25 @@ impl Inner {
     }
 
     async fn declare_exchange(&self, session: &Session, exchange: &str) -> Result<(), BrokerError> {
+        let decl = self.topology.queues.iter().find(|d| d.exchange == exchange);
+        let kind = match decl {
+            Some(d) => kind_of(d),
+            None => exchange_kind(exchange),
+        };
+        self.declare_exchange_as(session, exchange, kind).await
+    }
+
+    async fn declare_exchange_as(
+        &self,
+        session: &Session,
+        exchange: &str,
+        (kind, durable): (ExchangeKind, bool),
+    ) -> Result<(), BrokerError> {
         let key = format!("exchange:{exchange}");
         // The default exchange always exists and can't be declared.
         if exchange.is_empty() || session.is_declared(&key) {
             return Ok(());
         }
-        let (kind, durable) = exchange_kind(exchange);
         session
             .consume
             .exchange_declare(
