@@ -5,7 +5,7 @@
 mod support;
 
 use rust_celery_worker::broker::amqp::{AmqpBroker, Topology};
-use rust_celery_worker::broker::{Broker, Delivery};
+use rust_celery_worker::broker::{Broker, BrokerError, Delivery, Fanout};
 use rust_celery_worker::config::QueueDecl;
 use rust_celery_worker::protocol::{Envelope, TaskMessage};
 use serde_json::{Map, json};
@@ -116,15 +116,19 @@ async fn deliveries_settle_once_and_rejects_requeue_or_drop() {
     let env = got[0].payload.as_ref().unwrap();
     assert_eq!(env.delivery_info(), (String::new(), "celery".into()));
     assert!(!env.redelivered());
-    b.ack(&got[0].tag).await.unwrap();
-    // A second settlement of the same delivery is a no-op, not a channel error.
-    b.ack(&got[0].tag).await.unwrap();
-    b.reject(&got[1].tag, false).await.unwrap();
-    b.reject(&got[2].tag, true).await.unwrap();
+    got[0].settle.ack().await.unwrap();
+    // A second settlement of the same delivery is refused before it reaches
+    // RabbitMQ (a double ack would close the channel).
+    assert!(matches!(
+        got[0].settle.ack().await,
+        Err(BrokerError::Settled(_))
+    ));
+    got[1].settle.reject(false).await.unwrap();
+    got[2].settle.reject(true).await.unwrap();
     let again = fetch_n(&b, 1).await;
     assert_eq!(id(&again[0]), "t2");
     assert!(again[0].payload.as_ref().unwrap().redelivered());
-    b.ack(&again[0].tag).await.unwrap();
+    again[0].settle.ack().await.unwrap();
     // Nothing else is left: the dropped one is gone, the channel still works.
     assert!(b.fetch(1).await.unwrap().is_empty());
     assert_eq!(b.queue_len("celery").await.unwrap(), 0);
@@ -172,8 +176,8 @@ async fn held_deliveries_raise_the_prefetch_count() {
     assert!(b.fetch(1).await.unwrap().is_empty());
     // It runs and is acked; the bump ends with it.
     b.hold(false);
-    b.ack(&first[0].tag).await.unwrap();
-    b.ack(&second[0].tag).await.unwrap();
+    first[0].settle.ack().await.unwrap();
+    second[0].settle.ack().await.unwrap();
     let third = fetch_n(&b, 1).await;
     assert_eq!(id(&third[0]), "h2");
 }
@@ -188,7 +192,7 @@ async fn a_lost_connection_redelivers_what_was_unacked() {
             .unwrap();
     }
     let got = fetch_n(&b, 2).await;
-    b.ack(&got[0].tag).await.unwrap();
+    got[0].settle.ack().await.unwrap();
     // Acks go out in the background: wait until RabbitMQ has the first.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while v.list("list_queues", &["messages_unacknowledged"]) != ["1"] {
@@ -201,13 +205,13 @@ async fn a_lost_connection_redelivers_what_was_unacked() {
     v.close_connections();
     // The old delivery can't be settled any more: that is not an error.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    b.ack(&got[1].tag).await.unwrap();
+    got[1].settle.ack().await.unwrap();
     // Reconnected, the unacked one comes back, marked redelivered.
     let again = fetch_n(&b, 1).await;
     assert_eq!(again.len(), 1, "nothing redelivered after reconnecting");
     assert_eq!(id(&again[0]), "r1");
     assert!(again[0].payload.as_ref().unwrap().redelivered());
-    b.ack(&again[0].tag).await.unwrap();
+    again[0].settle.ack().await.unwrap();
     b.ping().await.unwrap();
     b.publish("celery", &envelope("after", 0)).await.unwrap();
     assert_eq!(id(&fetch_n(&b, 1).await[0]), "after");
@@ -249,7 +253,7 @@ async fn pidbox_fanout_and_direct_replies() {
         let req = Envelope::parse(&raw).unwrap();
         assert_eq!(req.headers["id"], "ping-1");
         worker
-            .publish_direct("reply.celery.pidbox", "oid-1", &envelope("pong", 0))
+            .publish_to("reply.celery.pidbox", "oid-1", &envelope("pong", 0))
             .await
             .unwrap();
     };
@@ -279,7 +283,7 @@ async fn queues_are_added_cancelled_and_purged_live() {
     b.publish("extra", &envelope("x1", 0)).await.unwrap();
     let got = fetch_n(&b, 1).await;
     assert_eq!((id(&got[0]), got[0].queue.as_str()), ("x1".into(), "extra"));
-    b.ack(&got[0].tag).await.unwrap();
+    got[0].settle.ack().await.unwrap();
     assert!(b.cancel_queue("extra"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.publish("extra", &envelope("x2", 0)).await.unwrap();
@@ -355,7 +359,7 @@ async fn quorum_queues_get_consumer_qos_and_native_delayed_delivery() {
         .collect();
     let rk = format!("{}.tasks.qq", bits.join("."));
     let sent = std::time::Instant::now();
-    b.publish_direct("celery_delayed_27", &rk, &envelope("later", 0))
+    b.publish_to("celery_delayed_27", &rk, &envelope("later", 0))
         .await
         .unwrap();
     let got = fetch_n(&b, 1).await;
@@ -365,5 +369,5 @@ async fn quorum_queues_get_consumer_qos_and_native_delayed_delivery() {
         "delivered after {:?}, before its 1 s delay",
         sent.elapsed()
     );
-    b.ack(&got[0].tag).await.unwrap();
+    got[0].settle.ack().await.unwrap();
 }

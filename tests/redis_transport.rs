@@ -6,7 +6,7 @@ mod support;
 
 use redis::Commands;
 use rust_celery_worker::backend::{ResultBackend, redis::RedisBackend};
-use rust_celery_worker::broker::{Broker, redis::RedisBroker};
+use rust_celery_worker::broker::{Broker, Fanout, redis::RedisBroker};
 use rust_celery_worker::config::TransportOptions;
 use rust_celery_worker::protocol::result_meta::ResultMeta;
 use rust_celery_worker::protocol::{Envelope, TaskMessage};
@@ -90,7 +90,7 @@ async fn batch_fetch_keeps_the_same_order_and_records_every_message() {
     assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 5);
     assert_eq!(conn.zcard::<_, i64>("unacked_index").unwrap(), 5);
     for d in &batch {
-        b.ack(&d.tag).await.unwrap();
+        d.settle.ack().await.unwrap();
     }
     assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
     assert_eq!(conn.zcard::<_, i64>("unacked_index").unwrap(), 0);
@@ -106,16 +106,19 @@ async fn unacked_entry_has_kombus_shape() {
     for max in [1usize] {
         let d = b.fetch(max).await.unwrap().remove(0);
         let mut conn = server.conn();
-        let raw: String = conn.hget("unacked", &d.tag).unwrap();
+        let raw: String = conn.hget("unacked", d.settle.tag()).unwrap();
         let entry: Value = serde_json::from_str(&raw).unwrap();
         assert_eq!(entry[1], json!(""), "exchange");
         assert_eq!(entry[2], json!("celery"), "routing key");
-        assert_eq!(entry[0]["properties"]["delivery_tag"], json!(d.tag));
+        assert_eq!(
+            entry[0]["properties"]["delivery_tag"],
+            json!(d.settle.tag())
+        );
         assert_eq!(
             Envelope::parse(entry[0].to_string().as_bytes()).unwrap(),
             env
         );
-        let score: f64 = conn.zscore("unacked_index", &d.tag).unwrap();
+        let score: f64 = conn.zscore("unacked_index", d.settle.tag()).unwrap();
         assert!(
             score >= before - 1.0 && score <= now() + 1.0,
             "score {score} is a unix time"
@@ -178,9 +181,9 @@ async fn reject_with_requeue_goes_to_the_back_and_restore_to_the_front() {
         b.publish("q", &envelope(id, "q", 0)).await.unwrap();
     }
     let one = b.fetch(1).await.unwrap().remove(0);
-    b.reject(&one.tag, true).await.unwrap();
+    one.settle.reject(true).await.unwrap();
     let two = b.fetch(1).await.unwrap().remove(0);
-    b.restore(&two.tag).await.unwrap();
+    two.settle.restore().await.unwrap();
     assert_eq!(drain_one_by_one(&b, 3).await, ["two", "three", "one"]);
     let none: i64 = server.conn().llen("q").unwrap();
     assert_eq!(none, 0);
@@ -205,7 +208,7 @@ async fn restores_what_a_python_worker_left_unacked() {
     let _: () = conn.zadd("unacked_index", tag, now() - 7200.0).unwrap();
     let b = broker(&server, &["celery"], TransportOptions::default()).await;
     let d = b.fetch(1).await.unwrap().remove(0);
-    assert_eq!(d.tag, tag);
+    assert_eq!(d.settle.tag(), tag);
     let env = d.payload.unwrap();
     assert_eq!(env.headers["redelivered"], json!(true));
     assert_eq!(
@@ -246,7 +249,11 @@ async fn garbage_in_a_queue_is_delivered_as_an_error_not_a_crash() {
     let _: () = conn.lpush("celery", "also garbage").unwrap();
     let batch = b.fetch(5).await.unwrap();
     assert_eq!(batch.len(), 2);
-    assert!(batch.iter().all(|d| d.payload.is_err() && d.tag.is_empty()));
+    assert!(
+        batch
+            .iter()
+            .all(|d| d.payload.is_err() && d.settle.tag().is_empty())
+    );
     let single = {
         let _: () = conn.lpush("celery", "{\"x\": 1").unwrap();
         b.fetch(1).await.unwrap()
@@ -361,7 +368,7 @@ async fn rediss_urls_speak_tls() {
         .unwrap();
     let d = b.fetch(1).await.unwrap().remove(0);
     assert_eq!(task_id(&d), "over-tls");
-    b.ack(&d.tag).await.unwrap();
+    d.settle.ack().await.unwrap();
     let backend = RedisBackend::connect(&url, None, "", &Default::default())
         .await
         .unwrap();
@@ -432,10 +439,10 @@ async fn direct_publish_follows_the_binding_table_and_drops_unrouted() {
         )
         .unwrap();
     let env = envelope("r-1", "x", 0);
-    b.publish_direct("reply.celery.pidbox", "oid-1", &env)
+    b.publish_to("reply.celery.pidbox", "oid-1", &env)
         .await
         .unwrap();
-    b.publish_direct("reply.celery.pidbox", "nobody", &env)
+    b.publish_to("reply.celery.pidbox", "nobody", &env)
         .await
         .unwrap();
     let raw: Vec<u8> = c.rpop("oid-1.reply.celery.pidbox", None).unwrap();
@@ -469,7 +476,7 @@ async fn collect_replies_gathers_until_the_timeout_and_cleans_up() {
                 6,
             );
             answering
-                .publish_direct(&reply_to.exchange, &reply_to.routing_key, &env)
+                .publish_to(&reply_to.exchange, &reply_to.routing_key, &env)
                 .await
                 .unwrap();
         }

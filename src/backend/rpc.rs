@@ -48,7 +48,7 @@ impl RpcBackend {
 fn from_broker(e: BrokerError) -> BackendError {
     match e {
         BrokerError::Connection(m) => BackendError::Connection(m),
-        BrokerError::Command(m) => BackendError::Command(m),
+        other => BackendError::Command(other.to_string()),
     }
 }
 
@@ -62,7 +62,7 @@ impl ResultBackend for RpcBackend {
         };
         let env = self.message(meta, correlation_id);
         self.broker
-            .publish_direct("", to, &env)
+            .publish_to("", to, &env)
             .await
             .map_err(from_broker)?;
         Ok(true)

@@ -1,5 +1,9 @@
-//! Message transports. A [`Broker`] hands out [`Delivery`]s and settles them
-//! (ack / reject / restore); it knows routing, not task semantics.
+//! Message transports. A [`Broker`] consumes with a prefetch window, hands
+//! out [`Delivery`]s that each settle themselves once, and publishes to an
+//! exchange with a routing key; it knows routing, not task semantics.
+//! What only some transports do is a capability of its own: [`Fanout`]
+//! (broadcast and replies, for pidbox and events) and [`Maintain`]
+//! (visibility-timeout restore, where the broker can't redeliver by itself).
 
 pub mod amqp;
 pub mod redis;
@@ -9,16 +13,99 @@ pub mod redis_url;
 use crate::protocol::{DecodeError, Envelope};
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// One message taken from a queue, still unacknowledged.
 #[derive(Debug)]
 pub struct Delivery {
-    /// kombu delivery tag (key in `unacked`); empty when the bytes were not
-    /// even an envelope and so could not be recorded.
-    pub tag: String,
     /// The queue it was consumed from.
     pub queue: String,
     pub payload: Result<Envelope, DecodeError>,
+    /// How it is acked, rejected or given back: once.
+    pub settle: Settlement,
+}
+
+/// A transport's way of settling one delivery (Redis: its `unacked` entry;
+/// AMQP: its channel's delivery tag).
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// Done with the message: forget it.
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// Refuse the message; with `requeue` it goes to the back of its queue.
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError>;
+    /// Give an unstarted message back, to be delivered next (shutdown).
+    async fn restore(&self) -> Result<(), BrokerError>;
+}
+
+const OPEN: u8 = 0;
+const SETTLING: u8 = 1;
+const SETTLED: u8 = 2;
+
+/// A delivery's settlement handle. The first ack, reject or restore that
+/// succeeds settles it; any later one is refused with
+/// [`BrokerError::Settled`]. One that failed (a lost connection) may be
+/// tried again.
+pub struct Settlement {
+    /// The delivery tag, for logs.
+    tag: String,
+    by: Box<dyn Settle>,
+    state: AtomicU8,
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl Settlement {
+    pub fn new(tag: String, by: Box<dyn Settle>) -> Settlement {
+        Settlement {
+            tag,
+            by,
+            state: AtomicU8::new(OPEN),
+        }
+    }
+
+    /// kombu's delivery tag; empty when the bytes were not even an envelope.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SETTLED
+    }
+
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        self.once(self.by.ack()).await
+    }
+
+    pub async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {
+        self.once(self.by.reject(requeue)).await
+    }
+
+    pub async fn restore(&self) -> Result<(), BrokerError> {
+        self.once(self.by.restore()).await
+    }
+
+    async fn once(
+        &self,
+        op: impl std::future::Future<Output = Result<(), BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        if self
+            .state
+            .compare_exchange(OPEN, SETTLING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(BrokerError::Settled(self.tag.clone()));
+        }
+        let result = op.await;
+        let next = if result.is_ok() { SETTLED } else { OPEN };
+        self.state.store(next, Ordering::Release);
+        result
+    }
 }
 
 impl Delivery {
@@ -32,7 +119,7 @@ impl Delivery {
 }
 
 /// Why a broker call failed, and whether reconnecting can help.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The connection is gone: back off, reconnect, retry.
     #[error("connection to broker lost: {0}")]
@@ -40,6 +127,9 @@ pub enum BrokerError {
     /// The broker refused the command; retrying will not help.
     #[error("broker error: {0}")]
     Command(String),
+    /// The delivery was already acked, rejected or restored (or is being).
+    #[error("delivery {0:?} is already settled")]
+    Settled(String),
 }
 
 impl BrokerError {
@@ -72,27 +162,29 @@ pub fn supported(url: &str) -> bool {
     amqp::url::is_amqp(url) || redis_url::is_redis(url)
 }
 
-/// A transport with kombu's consume/ack semantics.
+/// What every transport does: consume with a prefetch window, hand out
+/// deliveries that settle themselves, publish.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Declares the consumed queues (bindings) and runs start-up recovery.
     async fn start(&self) -> Result<(), BrokerError>;
     /// Up to `max` messages, waiting at most one poll interval when none is ready.
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError>;
-    /// Done with the message: forget it.
-    async fn ack(&self, tag: &str) -> Result<(), BrokerError>;
-    /// Refuse the message; with `requeue` it goes to the back of its queue.
-    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError>;
-    /// Give an unstarted message back, to be delivered next (shutdown).
-    async fn restore(&self, tag: &str) -> Result<(), BrokerError>;
-    /// Periodic housekeeping (visibility-timeout restore).
-    async fn maintain(&self) -> Result<(), BrokerError>;
     /// A delivery starts (`true`) or stops (`false`) being held outside the
     /// prefetch window (ETA, rate limit). A broker that enforces prefetch
     /// itself raises its count meanwhile, as Celery's QoS bump does.
     fn hold(&self, _held: bool) {}
     /// Publishes an envelope to a queue (anonymous exchange).
     async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError>;
+    /// Publishes through a direct `exchange` to every queue bound with
+    /// `routing_key` (`""`: the queue of that name); unrouted messages are
+    /// dropped, as kombu drops them.
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError>;
     /// The broker URL with the password masked.
     fn url(&self) -> String;
     /// Messages waiting in `queue` (all priorities).
@@ -102,18 +194,43 @@ pub trait Broker: Send + Sync {
     /// A round trip to the broker (`/healthz`).
     async fn ping(&self) -> Result<(), BrokerError>;
 
-    // ---- broadcast and remote control (pidbox, events) ----
+    // ---- consumed queues, changed live (add_consumer / cancel_consumer) ----
 
+    /// The queues consumed now.
+    fn queues(&self) -> Vec<String>;
+    /// Starts consuming `queue` (declared first). False if already consumed.
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError>;
+    /// Stops consuming `queue`. False if it wasn't consumed.
+    fn cancel_queue(&self, queue: &str) -> bool;
+    /// Connection facts for `inspect stats` (`broker`), as kombu's `Connection.info()`.
+    fn info(&self) -> serde_json::Value;
+
+    // ---- capabilities ----
+
+    /// Broadcast and replies (remote control, events), if it has them.
+    fn fanout(&self) -> Option<&dyn Fanout> {
+        None
+    }
+    /// Periodic housekeeping, for a broker that needs it.
+    fn maintenance(&self) -> Option<&dyn Maintain> {
+        None
+    }
+}
+
+/// The broker's [`Fanout`], or the error to report where it has none.
+pub fn fanout_of(broker: &dyn Broker) -> Result<&dyn Fanout, BrokerError> {
+    broker.fanout().ok_or_else(|| {
+        BrokerError::Command(
+            "this transport has no broadcast: remote control and events need one".into(),
+        )
+    })
+}
+
+/// Broadcast: what pidbox, events and mingle need.
+#[async_trait]
+pub trait Fanout: Send + Sync {
     /// Publishes to a fanout exchange (Redis: `PUBLISH` on kombu's topic).
     async fn publish_fanout(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        envelope: &Envelope,
-    ) -> Result<(), BrokerError>;
-    /// Publishes through a direct exchange to every queue bound with
-    /// `routing_key`; unrouted messages are dropped, as kombu drops them.
-    async fn publish_direct(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -137,15 +254,74 @@ pub trait Broker: Send + Sync {
         request_exchange: &str,
         timeout: std::time::Duration,
     ) -> Result<Vec<Envelope>, BrokerError>;
+}
 
-    // ---- consumed queues, changed live (add_consumer / cancel_consumer) ----
+/// Housekeeping a transport runs between fetches: kombu's Redis restores
+/// messages whose visibility timeout passed, as nothing else would.
+#[async_trait]
+pub trait Maintain: Send + Sync {
+    async fn maintain(&self) -> Result<(), BrokerError>;
+}
 
-    /// The queues consumed now.
-    fn queues(&self) -> Vec<String>;
-    /// Starts consuming `queue` (declared first). False if already consumed.
-    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError>;
-    /// Stops consuming `queue`. False if it wasn't consumed.
-    fn cancel_queue(&self, queue: &str) -> bool;
-    /// Connection facts for `inspect stats` (`broker`), as kombu's `Connection.info()`.
-    fn info(&self) -> serde_json::Value;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts settlements; the first `fail` calls lose the connection.
+    struct Counting {
+        calls: Arc<AtomicUsize>,
+        fail: usize,
+    }
+
+    #[async_trait]
+    impl Settle for Counting {
+        async fn ack(&self) -> Result<(), BrokerError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail {
+                Err(BrokerError::Connection("gone".into()))
+            } else {
+                Ok(())
+            }
+        }
+        async fn reject(&self, _: bool) -> Result<(), BrokerError> {
+            self.ack().await
+        }
+        async fn restore(&self) -> Result<(), BrokerError> {
+            self.ack().await
+        }
+    }
+
+    fn settlement(fail: usize) -> (Settlement, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let by = Counting {
+            calls: Arc::clone(&calls),
+            fail,
+        };
+        (Settlement::new("t1".into(), Box::new(by)), calls)
+    }
+
+    #[tokio::test]
+    async fn a_delivery_settles_once() {
+        let (s, calls) = settlement(0);
+        s.ack().await.unwrap();
+        assert!(s.is_settled());
+        assert!(matches!(s.reject(true).await, Err(BrokerError::Settled(_))));
+        assert!(matches!(s.restore().await, Err(BrokerError::Settled(_))));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the transport was asked again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_settlement_may_be_retried() {
+        let (s, calls) = settlement(1);
+        assert!(s.ack().await.unwrap_err().is_connection());
+        assert!(!s.is_settled());
+        s.ack().await.unwrap();
+        assert!(s.is_settled());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 }

@@ -56,17 +56,18 @@ pub(crate) async fn sync(shared: &Arc<Shared>) {
         clock,
         expires,
     );
-    let replies = match shared
-        .broker
-        .collect_replies(
-            pidbox::REPLY_EXCHANGE,
-            &oid,
-            &request,
-            pidbox::EXCHANGE,
-            HELLO_TIMEOUT,
-        )
-        .await
-    {
+    let asked = async {
+        crate::broker::fanout_of(&*shared.broker)?
+            .collect_replies(
+                pidbox::REPLY_EXCHANGE,
+                &oid,
+                &request,
+                pidbox::EXCHANGE,
+                HELLO_TIMEOUT,
+            )
+            .await
+    };
+    let replies = match asked.await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("mingle: cannot reach the neighbours: {e}");

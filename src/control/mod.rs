@@ -79,11 +79,12 @@ pub(crate) async fn subscribe(shared: &Arc<Shared>) -> Option<mpsc::Receiver<Vec
     let queue = format!("{}.{}", shared.config.hostname, pidbox::EXCHANGE);
     let mut failures = 0;
     loop {
-        match shared
-            .broker
-            .subscribe_fanout(pidbox::EXCHANGE, &queue)
-            .await
-        {
+        let subscribed = async {
+            crate::broker::fanout_of(&*shared.broker)?
+                .subscribe_fanout(pidbox::EXCHANGE, &queue)
+                .await
+        };
+        match subscribed.await {
             Ok(rx) => return Some(rx),
             Err(e) => {
                 let wait = crate::worker::backoff(failures);
@@ -155,7 +156,7 @@ pub(crate) async fn handle_message(shared: &Arc<Shared>, raw: &[u8]) {
         let env = pidbox::reply_envelope(&shared.config.hostname, reply, reply_to, ticket, clock);
         if let Err(e) = shared
             .broker
-            .publish_direct(&reply_to.exchange, &reply_to.routing_key, &env)
+            .publish_to(&reply_to.exchange, &reply_to.routing_key, &env)
             .await
         {
             tracing::warn!("Remote control: cannot reply to {}: {e}", req.method);

@@ -180,10 +180,7 @@ async fn publish_loop(
                         event.write_json(&common, &mut body);
                         let rk = event.routing_key();
                         let env = envelope_bytes(&hostname, body, &rk);
-                        report(
-                            &mut failing,
-                            broker.publish_fanout(EXCHANGE, &rk, &env).await,
-                        );
+                        report(&mut failing, publish(&*broker, &rk, &env).await);
                     }
                 }
             }
@@ -191,15 +188,23 @@ async fn publish_loop(
         if !tasks.is_empty() {
             batch_close(&mut tasks);
             let env = envelope_bytes(&hostname, tasks, "task.multi");
-            report(
-                &mut failing,
-                broker.publish_fanout(EXCHANGE, "task.multi", &env).await,
-            );
+            report(&mut failing, publish(&*broker, "task.multi", &env).await);
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+/// Sends one event message to the `celeryev` exchange.
+async fn publish(
+    broker: &dyn crate::broker::Broker,
+    routing_key: &str,
+    env: &crate::protocol::Envelope,
+) -> Result<(), crate::broker::BrokerError> {
+    crate::broker::fanout_of(broker)?
+        .publish_fanout(EXCHANGE, routing_key, env)
+        .await
 }
 
 /// Appends an event to a `task.multi` body (`[e1, e2, ...]`, as `json.dumps`).

@@ -67,7 +67,9 @@ async fn consume_loop(shared: &Arc<Shared>) {
                 continue;
             }
         }
-        if let Err(e) = shared.broker.maintain().await {
+        if let Some(m) = shared.broker.maintenance()
+            && let Err(e) = m.maintain().await
+        {
             tracing::warn!("consumer: visibility restore failed: {e}");
         }
     }

@@ -4,7 +4,7 @@
 
 use super::Shared;
 use super::trace::Verdict;
-use crate::broker::Delivery;
+use crate::broker::{Delivery, Settlement};
 use crate::config::Config;
 use crate::events::Event;
 use crate::protocol::pyrepr;
@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 /// when the message is acked (or handed back).
 pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: OwnedSemaphorePermit) {
     let Delivery {
-        tag,
+        settle,
         queue,
         payload,
     } = delivery;
@@ -32,7 +32,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
                 "Received a message that is not a kombu envelope from queue {queue:?}: {err}. \
                  The message has been ignored and discarded."
             );
-            return Box::pin(refuse(shared, &tag, &err)).await;
+            return Box::pin(refuse(shared, &settle, &err)).await;
         }
     };
     // Celery looks the name up before decoding the body, so an unknown task
@@ -40,7 +40,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     if let Some(name) = envelope.headers.get("task").and_then(Value::as_str)
         && shared.registry.get(name).is_none()
     {
-        return Box::pin(unknown_task(shared, &tag, &envelope, name)).await;
+        return Box::pin(unknown_task(shared, &settle, &envelope, name)).await;
     }
     let msg = match TaskMessage::decode(
         envelope.content_type.as_deref(),
@@ -50,11 +50,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         Ok(m) => m,
         Err(err) => {
             log_invalid(&envelope, &err);
-            return Box::pin(refuse(shared, &tag, &err)).await;
+            return Box::pin(refuse(shared, &settle, &err)).await;
         }
     };
     let Some(def) = shared.registry.get(msg.task()).cloned() else {
-        return Box::pin(unknown_task(shared, &tag, &envelope, msg.task())).await;
+        return Box::pin(unknown_task(shared, &settle, &envelope, msg.task())).await;
     };
     let name = msg.display_name().to_string();
     let id = msg.id().to_string();
@@ -69,7 +69,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     };
     if let Some(why) = refused {
         let request = Arc::new(build_request(shared, &def, msg, envelope, &queue));
-        return Box::pin(discard(shared, &def, &tag, &name, &request, why)).await;
+        return Box::pin(discard(shared, &def, &settle, &name, &request, why)).await;
     }
     tracing::info!("Task {name}[{id}] received");
     // From here on only the request is kept: a held ETA message costs its
@@ -101,7 +101,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     // However this ends, the request stops being held.
     let _held_guard = Release(shared, &id);
     // Every later way out without running: revoked or expired meanwhile.
-    let give_up = |why| Box::pin(discard(shared, &def, &tag, &name, &request, why));
+    let give_up = |why| Box::pin(discard(shared, &def, &settle, &name, &request, why));
 
     let mut held = Some(held);
     // Set while the request is outside the window; lowers the broker's
@@ -117,7 +117,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             _ = stop.stopped() => {
                 return give_up(Discard::Revoked).await;
             }
-            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
+            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&settle)).await,
         }
         shared.state.reserve(&id);
         if let Some(expires) = expires
@@ -138,7 +138,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             _ = stop.stopped() => {
                 return give_up(Discard::Revoked).await;
             }
-            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&tag)).await,
+            _ = shared.shutdown.warm() => return Box::pin(shared.restore(&settle)).await,
         }
     }
 
@@ -155,7 +155,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         }
         _ = shared.shutdown.warm() => {
             // Prefetched but never started: back to the queue, delivered next.
-            return Box::pin(shared.restore(&tag)).await;
+            return Box::pin(shared.restore(&settle)).await;
         }
     };
     // Revoked or expired while it waited (Celery's `Request.revoked()`
@@ -171,7 +171,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let acks_late = shared.policy(&def).acks_late;
     if !acks_late {
         // Early ack (Celery's default): before user code runs.
-        Box::pin(shared.ack(&tag)).await;
+        Box::pin(shared.ack(&settle)).await;
         shared.state.acknowledged(&id);
         drop(held.take());
     }
@@ -181,7 +181,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let verdict = Box::pin(super::trace::trace(shared, def, request, slot, stop)).await;
     if acks_late {
         match verdict {
-            Verdict::Ack => Box::pin(shared.ack(&tag)).await,
+            Verdict::Ack => Box::pin(shared.ack(&settle)).await,
             Verdict::Reject { requeue } => {
                 shared.events.task(
                     || shared.state.clock_forward(),
@@ -190,7 +190,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
                         requeue,
                     },
                 );
-                Box::pin(shared.reject(&tag, requeue)).await
+                Box::pin(shared.reject(&settle, requeue)).await
             }
         }
     }
@@ -263,7 +263,7 @@ fn build_request(
 
 /// Celery's `on_unknown_task`: log, store `NotRegistered` so the caller is
 /// not left waiting, reject without requeue.
-async fn unknown_task(shared: &Shared, tag: &str, env: &Envelope, name: &str) {
+async fn unknown_task(shared: &Shared, settle: &Settlement, env: &Envelope, name: &str) {
     let (exchange, routing_key) = env.delivery_info();
     let headers = pyrepr::repr(&serde_json::Value::Object(env.headers.clone()));
     tracing::error!(
@@ -293,7 +293,7 @@ async fn unknown_task(shared: &Shared, tag: &str, env: &Envelope, name: &str) {
         m.traceback = Some(err.traceback_text());
         shared.store_state(&m).await;
     }
-    shared.reject(tag, false).await;
+    shared.reject(settle, false).await;
 }
 
 /// Celery's `dump_body`: the body as a Python bytes repr with its size.
@@ -325,7 +325,7 @@ fn log_invalid(env: &Envelope, err: &DecodeError) {
 
 /// A message that can never run: store FAILURE when we know its id (so the
 /// caller isn't left waiting), then drop it (reject without requeue).
-async fn refuse(shared: &Shared, tag: &str, err: &DecodeError) {
+async fn refuse(shared: &Shared, settle: &Settlement, err: &DecodeError) {
     if let Some(id) = err.task_id() {
         let (exc_type, module, message) = err.exception();
         let e = TaskError::new(exc_type, module, vec![Value::String(message)]);
@@ -333,7 +333,7 @@ async fn refuse(shared: &Shared, tag: &str, err: &DecodeError) {
         m.traceback = Some(e.traceback_text());
         shared.store_state(&m).await;
     }
-    shared.reject(tag, false).await;
+    shared.reject(settle, false).await;
 }
 
 /// Why a request is discarded without running.
@@ -348,7 +348,7 @@ enum Discard {
 async fn discard(
     shared: &Arc<Shared>,
     def: &TaskDef,
-    tag: &str,
+    settle: &Settlement,
     name: &str,
     request: &Arc<Request>,
     why: Discard,
@@ -371,5 +371,5 @@ async fn discard(
     if request.embed.chord.is_some() {
         super::trace::chord_part_revoked(shared, def, request, m.result).await;
     }
-    shared.ack(tag).await;
+    shared.ack(settle).await;
 }

@@ -5,7 +5,7 @@
 use super::Shared;
 use super::shutdown::Shutdown;
 use crate::backend::BackendError;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Settlement};
 use crate::protocol::result_meta::ResultMeta;
 use std::future::Future;
 use std::time::Duration;
@@ -79,19 +79,19 @@ impl Shared {
         until_ok(&what, &self.shutdown, || backend.store(meta)).await;
     }
 
-    pub(crate) async fn ack(&self, tag: &str) {
-        let what = format!("ack {tag}");
-        until_ok(&what, &self.shutdown, || self.broker.ack(tag)).await;
+    pub(crate) async fn ack(&self, settle: &Settlement) {
+        let what = format!("ack {}", settle.tag());
+        until_ok(&what, &self.shutdown, || settle.ack()).await;
     }
 
-    pub(crate) async fn reject(&self, tag: &str, requeue: bool) {
-        let what = format!("reject {tag}");
-        until_ok(&what, &self.shutdown, || self.broker.reject(tag, requeue)).await;
+    pub(crate) async fn reject(&self, settle: &Settlement, requeue: bool) {
+        let what = format!("reject {}", settle.tag());
+        until_ok(&what, &self.shutdown, || settle.reject(requeue)).await;
     }
 
     /// Gives an unstarted message back to its queue (warm shutdown).
-    pub(crate) async fn restore(&self, tag: &str) {
-        let what = format!("restore {tag}");
-        until_ok(&what, &self.shutdown, || self.broker.restore(tag)).await;
+    pub(crate) async fn restore(&self, settle: &Settlement) {
+        let what = format!("restore {}", settle.tag());
+        until_ok(&what, &self.shutdown, || settle.restore()).await;
     }
 }

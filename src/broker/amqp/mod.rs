@@ -14,7 +14,7 @@ mod delayed;
 pub mod url;
 pub mod wire;
 
-use super::{Broker, BrokerError, Delivery};
+use super::{Broker, BrokerError, Delivery, Fanout, Settle, Settlement};
 use crate::config::QueueDecl;
 use crate::protocol::Envelope;
 use async_trait::async_trait;
@@ -186,8 +186,6 @@ struct Inner {
     generation: AtomicU64,
     tx: mpsc::UnboundedSender<Incoming>,
     rx: AsyncMutex<mpsc::UnboundedReceiver<Incoming>>,
-    pending: Mutex<HashMap<u64, Acker>>,
-    next_tag: AtomicU64,
     /// Consumers start with the first fetch, not at connect: `--purge`
     /// (between the two) must find the messages still in their queues.
     consuming: std::sync::atomic::AtomicBool,
@@ -231,8 +229,6 @@ impl AmqpBroker {
             generation: AtomicU64::new(0),
             tx,
             rx: AsyncMutex::new(rx),
-            pending: Mutex::new(HashMap::new()),
-            next_tag: AtomicU64::new(1),
             consuming: std::sync::atomic::AtomicBool::new(false),
         });
         inner.session().await.map_err(anyhow::Error::new)?;
@@ -550,37 +546,25 @@ impl Inner {
         }
     }
 
-    fn delivery(&self, queue: String, mut d: lapin::message::Delivery) -> Delivery {
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+    fn delivery(
+        &self,
+        generation: u64,
+        queue: String,
+        mut d: lapin::message::Delivery,
+    ) -> Delivery {
         let data = std::mem::take(&mut d.data);
         let envelope = envelope_of(&d, data);
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(tag, d.acker);
+        // Connection generation and channel tag: unique for the logs.
+        let tag = format!("{generation}.{}", d.delivery_tag);
+        let settle = AmqpSettle {
+            acker: d.acker,
+            tag: tag.clone(),
+        };
         Delivery {
-            tag: tag.to_string(),
             queue,
             payload: Ok(envelope),
+            settle: Settlement::new(tag, Box::new(settle)),
         }
-    }
-
-    fn take_acker(&self, tag: &str) -> Option<Acker> {
-        let tag: u64 = tag.parse().ok()?;
-        self.pending.lock().expect("pending lock").remove(&tag)
-    }
-
-    /// Rejects a delivery (once). One whose connection is gone can't be
-    /// settled any more: RabbitMQ redelivers it, so that is not an error.
-    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        let Some(acker) = self.take_acker(tag) else {
-            return Ok(());
-        };
-        let done = acker.reject(BasicRejectOptions { requeue }).await;
-        if !matches!(done, Ok(true)) {
-            lost_delivery(tag);
-        }
-        Ok(())
     }
 
     /// Publishes to `exchange` (declared first, as kombu's `maybe_declare`)
@@ -724,6 +708,42 @@ async fn subscribe_once(
     Ok((ch, consumer))
 }
 
+/// Settles one delivery on the channel it came from, through lapin's
+/// `Acker`. One whose connection is gone can't be settled any more: RabbitMQ
+/// redelivers it, so that is logged, not an error.
+struct AmqpSettle {
+    acker: Acker,
+    tag: String,
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        // basic.ack has no reply: waiting for lapin to hand the frame to its
+        // I/O loop only held up the task's slot (an early ack is awaited
+        // before the body runs), so the ack goes on without us.
+        let (acker, tag) = (self.acker.clone(), self.tag.clone());
+        tokio::spawn(async move {
+            if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+                lost_delivery(&tag);
+            }
+        });
+        Ok(())
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {
+        let done = self.acker.reject(BasicRejectOptions { requeue }).await;
+        if !matches!(done, Ok(true)) {
+            lost_delivery(&self.tag);
+        }
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<(), BrokerError> {
+        self.reject(true).await
+    }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn start(&self) -> Result<(), BrokerError> {
@@ -765,7 +785,7 @@ impl Broker for AmqpBroker {
                             .await;
                         continue;
                     }
-                    out.push(inner.delivery(queue, *delivery));
+                    out.push(inner.delivery(generation, queue, *delivery));
                 }
                 Incoming::Lost { generation, reason } => {
                     if generation == session.generation {
@@ -791,36 +811,6 @@ impl Broker for AmqpBroker {
             ));
         }
         Ok(out)
-    }
-
-    async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
-        // basic.ack has no reply: waiting for lapin to hand the frame to its
-        // I/O loop only held up the task's slot (an early ack is awaited
-        // before the body runs), so the ack goes on without us.
-        let Some(acker) = self.inner.take_acker(tag) else {
-            return Ok(());
-        };
-        let tag = tag.to_string();
-        tokio::spawn(async move {
-            if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
-                tracing::warn!(
-                    "delivery {tag} belongs to a lost connection: RabbitMQ redelivers it"
-                );
-            }
-        });
-        Ok(())
-    }
-
-    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        self.inner.reject(tag, requeue).await
-    }
-
-    async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
-        self.inner.reject(tag, true).await
-    }
-
-    async fn maintain(&self) -> Result<(), BrokerError> {
-        Ok(())
     }
 
     fn hold(&self, held: bool) {
@@ -888,7 +878,7 @@ impl Broker for AmqpBroker {
         }
     }
 
-    async fn publish_fanout(
+    async fn publish_to(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -900,7 +890,81 @@ impl Broker for AmqpBroker {
             .await
     }
 
-    async fn publish_direct(
+    fn queues(&self) -> Vec<String> {
+        self.inner.consumed.lock().expect("queues lock").clone()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.queues().iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        let session = self.inner.session().await?;
+        self.inner.declare_queue(&session, queue).await?;
+        self.inner
+            .consumed
+            .lock()
+            .expect("queues lock")
+            .push(queue.to_string());
+        if self.inner.consuming.load(Ordering::Relaxed) {
+            self.inner.consume(&session, queue).await?;
+        }
+        Ok(true)
+    }
+
+    fn cancel_queue(&self, queue: &str) -> bool {
+        let mut consumed = self.inner.consumed.lock().expect("queues lock");
+        let before = consumed.len();
+        consumed.retain(|q| q != queue);
+        let removed = consumed.len() != before;
+        drop(consumed);
+        if removed {
+            let inner = Arc::clone(&self.inner);
+            let queue = queue.to_string();
+            tokio::spawn(async move {
+                let session = inner.session.lock().await.clone();
+                let Some(s) = session else { return };
+                let tag = s.consumers.lock().expect("consumers lock").remove(&queue);
+                if let Some(tag) = tag
+                    && let Err(e) = s
+                        .consume
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                {
+                    tracing::warn!("cancel_consumer {queue}: {e}");
+                }
+            });
+        }
+        removed
+    }
+
+    fn fanout(&self) -> Option<&dyn Fanout> {
+        Some(self)
+    }
+
+    fn info(&self) -> Value {
+        let a = &self.inner.uri.authority;
+        json!({
+            "hostname": a.host,
+            "userid": a.userinfo.username,
+            "virtual_host": self.inner.uri.vhost,
+            "port": a.port,
+            "insist": false,
+            "ssl": matches!(self.inner.uri.scheme, lapin::uri::AMQPScheme::AMQPS),
+            "transport": "amqp",
+            "connect_timeout": 4,
+            "transport_options": {},
+            "login_method": "PLAIN",
+            "uri_prefix": null,
+            "heartbeat": f64::from(HEARTBEAT),
+            "failover_strategy": "round-robin",
+            "alternates": [],
+        })
+    }
+}
+
+#[async_trait]
+impl Fanout for AmqpBroker {
+    async fn publish_fanout(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -983,72 +1047,5 @@ impl Broker for AmqpBroker {
         let _ = ch.close(200, "".into()).await;
         sent?;
         Ok(replies)
-    }
-
-    fn queues(&self) -> Vec<String> {
-        self.inner.consumed.lock().expect("queues lock").clone()
-    }
-
-    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
-        if self.queues().iter().any(|q| q == queue) {
-            return Ok(false);
-        }
-        let session = self.inner.session().await?;
-        self.inner.declare_queue(&session, queue).await?;
-        self.inner
-            .consumed
-            .lock()
-            .expect("queues lock")
-            .push(queue.to_string());
-        if self.inner.consuming.load(Ordering::Relaxed) {
-            self.inner.consume(&session, queue).await?;
-        }
-        Ok(true)
-    }
-
-    fn cancel_queue(&self, queue: &str) -> bool {
-        let mut consumed = self.inner.consumed.lock().expect("queues lock");
-        let before = consumed.len();
-        consumed.retain(|q| q != queue);
-        let removed = consumed.len() != before;
-        drop(consumed);
-        if removed {
-            let inner = Arc::clone(&self.inner);
-            let queue = queue.to_string();
-            tokio::spawn(async move {
-                let session = inner.session.lock().await.clone();
-                let Some(s) = session else { return };
-                let tag = s.consumers.lock().expect("consumers lock").remove(&queue);
-                if let Some(tag) = tag
-                    && let Err(e) = s
-                        .consume
-                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                        .await
-                {
-                    tracing::warn!("cancel_consumer {queue}: {e}");
-                }
-            });
-        }
-        removed
-    }
-
-    fn info(&self) -> Value {
-        let a = &self.inner.uri.authority;
-        json!({
-            "hostname": a.host,
-            "userid": a.userinfo.username,
-            "virtual_host": self.inner.uri.vhost,
-            "port": a.port,
-            "insist": false,
-            "ssl": matches!(self.inner.uri.scheme, lapin::uri::AMQPScheme::AMQPS),
-            "transport": "amqp",
-            "connect_timeout": 4,
-            "transport_options": {},
-            "login_method": "PLAIN",
-            "uri_prefix": null,
-            "heartbeat": f64::from(HEARTBEAT),
-            "failover_strategy": "round-robin",
-            "alternates": [],
-        })
     }
 }

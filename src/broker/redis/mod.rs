@@ -19,12 +19,12 @@ mod wakeup;
 
 use super::redis_endpoint::{Conn, Endpoint};
 use super::redis_url::is_connection_error;
-use super::{Broker, BrokerError, Delivery};
+use super::{Broker, BrokerError, Delivery, Fanout, Maintain, Settle, Settlement};
 use crate::config::{TransportOptions, mask_url};
 use crate::protocol::Envelope;
 use async_trait::async_trait;
 use serde_json::Value;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::{mpsc, oneshot};
@@ -115,8 +115,82 @@ enum Idle {
     Brpop(AsyncMutex<Conn>),
 }
 
-/// The Redis transport of one worker (one kombu channel).
-pub struct RedisBroker {
+/// The Redis transport of one worker: its channel, shared with the
+/// settlement handles of its deliveries.
+pub struct RedisBroker(Arc<RedisChannel>);
+
+impl std::ops::Deref for RedisBroker {
+    type Target = RedisChannel;
+    fn deref(&self) -> &RedisChannel {
+        &self.0
+    }
+}
+
+/// A message as popped, before it gets its settlement handle.
+struct Popped {
+    tag: String,
+    queue: String,
+    payload: Result<Envelope, crate::protocol::DecodeError>,
+}
+
+/// Settles one delivery through its `unacked` entry.
+struct RedisSettle {
+    channel: Arc<RedisChannel>,
+    tag: String,
+}
+
+#[async_trait]
+impl Settle for RedisSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.channel.ack_tag(&self.tag).await
+    }
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {
+        self.channel.reject_tag(&self.tag, requeue).await
+    }
+    async fn restore(&self) -> Result<(), BrokerError> {
+        self.channel.restore_tag(&self.tag).await
+    }
+}
+
+impl RedisBroker {
+    /// Connects (two connections) to the broker at `url`.
+    pub async fn connect(
+        url: &str,
+        queues: &[String],
+        opts: TransportOptions,
+    ) -> anyhow::Result<RedisBroker> {
+        Ok(RedisBroker(Arc::new(
+            RedisChannel::connect(url, queues, opts).await?,
+        )))
+    }
+
+    /// Binds queues as their `task_queues` declarations say (kombu's
+    /// default binds a queue to the exchange and routing key of its name).
+    pub fn with_bindings(mut self, decls: &[crate::config::QueueDecl]) -> Self {
+        if let Some(ch) = Arc::get_mut(&mut self.0) {
+            ch.bindings = decls
+                .iter()
+                .map(|d| (d.name.clone(), (d.exchange.clone(), d.routing_key.clone())))
+                .collect();
+        }
+        self
+    }
+
+    fn delivery(&self, p: Popped) -> Delivery {
+        let settle = RedisSettle {
+            channel: Arc::clone(&self.0),
+            tag: p.tag.clone(),
+        };
+        Delivery {
+            queue: p.queue,
+            payload: p.payload,
+            settle: Settlement::new(p.tag, Box::new(settle)),
+        }
+    }
+}
+
+/// One kombu channel on Redis.
+pub struct RedisChannel {
     url: String,
     /// For the pub/sub and reply connections made on demand.
     endpoint: Endpoint,
@@ -141,13 +215,12 @@ pub struct RedisBroker {
     bindings: std::collections::HashMap<String, (String, String)>,
 }
 
-impl RedisBroker {
-    /// Connects (two connections) to the broker at `url`.
-    pub async fn connect(
+impl RedisChannel {
+    async fn connect(
         url: &str,
         queues: &[String],
         opts: TransportOptions,
-    ) -> anyhow::Result<RedisBroker> {
+    ) -> anyhow::Result<RedisChannel> {
         let endpoint = Endpoint::new(url, &opts.sentinel)?;
         let mut conn = endpoint.manager(Duration::from_secs(10)).await?;
         let idle = if wakeup::supported(&mut conn).await {
@@ -170,7 +243,7 @@ impl RedisBroker {
             format!("{}{}", opts.global_keyprefix, opts.unacked_index_key),
         ));
         let db = endpoint.db();
-        Ok(RedisBroker {
+        Ok(RedisChannel {
             acks,
             endpoint,
             fanout_prefix: format!("/{db}."),
@@ -186,16 +259,6 @@ impl RedisBroker {
             last_visibility_scan: Mutex::new(None),
             bindings: Default::default(),
         })
-    }
-
-    /// Binds queues as their `task_queues` declarations say (kombu's
-    /// default binds a queue to the exchange and routing key of its name).
-    pub fn with_bindings(mut self, decls: &[crate::config::QueueDecl]) -> Self {
-        self.bindings = decls
-            .iter()
-            .map(|d| (d.name.clone(), (d.exchange.clone(), d.routing_key.clone())))
-            .collect();
-        self
     }
 
     /// kombu's fanout topic: `/{db}.<exchange>`, `/<routing_key>` appended
@@ -327,7 +390,7 @@ impl RedisBroker {
         queue
     }
 
-    fn delivery(&self, key: &str, raw: &[u8]) -> Delivery {
+    fn popped(&self, key: &str, raw: &[u8]) -> Popped {
         let queue = self.queue_of(key);
         let payload = Envelope::parse(raw);
         let tag = payload
@@ -336,7 +399,7 @@ impl RedisBroker {
             .and_then(|e| e.delivery_tag())
             .unwrap_or_default()
             .to_string();
-        Delivery {
+        Popped {
             tag,
             queue,
             payload,
@@ -344,10 +407,7 @@ impl RedisBroker {
     }
 
     /// kombu's `BRPOP` followed by its `MULTI ZADD HSET EXEC` bookkeeping.
-    async fn brpop_one(
-        &self,
-        blocking: &AsyncMutex<Conn>,
-    ) -> Result<Option<Delivery>, BrokerError> {
+    async fn brpop_one(&self, blocking: &AsyncMutex<Conn>) -> Result<Option<Popped>, BrokerError> {
         let keys = self.pop_order();
         let popped: Option<(String, Vec<u8>)> = {
             let mut conn = blocking.lock().await;
@@ -361,7 +421,7 @@ impl RedisBroker {
         let Some((key, raw)) = popped else {
             return Ok(None);
         };
-        let delivery = self.delivery(&key, &raw);
+        let delivery = self.popped(&key, &raw);
         if let Ok(env) = &delivery.payload
             && !delivery.tag.is_empty()
         {
@@ -392,7 +452,7 @@ impl RedisBroker {
     }
 
     /// Pops up to `max` ready messages without blocking.
-    async fn fetch_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    async fn fetch_batch(&self, max: usize) -> Result<Vec<Popped>, BrokerError> {
         let mut inv = self.fetch.prepare_invoke();
         inv.key(self.key(&self.opts.unacked_key))
             .key(self.key(&self.opts.unacked_index_key));
@@ -404,7 +464,7 @@ impl RedisBroker {
         let flat: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
         Ok(flat
             .chunks_exact(2)
-            .map(|kv| self.delivery(&String::from_utf8_lossy(&kv[0]), &kv[1]))
+            .map(|kv| self.popped(&String::from_utf8_lossy(&kv[0]), &kv[1]))
             .collect())
     }
 
@@ -570,57 +630,12 @@ impl Broker for RedisBroker {
         let mut kept = Vec::with_capacity(got.len());
         for d in got {
             if d.tag.is_empty() || consumed.contains(&d.queue) {
-                kept.push(d);
+                kept.push(self.delivery(d));
             } else {
                 self.restore_by_tag(&d.tag, false).await?;
             }
         }
         Ok(kept)
-    }
-
-    async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
-        if tag.is_empty() {
-            return Ok(());
-        }
-        let (reply, done) = oneshot::channel();
-        self.acks
-            .send((tag.to_string(), reply))
-            .map_err(|_| BrokerError::Command("ack flusher stopped".into()))?;
-        done.await
-            .map_err(|_| BrokerError::Command("ack flusher stopped".into()))?
-    }
-
-    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
-        if requeue {
-            self.restore_by_tag(tag, true).await.map(|_| ())
-        } else {
-            self.ack(tag).await
-        }
-    }
-
-    async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
-        if tag.is_empty() {
-            return Ok(());
-        }
-        self.restore_by_tag(tag, false).await.map(|_| ())
-    }
-
-    async fn maintain(&self) -> Result<(), BrokerError> {
-        let due = {
-            let last = self.last_visibility_scan.lock().expect("scan lock");
-            last.is_none_or(|t| {
-                t.elapsed().as_secs_f64()
-                    >= self
-                        .opts
-                        .unacked_restore_interval
-                        .min(self.opts.visibility_timeout)
-            })
-        };
-        if due {
-            *self.last_visibility_scan.lock().expect("scan lock") = Some(std::time::Instant::now());
-            self.restore_visible().await?;
-        }
-        Ok(())
     }
 
     async fn publish(&self, queue: &str, envelope: &Envelope) -> Result<(), BrokerError> {
@@ -672,22 +687,7 @@ impl Broker for RedisBroker {
             .map_err(conn_err)
     }
 
-    async fn publish_fanout(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        envelope: &Envelope,
-    ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(self.fanout_topic(exchange, routing_key))
-            .arg(envelope.to_json())
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(conn_err)
-    }
-
-    async fn publish_direct(
+    async fn publish_to(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -711,6 +711,182 @@ impl Broker for RedisBroker {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(conn_err)
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.consumed.lock().expect("queues lock").clone()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.queues().iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        self.declare(queue).await?;
+        self.consumed
+            .lock()
+            .expect("queues lock")
+            .push(queue.to_string());
+        self.cycle
+            .lock()
+            .expect("cycle lock")
+            .push(queue.to_string());
+        Ok(true)
+    }
+
+    fn cancel_queue(&self, queue: &str) -> bool {
+        let mut consumed = self.consumed.lock().expect("queues lock");
+        let before = consumed.len();
+        consumed.retain(|q| q != queue);
+        self.cycle
+            .lock()
+            .expect("cycle lock")
+            .retain(|q| q != queue);
+        consumed.len() != before
+    }
+
+    fn fanout(&self) -> Option<&dyn Fanout> {
+        Some(self)
+    }
+
+    fn maintenance(&self) -> Option<&dyn Maintain> {
+        Some(self)
+    }
+
+    fn info(&self) -> Value {
+        if super::redis_endpoint::is_sentinel(&self.url) {
+            return self.sentinel_info();
+        }
+        let Some(info) = self.endpoint.connection_info() else {
+            return Value::Null;
+        };
+        let (hostname, port, ssl) = match info.addr() {
+            redis::ConnectionAddr::Tcp(h, p) => (Value::from(h.clone()), Value::from(*p), false),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                (Value::from(host.clone()), Value::from(*port), true)
+            }
+            redis::ConnectionAddr::Unix(path) => {
+                (Value::from(path.display().to_string()), Value::Null, false)
+            }
+            _ => (Value::Null, Value::Null, false),
+        };
+        let settings = info.redis_settings();
+        serde_json::json!({
+            "hostname": hostname,
+            "userid": settings.username(),
+            "virtual_host": settings.db().to_string(),
+            "port": port,
+            "insist": false,
+            "ssl": ssl,
+            "transport": "redis",
+            "connect_timeout": 4,
+            "transport_options": self.opts.as_json(),
+            "login_method": null,
+            "uri_prefix": null,
+            "heartbeat": 120.0,
+            "failover_strategy": "round-robin",
+            "alternates": [],
+        })
+    }
+}
+
+impl RedisChannel {
+    async fn ack_tag(&self, tag: &str) -> Result<(), BrokerError> {
+        if tag.is_empty() {
+            return Ok(());
+        }
+        let (reply, done) = oneshot::channel();
+        self.acks
+            .send((tag.to_string(), reply))
+            .map_err(|_| BrokerError::Command("ack flusher stopped".into()))?;
+        done.await
+            .map_err(|_| BrokerError::Command("ack flusher stopped".into()))?
+    }
+
+    async fn reject_tag(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        if requeue {
+            self.restore_by_tag(tag, true).await.map(|_| ())
+        } else {
+            self.ack_tag(tag).await
+        }
+    }
+
+    async fn restore_tag(&self, tag: &str) -> Result<(), BrokerError> {
+        if tag.is_empty() {
+            return Ok(());
+        }
+        self.restore_by_tag(tag, false).await.map(|_| ())
+    }
+
+    /// kombu's `Connection.info()` for a Sentinel URL: the first sentinel's
+    /// address, the whole list as `alternates` (passwords masked).
+    fn sentinel_info(&self) -> Value {
+        let urls: Vec<&str> = self.url.split(';').filter(|u| !u.is_empty()).collect();
+        let first = urls.first().copied().unwrap_or_default();
+        let authority = first
+            .trim_start_matches("sentinel://")
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (hostname, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().unwrap_or(26379)),
+            None => (host_port, 26379u16),
+        };
+        serde_json::json!({
+            "hostname": hostname,
+            "userid": null,
+            "virtual_host": self.endpoint.db().to_string(),
+            "port": port,
+            "insist": false,
+            "ssl": false,
+            "transport": "sentinel",
+            "connect_timeout": 4,
+            "transport_options": self.opts.as_json(),
+            "login_method": null,
+            "uri_prefix": null,
+            "heartbeat": 120.0,
+            "failover_strategy": "round-robin",
+            "alternates": urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[async_trait]
+impl Maintain for RedisBroker {
+    async fn maintain(&self) -> Result<(), BrokerError> {
+        let due = {
+            let last = self.last_visibility_scan.lock().expect("scan lock");
+            last.is_none_or(|t| {
+                t.elapsed().as_secs_f64()
+                    >= self
+                        .opts
+                        .unacked_restore_interval
+                        .min(self.opts.visibility_timeout)
+            })
+        };
+        if due {
+            *self.last_visibility_scan.lock().expect("scan lock") = Some(std::time::Instant::now());
+            self.restore_visible().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Fanout for RedisBroker {
+    async fn publish_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.fanout_topic(exchange, routing_key))
+            .arg(envelope.to_json())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(conn_err)
     }
 
     async fn subscribe_fanout(
@@ -788,108 +964,6 @@ impl Broker for RedisBroker {
             .await;
         sent?;
         Ok(replies)
-    }
-
-    fn queues(&self) -> Vec<String> {
-        self.consumed.lock().expect("queues lock").clone()
-    }
-
-    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
-        if self.queues().iter().any(|q| q == queue) {
-            return Ok(false);
-        }
-        self.declare(queue).await?;
-        self.consumed
-            .lock()
-            .expect("queues lock")
-            .push(queue.to_string());
-        self.cycle
-            .lock()
-            .expect("cycle lock")
-            .push(queue.to_string());
-        Ok(true)
-    }
-
-    fn cancel_queue(&self, queue: &str) -> bool {
-        let mut consumed = self.consumed.lock().expect("queues lock");
-        let before = consumed.len();
-        consumed.retain(|q| q != queue);
-        self.cycle
-            .lock()
-            .expect("cycle lock")
-            .retain(|q| q != queue);
-        consumed.len() != before
-    }
-
-    fn info(&self) -> Value {
-        if super::redis_endpoint::is_sentinel(&self.url) {
-            return self.sentinel_info();
-        }
-        let Some(info) = self.endpoint.connection_info() else {
-            return Value::Null;
-        };
-        let (hostname, port, ssl) = match info.addr() {
-            redis::ConnectionAddr::Tcp(h, p) => (Value::from(h.clone()), Value::from(*p), false),
-            redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                (Value::from(host.clone()), Value::from(*port), true)
-            }
-            redis::ConnectionAddr::Unix(path) => {
-                (Value::from(path.display().to_string()), Value::Null, false)
-            }
-            _ => (Value::Null, Value::Null, false),
-        };
-        let settings = info.redis_settings();
-        serde_json::json!({
-            "hostname": hostname,
-            "userid": settings.username(),
-            "virtual_host": settings.db().to_string(),
-            "port": port,
-            "insist": false,
-            "ssl": ssl,
-            "transport": "redis",
-            "connect_timeout": 4,
-            "transport_options": self.opts.as_json(),
-            "login_method": null,
-            "uri_prefix": null,
-            "heartbeat": 120.0,
-            "failover_strategy": "round-robin",
-            "alternates": [],
-        })
-    }
-}
-
-impl RedisBroker {
-    /// kombu's `Connection.info()` for a Sentinel URL: the first sentinel's
-    /// address, the whole list as `alternates` (passwords masked).
-    fn sentinel_info(&self) -> Value {
-        let urls: Vec<&str> = self.url.split(';').filter(|u| !u.is_empty()).collect();
-        let first = urls.first().copied().unwrap_or_default();
-        let authority = first
-            .trim_start_matches("sentinel://")
-            .split(['/', '?'])
-            .next()
-            .unwrap_or("");
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let (hostname, port) = match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().unwrap_or(26379)),
-            None => (host_port, 26379u16),
-        };
-        serde_json::json!({
-            "hostname": hostname,
-            "userid": null,
-            "virtual_host": self.endpoint.db().to_string(),
-            "port": port,
-            "insist": false,
-            "ssl": false,
-            "transport": "sentinel",
-            "connect_timeout": 4,
-            "transport_options": self.opts.as_json(),
-            "login_method": null,
-            "uri_prefix": null,
-            "heartbeat": 120.0,
-            "failover_strategy": "round-robin",
-            "alternates": urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>(),
-        })
     }
 }
 
@@ -970,11 +1044,7 @@ async fn flush_acks(
             .await
             .map_err(conn_err);
         for (_, reply) in batch.drain(..) {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(BrokerError::Connection(e)) => Err(BrokerError::Connection(e.clone())),
-                Err(BrokerError::Command(e)) => Err(BrokerError::Command(e.clone())),
-            });
+            let _ = reply.send(result.clone());
         }
     }
 }
