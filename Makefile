@@ -7,6 +7,7 @@
 #   make test     cargo test + interop pytest suite
 #   make bench    throughput/RSS comparison against the real celery worker
 #   make lint     rustfmt + clippy
+#   make fuzz     libFuzzer on every wire parser, $(FUZZ_RUNS) inputs (cargo-fuzz, nightly; fuzz/README.md)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,8 +18,9 @@ BROKER ?= $(or $(CELERY_BROKER_URL),redis://127.0.0.1:6379/0)
 PYTEST_ARGS ?=
 PYTEST_ARGS_PY ?=
 PYTEST_ARGS_AMQP ?=
+FUZZ_RUNS ?= 10000000
 
-.PHONY: venv build release run test test-rust test-interop bench lint
+.PHONY: venv build release run test test-rust test-interop bench lint fuzz
 
 venv: $(VENV_STAMP)
 
@@ -91,3 +93,9 @@ bench: venv release
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# The long, coverage-guided run; `make test` runs the short stable one
+# (tests/wire_fuzz.rs). The corpus starts from Celery's captured samples.
+fuzz:
+	RCW_FUZZ_CORPUS=$(CURDIR)/fuzz/corpus/wire cargo test --release --test wire_fuzz -- --ignored write_seed_corpus
+	cd fuzz && cargo +nightly fuzz run wire -O corpus/wire -- -runs=$(FUZZ_RUNS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1

@@ -59,6 +59,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

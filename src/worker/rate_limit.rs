@@ -41,7 +41,7 @@ impl Bucket {
     pub fn new(per_second: f64) -> Bucket {
         Bucket {
             spec: format!("{per_second}/s"),
-            interval: Duration::from_secs_f64(1.0 / per_second),
+            interval: crate::protocol::duration_secs(1.0 / per_second),
             next: Mutex::new(None),
         }
     }

@@ -186,7 +186,7 @@ impl WorkerState {
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
         let maxlen = env("CELERY_WORKER_REVOKES_MAX").map_or(REVOKES_MAX, |v| v as usize);
         let expires = env("CELERY_WORKER_REVOKE_EXPIRES")
-            .map_or(REVOKE_EXPIRES, |v| Duration::from_secs_f64(v.max(0.0)));
+            .map_or(REVOKE_EXPIRES, crate::protocol::duration_secs);
         WorkerState {
             held: Mutex::new(HashMap::new()),
             revoked: Mutex::new(LimitedSet::new(maxlen, expires)),

@@ -16,7 +16,7 @@ use crate::task::{
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// What to do with the message once the outcome is stored (matters under
@@ -246,7 +246,7 @@ impl Tracer<'_> {
         );
         let (hard, soft) = self.request.timelimit.clone();
         let secs =
-            |n: &serde_json::Number| Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).max(0.0));
+            |n: &serde_json::Number| crate::protocol::duration_secs(n.as_f64().unwrap_or(0.0));
         let soft_timer = soft.map(|s| {
             let flag = Arc::clone(&soft_limit);
             let label = format!("{name}[{}]", self.request.id);
