@@ -21,7 +21,7 @@ pub use envelope::Envelope;
 /// Seconds from a message or a command (a time limit, a rate, an expiry) as
 /// a `Duration`: negative and NaN are zero and anything past a century is a
 /// century. `Duration::from_secs_f64` panics on what it can't hold, and a
-/// `timelimit` of `1e300` reached it (found by fuzzing).
+/// `timelimit` of `1e300` reached it (seen while writing the fuzz targets).
 pub fn duration_secs(secs: f64) -> std::time::Duration {
     const CENTURY: f64 = 100.0 * 365.25 * 86_400.0;
     if secs.is_nan() || secs <= 0.0 {
