@@ -642,7 +642,7 @@ impl Broker for RedisBroker {
         let mut conn = self.conn.clone();
         redis::cmd("LPUSH")
             .arg(self.queue_key(queue, envelope.priority()))
-            .arg(envelope.to_json())
+            .arg(augmented(envelope, "", queue))
             .query_async::<()>(&mut conn)
             .await
             .map_err(conn_err)
@@ -704,7 +704,7 @@ impl Broker for RedisBroker {
             tracing::debug!("no queue bound to {exchange:?} with key {routing_key:?}: dropped");
             return Ok(());
         }
-        let raw = envelope.to_json();
+        let raw = augmented(envelope, exchange, routing_key);
         let mut pipe = redis::pipe();
         for q in &queues {
             pipe.lpush(self.queue_key(q, envelope.priority()), &raw);
@@ -1047,4 +1047,22 @@ async fn flush_acks(
             let _ = reply.send(result.clone());
         }
     }
+}
+/// The stored JSON of a published message, with what kombu's virtual
+/// transport adds on `basic_publish` where the envelope lacks it: its
+/// `delivery_info` and a `delivery_tag`. kombu's consumer needs both (an RPC
+/// reply without them was popped by `AsyncResult.get()` and dropped).
+fn augmented(envelope: &Envelope, exchange: &str, routing_key: &str) -> String {
+    let p = &envelope.properties;
+    if p.contains_key("delivery_tag") && p.contains_key("delivery_info") {
+        return envelope.to_json();
+    }
+    let mut env = envelope.clone();
+    env.properties
+        .entry("delivery_info")
+        .or_insert_with(|| serde_json::json!({"exchange": exchange, "routing_key": routing_key}));
+    env.properties
+        .entry("delivery_tag")
+        .or_insert_with(|| serde_json::json!(uuid::Uuid::new_v4().to_string()));
+    env.to_json()
 }
