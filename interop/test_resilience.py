@@ -14,7 +14,9 @@ from helpers import RedisServer, result_meta, wait_until
 def test_kill9_unacked_messages_are_restored(celery_client, worker, transport, backend):
     settings = {"broker_transport_options": {"visibility_timeout": 1}}
     w1 = worker(concurrency=1, settings=settings)
-    sleeper = celery_client.send_task("rcw.testing.sleep", args=[3])
+    # Long enough to outlast slow broker checks (rabbitmqctl takes seconds when
+    # CI's passes run side by side); the worker is killed under it anyway.
+    sleeper = celery_client.send_task("rcw.testing.sleep", args=[10])
     w1.wait_for_log(f"[{sleeper.id}] received", timeout=10)
     quick = [celery_client.send_task("app.workers.tasks.example_task", args=[i, 100])
              for i in range(4)]
