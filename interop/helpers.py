@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import redis
 
@@ -85,11 +85,13 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 class RedisServer:
     """A private redis-server on 127.0.0.1:<port>, data dir ``workdir``, no unix socket."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None, persistent: bool = False):
+    def __init__(self, workdir: Path, port: Optional[int] = None, persistent: bool = False,
+                 extra_args: Sequence[str] = ()):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.persistent = persistent
+        self.extra_args = list(extra_args)
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.workdir / f"redis-{self.port}.log"
 
@@ -108,7 +110,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
-        return args
+        return args + self.extra_args
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,

@@ -15,8 +15,8 @@ import pytest
 import redis
 from celery import Celery
 
-from helpers import (INTEROP_DIR, PYTHON_DIR, WORKER_KIND, WorkerProcess, free_port,
-                     wait_until, worker_argv)
+from helpers import (INTEROP_DIR, PYTHON_DIR, WORKER_KIND, RedisServer, WorkerProcess,
+                     free_port, wait_until, worker_argv)
 
 pytestmark = pytest.mark.redis_only("Redis Sentinel is a Redis deployment")
 
@@ -26,30 +26,17 @@ def _start(argv, cwd, log):
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
-def _ping(port):
-    try:
-        return redis.Redis(port=port, socket_timeout=0.5).ping()
-    except redis.RedisError:
-        return False
-
-
 class SentinelSet:
     """A master, its replica and three sentinels watching them, on free ports."""
 
     def __init__(self, tmp_path):
         self.name = f"rcwmaster{uuid.uuid4().hex[:8]}"
-        self.dir = tmp_path
         self.procs = {}
-        self.master_port, self.replica_port = free_port(), free_port()
-        for role, port in (("master", self.master_port), ("replica", self.replica_port)):
-            d = tmp_path / role
-            d.mkdir()
-            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-                    "--save", "", "--appendonly", "no", "--daemonize", "no"]
-            if role == "replica":
-                argv += ["--replicaof", "127.0.0.1", str(self.master_port)]
-            self.procs[role] = _start(argv, d, tmp_path / f"{role}.log")
-            wait_until(lambda p=port: _ping(p), 10, what=f"{role} redis-server up")
+        self.master_server = RedisServer(tmp_path / "master").start()
+        self.replica_server = RedisServer(
+            tmp_path / "replica",
+            extra_args=["--replicaof", "127.0.0.1", str(self.master_server.port)]).start()
+        self.master_port, self.replica_port = self.master_server.port, self.replica_server.port
         self.sentinel_ports = [free_port() for _ in range(3)]
         for port in self.sentinel_ports:
             d = tmp_path / f"sentinel-{port}"
@@ -89,10 +76,12 @@ class SentinelSet:
         return None
 
     def kill_master(self):
-        self.procs["master"].send_signal(signal.SIGKILL)
-        self.procs["master"].wait(10)
+        self.master_server.proc.send_signal(signal.SIGKILL)
+        self.master_server.proc.wait(10)
 
     def close(self):
+        self.master_server.stop()
+        self.replica_server.stop()
         for p in self.procs.values():
             if p.poll() is None:
                 p.kill()

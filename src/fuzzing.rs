@@ -67,14 +67,18 @@ fn task_body(data: &[u8], compression: Option<&str>) {
         2 => Some("application/x-python-serialize"),
         _ => None,
     };
-    let env = Envelope {
+    decode_task(&envelope(body, content_type, headers));
+}
+
+/// An envelope as a transport hands it over (body already unwrapped).
+fn envelope(body: &[u8], content_type: Option<&str>, headers: Map<String, Value>) -> Envelope {
+    Envelope {
         body: body.to_vec(),
         content_type: content_type.map(str::to_string),
         content_encoding: Some("utf-8".into()),
         headers,
         properties: Map::new(),
-    };
-    decode_task(&env);
+    }
 }
 
 fn amqp_delivery(data: &[u8]) {
@@ -94,13 +98,7 @@ fn amqp_delivery(data: &[u8]) {
 }
 
 fn pidbox_request(body: &[u8]) {
-    let env = Envelope {
-        body: body.to_vec(),
-        content_type: Some("application/json".into()),
-        content_encoding: Some("utf-8".into()),
-        headers: Map::new(),
-        properties: Map::new(),
-    };
+    let env = envelope(body, Some("application/json"), Map::new());
     control(&env);
     // Mingle and `celery inspect` replies are read with the same parser.
     let _ = reply_body(&env);

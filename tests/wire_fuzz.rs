@@ -4,7 +4,6 @@
 //! `RCW_FUZZ_RUNS` sets the count, `RCW_FUZZ_SEED` replays a run; the long,
 //! coverage-guided run is libFuzzer's (`fuzz/README.md`).
 
-use base64::Engine;
 use rust_celery_worker::fuzzing;
 use rust_celery_worker::protocol::Envelope;
 use std::panic;
@@ -107,17 +106,12 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
             // Inside a Redis envelope: mutate the decoded body, re-encode it,
             // so the body parsers see more than base64 errors.
             if input.first() == Some(&0)
-                && let Ok(env) = Envelope::parse(&input[1..])
+                && let Ok(mut env) = Envelope::parse(&input[1..])
             {
                 let mut body = [&[1u8][..], &env.body].concat();
                 mutate(rng, &mut body, seeds);
-                let mut env = env;
                 env.body = body[1..].to_vec();
-                let mut v: serde_json::Value = serde_json::from_str(&env.to_json()).unwrap();
-                v["body"] = serde_json::Value::String(
-                    base64::engine::general_purpose::STANDARD.encode(&env.body),
-                );
-                *input = [&[0u8][..], v.to_string().as_bytes()].concat();
+                *input = [&[0u8][..], env.to_json().as_bytes()].concat();
             }
         }
         _ => {
@@ -130,10 +124,14 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
     input.truncate(64 * 1024);
 }
 
+/// Celery's captured samples, the seeds.
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery-wire")
+}
+
 #[test]
 fn wire_parsers_survive_mutated_captures() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery-wire");
-    let seeds = fuzzing::seeds(&dir);
+    let seeds = fuzzing::seeds(&samples());
     assert!(
         seeds.len() > 50,
         "expected the captured samples as seeds, got {}",
@@ -187,7 +185,7 @@ fn wire_parsers_survive_mutated_captures() {
     );
 }
 
-/// The inputs fuzzing found, kept as regression tests.
+/// Inputs that panicked before `duration_secs`, kept as regression cases.
 #[test]
 fn found_inputs_stay_fixed() {
     // timelimit beyond what a Duration holds
@@ -203,8 +201,7 @@ fn found_inputs_stay_fixed() {
 fn write_seed_corpus() {
     let out = PathBuf::from(std::env::var("RCW_FUZZ_CORPUS").expect("RCW_FUZZ_CORPUS"));
     std::fs::create_dir_all(&out).unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery-wire");
-    for (i, s) in fuzzing::seeds(&dir).iter().enumerate() {
+    for (i, s) in fuzzing::seeds(&samples()).iter().enumerate() {
         std::fs::write(out.join(format!("seed-{i:03}")), s).unwrap();
     }
 }

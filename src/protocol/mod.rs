@@ -17,6 +17,7 @@ pub mod pyrepr;
 pub mod result_meta;
 
 pub use envelope::Envelope;
+pub use message::{DecodeError, Embed, TaskMessage};
 
 /// Seconds from a message or a command (a time limit, a rate, an expiry) as
 /// a `Duration`: negative and NaN are zero and anything past a century is a
@@ -29,4 +30,3 @@ pub fn duration_secs(secs: f64) -> std::time::Duration {
     }
     std::time::Duration::from_secs_f64(secs.min(CENTURY))
 }
-pub use message::{DecodeError, Embed, TaskMessage};

@@ -1048,6 +1048,7 @@ async fn flush_acks(
         }
     }
 }
+
 /// The stored JSON of a published message, with what kombu's virtual
 /// transport adds on `basic_publish` where the envelope lacks it: its
 /// `delivery_info` and a `delivery_tag`. kombu's consumer needs both (an RPC
