@@ -29,7 +29,8 @@ pub struct Delivery {
 /// AMQP: its channel's delivery tag).
 #[async_trait]
 pub trait Settle: Send + Sync {
-    /// Done with the message: forget it.
+    /// Done with the message: forget it. The first poll issues the ack
+    /// (the worker frees its prefetch window then); the rest waits for it.
     async fn ack(&self) -> Result<(), BrokerError>;
     /// Refuse the message; with `requeue` it goes to the back of its queue.
     async fn reject(&self, requeue: bool) -> Result<(), BrokerError>;

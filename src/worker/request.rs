@@ -169,16 +169,32 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         return give_up(Discard::Expired).await;
     }
     let acks_late = shared.policy(&def).acks_late;
-    if !acks_late {
-        // Early ack (Celery's default): before user code runs.
-        Box::pin(shared.ack(&settle)).await;
-        shared.state.acknowledged(&id);
-        drop(held.take());
-    }
-
     // Boxed: a handler waiting on an ETA or a slot shouldn't carry the
     // (large) state of the run inline.
-    let verdict = Box::pin(super::trace::trace(shared, def, request, slot, stop)).await;
+    let run = Box::pin(super::trace::trace(shared, def, request, slot, stop));
+    let verdict = if acks_late {
+        run.await
+    } else {
+        // Early ack (Celery's default): issued before user code runs, and
+        // settled alongside it rather than first. Waiting for the ack while
+        // holding the slot allowed only `-c` tasks per broker round trip
+        // (3,500 tasks/s with -c 2 on the 2-core bench machine).
+        shared.state.acknowledged(&id);
+        let mut ack = Box::pin(shared.ack(&settle));
+        // The first poll hands the ack to the broker (`Settle::ack`); the
+        // window frees then, so the next fetch need not wait for the ack's
+        // reply and goes out in the same write (kombu frees it once the
+        // ack returns: the same bound in Redis, a round trip sooner here).
+        let issued =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx).is_ready()))
+                .await;
+        drop(held.take());
+        if issued {
+            run.await
+        } else {
+            tokio::join!(ack, run).1
+        }
+    };
     if acks_late {
         match verdict {
             Verdict::Ack => Box::pin(shared.ack(&settle)).await,

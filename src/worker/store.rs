@@ -33,9 +33,15 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Runs `op` until it succeeds, a permanent error occurs, or a cold shutdown
-/// begins. Returns the value, or `None` when it gave up.
-pub(crate) async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &Shutdown, mut op: F) -> Option<T>
+/// begins. Returns the value, or `None` when it gave up. `what` names the
+/// operation in logs; it is only formatted when something is logged.
+pub(crate) async fn until_ok<T, E, F, Fut, W>(
+    what: impl Fn() -> W,
+    shutdown: &Shutdown,
+    mut op: F,
+) -> Option<T>
 where
+    W: std::fmt::Display,
     E: Transient,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -45,7 +51,7 @@ where
         match op().await {
             Ok(v) => {
                 if attempt > 0 {
-                    tracing::info!("{what}: succeeded after reconnecting");
+                    tracing::info!("{}: succeeded after reconnecting", what());
                 }
                 return Some(v);
             }
@@ -53,7 +59,8 @@ where
                 let wait = backoff(attempt);
                 attempt += 1;
                 tracing::warn!(
-                    "{what}: {e}. Trying again in {:.2} seconds... ({attempt})",
+                    "{}: {e}. Trying again in {:.2} seconds... ({attempt})",
+                    what(),
                     wait.as_secs_f64()
                 );
                 tokio::select! {
@@ -62,7 +69,7 @@ where
                 }
             }
             Err(e) => {
-                tracing::error!("{what}: {e}");
+                tracing::error!("{}: {e}", what());
                 return None;
             }
         }
@@ -75,23 +82,23 @@ impl Shared {
         let Some(backend) = &self.backend else {
             return;
         };
-        let what = format!("store {} for {}", meta.status, meta.task_id);
-        until_ok(&what, &self.shutdown, || backend.store(meta)).await;
+        let what = || format!("store {} for {}", meta.status, meta.task_id);
+        until_ok(what, &self.shutdown, || backend.store(meta)).await;
     }
 
     pub(crate) async fn ack(&self, settle: &Settlement) {
-        let what = format!("ack {}", settle.tag());
-        until_ok(&what, &self.shutdown, || settle.ack()).await;
+        let what = || format!("ack {}", settle.tag());
+        until_ok(what, &self.shutdown, || settle.ack()).await;
     }
 
     pub(crate) async fn reject(&self, settle: &Settlement, requeue: bool) {
-        let what = format!("reject {}", settle.tag());
-        until_ok(&what, &self.shutdown, || settle.reject(requeue)).await;
+        let what = || format!("reject {}", settle.tag());
+        until_ok(what, &self.shutdown, || settle.reject(requeue)).await;
     }
 
     /// Gives an unstarted message back to its queue (warm shutdown).
     pub(crate) async fn restore(&self, settle: &Settlement) {
-        let what = format!("restore {}", settle.tag());
-        until_ok(&what, &self.shutdown, || settle.restore()).await;
+        let what = || format!("restore {}", settle.tag());
+        until_ok(what, &self.shutdown, || settle.restore()).await;
     }
 }

@@ -305,14 +305,14 @@ impl Tracer<'_> {
     async fn publish_all(&self, messages: Vec<Outgoing>) {
         for m in messages {
             if let (Some((gid, size)), Some(backend)) = (&m.chord_size, &self.shared.backend) {
-                let what = format!("chord size of {gid}");
-                super::store::until_ok(&what, &self.shared.shutdown, || {
+                let what = || format!("chord size of {gid}");
+                super::store::until_ok(what, &self.shared.shutdown, || {
                     backend.set_chord_size(gid, *size)
                 })
                 .await;
             }
-            let what = format!("publish {}[{}] to {}", m.task(), m.id, m.queue);
-            super::store::until_ok(&what, &self.shared.shutdown, || {
+            let what = || format!("publish {}[{}] to {}", m.task(), m.id, m.queue);
+            super::store::until_ok(what, &self.shared.shutdown, || {
                 self.shared.broker.publish(&m.queue, &m.envelope)
             })
             .await;
@@ -589,8 +589,8 @@ impl Tracer<'_> {
             kwargs,
             &self.shared.config.task_default_queue,
         );
-        let what = format!("republish {name}[{}] for retry", r.id);
-        let published = super::store::until_ok(&what, &self.shared.shutdown, || {
+        let what = || format!("republish {name}[{}] for retry", r.id);
+        let published = super::store::until_ok(what, &self.shared.shutdown, || {
             self.shared.broker.publish(&queue, &env)
         })
         .await
@@ -685,8 +685,8 @@ impl Tracer<'_> {
             result,
             chord_size: body.options.get("chord_size").and_then(Value::as_u64),
         };
-        let what = format!("chord part {} of {group}", r.id);
-        let Some(Some(join)) = super::store::until_ok(&what, &self.shared.shutdown, || {
+        let what = || format!("chord part {} of {group}", r.id);
+        let Some(Some(join)) = super::store::until_ok(what, &self.shared.shutdown, || {
             backend.chord_part_return(&part)
         })
         .await
@@ -721,7 +721,7 @@ impl Tracer<'_> {
         } else {
             self.complete_chord(&body, group, join.results).await;
         }
-        super::store::until_ok("chord cleanup", &self.shared.shutdown, || {
+        super::store::until_ok(|| "chord cleanup", &self.shared.shutdown, || {
             backend.chord_done(group, &join.token)
         })
         .await;
