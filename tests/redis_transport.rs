@@ -129,6 +129,75 @@ async fn unacked_entry_has_kombus_shape() {
     }
 }
 
+/// The fetch script reads tags with string searches when the envelope is
+/// written as kombu writes it, and decodes it otherwise; either way
+/// `unacked` ends up keyed by each envelope's own `properties.delivery_tag`.
+#[tokio::test]
+async fn unacked_is_keyed_by_the_properties_tag_however_the_json_is_written() {
+    let server = RedisServer::start();
+    let b = broker(&server, &["q"], TransportOptions::default()).await;
+    let di = |ex: &str, rk: &str| json!({"exchange": ex, "routing_key": rk});
+    let msgs = [
+        // kombu's own spacing: the fast path.
+        (
+            json!({"body": "", "headers": {}, "properties":
+            {"delivery_info": di("ex", "rk/1"), "delivery_tag": "t1"}}),
+            false,
+            Some(("t1", "ex", "rk/1")),
+        ),
+        // Compact separators and an escaped quote: decoded.
+        (
+            json!({"body": "", "headers": {}, "properties":
+            {"delivery_tag": "t\"2", "delivery_info": di("", "q")}}),
+            true,
+            Some(("t\"2", "", "q")),
+        ),
+        // Keys in another order: decoded.
+        (
+            json!({"body": "", "headers": {}, "properties":
+            {"delivery_info": {"routing_key": "q", "exchange": "e"}, "delivery_tag": "t3"}}),
+            false,
+            Some(("t3", "e", "q")),
+        ),
+        // The only "delivery_tag" is a header: nothing may stay recorded under it.
+        (
+            json!({"body": "", "headers": {"delivery_tag": "header"}, "properties":
+            {"delivery_info": di("", "q")}}),
+            false,
+            None,
+        ),
+    ];
+    let mut conn = server.conn();
+    for (m, compact, _) in &msgs {
+        let raw = if *compact {
+            serde_json::to_string(m).unwrap()
+        } else {
+            // Python's json.dumps spacing.
+            serde_json::to_string(m)
+                .unwrap()
+                .replace("\":", "\": ")
+                .replace(",\"", ", \"")
+        };
+        let _: () = conn.lpush("q", raw).unwrap();
+    }
+    let got = b.fetch(10).await.unwrap();
+    assert_eq!(got.len(), msgs.len());
+    let unacked: std::collections::HashMap<String, String> = conn.hgetall("unacked").unwrap();
+    let index: Vec<String> = conn.zrange("unacked_index", 0, -1).unwrap();
+    let want: Vec<_> = msgs.iter().filter_map(|(_, _, w)| *w).collect();
+    assert_eq!(unacked.len(), want.len(), "{unacked:?}");
+    assert_eq!(index.len(), want.len(), "{index:?}");
+    for (tag, ex, rk) in want {
+        let entry: Value = serde_json::from_str(&unacked[tag]).unwrap();
+        assert_eq!(entry[0]["properties"]["delivery_tag"], json!(tag));
+        assert_eq!(
+            (entry[1].clone(), entry[2].clone()),
+            (json!(ex), json!(rk)),
+            "{tag}"
+        );
+    }
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

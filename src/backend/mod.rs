@@ -8,7 +8,7 @@ use crate::protocol::result_meta::ResultMeta;
 use async_trait::async_trait;
 
 /// Why a state could not be stored.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// Connection lost: retrying after a reconnect can succeed.
     #[error("result backend connection lost: {0}")]

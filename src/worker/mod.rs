@@ -287,7 +287,12 @@ impl Worker {
             Some(port) => Some(crate::metrics::http::bind(port).await?),
             None => None,
         };
-        store::until_ok(|| "declare queues", &shared.shutdown, || shared.broker.start()).await;
+        store::until_ok(
+            || "declare queues",
+            &shared.shutdown,
+            || shared.broker.start(),
+        )
+        .await;
         tracing::info!("Connected to {}", shared.broker.url());
         if shared.config.purge {
             purge(&shared).await;

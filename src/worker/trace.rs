@@ -721,9 +721,11 @@ impl Tracer<'_> {
         } else {
             self.complete_chord(&body, group, join.results).await;
         }
-        super::store::until_ok(|| "chord cleanup", &self.shared.shutdown, || {
-            backend.chord_done(group, &join.token)
-        })
+        super::store::until_ok(
+            || "chord cleanup",
+            &self.shared.shutdown,
+            || backend.chord_done(group, &join.token),
+        )
         .await;
     }
 

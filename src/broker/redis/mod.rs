@@ -40,8 +40,42 @@ pub const SEP: &str = "\x06\x16";
 
 /// Pops up to ARGV[1] messages from KEYS[3..] in order and records each in
 /// `unacked` (KEYS[1]) / `unacked_index` (KEYS[2]) with score ARGV[2].
-/// Returns a flat list `key, raw, key, raw, ...`.
+/// Returns a flat list `key, raw, tag, key, raw, tag, ...`, `tag` being the
+/// delivery tag recorded ('' when none was), which the caller checks
+/// against its own parse.
+///
+/// The tag and route are read with plain string searches when the envelope
+/// reads as kombu writes it (`json.dumps`: `"delivery_tag": "…"` and
+/// `"delivery_info": {"exchange": "…", "routing_key": "…"}`, each key once);
+/// anything else is decoded with cjson. Decoding every message cost Redis
+/// 8 µs of the fetch's 21 µs per message on the bench machine.
 const FETCH_LUA: &str = r#"
+local function route(raw)
+  local s, e = string.find(raw, '"delivery_tag": "', 1, true)
+  if s and string.find(raw, '"delivery_tag"', 1, true) == s
+      and not string.find(raw, '"delivery_tag"', e, true) then
+    local tag = string.match(raw, '^([^"\\]+)"', e + 1)
+    local s2, e2 = string.find(raw, '"delivery_info": {"exchange": "', 1, true)
+    if tag and s2 and string.find(raw, '"delivery_info"', 1, true) == s2
+        and not string.find(raw, '"delivery_info"', e2, true) then
+      local ex, rk = string.match(raw, '^([^"\\]*)", "routing_key": "([^"\\]*)"}', e2 + 1)
+      if ex then return tag, '"' .. ex .. '"', '"' .. rk .. '"' end
+    end
+  end
+  local ok, msg = pcall(cjson.decode, raw)
+  if not (ok and type(msg) == 'table' and type(msg['properties']) == 'table') then return nil end
+  local props = msg['properties']
+  local tag = props['delivery_tag']
+  if type(tag) ~= 'string' then return nil end
+  local ex, rk = '', ''
+  local di = props['delivery_info']
+  if type(di) == 'table' then
+    if type(di['exchange']) == 'string' then ex = di['exchange'] end
+    if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+  end
+  return tag, cjson.encode(ex), cjson.encode(rk)
+end
+
 local out = {}
 local max = tonumber(ARGV[1])
 local n = 0
@@ -50,23 +84,14 @@ for i = 3, #KEYS do
   while n < max do
     local raw = redis.call('RPOP', key)
     if not raw then break end
-    local ok, msg = pcall(cjson.decode, raw)
-    if ok and type(msg) == 'table' and type(msg['properties']) == 'table' then
-      local props = msg['properties']
-      local tag = props['delivery_tag']
-      if type(tag) == 'string' then
-        local ex, rk = '', ''
-        local di = props['delivery_info']
-        if type(di) == 'table' then
-          if type(di['exchange']) == 'string' then ex = di['exchange'] end
-          if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
-        end
-        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-      end
+    local tag, ex, rk = route(raw)
+    if tag then
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. ex .. ', ' .. rk .. ']')
     end
     out[#out + 1] = key
     out[#out + 1] = raw
+    out[#out + 1] = tag or ''
     n = n + 1
   end
   if n >= max then break end
@@ -425,13 +450,7 @@ impl RedisChannel {
         if let Ok(env) = &delivery.payload
             && !delivery.tag.is_empty()
         {
-            let (ex, rk) = env.delivery_info();
-            let mut entry = Vec::with_capacity(raw.len() + 64);
-            entry.push(b'[');
-            entry.extend_from_slice(&raw);
-            entry.extend_from_slice(
-                format!(", {}, {}]", Value::from(ex), Value::from(rk)).as_bytes(),
-            );
+            let entry = unacked_entry(&raw, env);
             let mut conn = self.conn.clone();
             let recorded: Result<(), _> = redis::pipe()
                 .atomic()
@@ -462,10 +481,48 @@ impl RedisChannel {
         inv.arg(max).arg(unix_now());
         let mut conn = self.conn.clone();
         let flat: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
-        Ok(flat
-            .chunks_exact(2)
-            .map(|kv| self.popped(&String::from_utf8_lossy(&kv[0]), &kv[1]))
-            .collect())
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for entry in flat.chunks_exact(3) {
+            let popped = self.popped(&String::from_utf8_lossy(&entry[0]), &entry[1]);
+            if entry[2] != popped.tag.as_bytes() {
+                self.rerecord(&entry[2], &popped, &entry[1]).await;
+            }
+            out.push(popped);
+        }
+        Ok(out)
+    }
+
+    /// The fetch script recorded a tag other than the envelope's own (a
+    /// message whose only `"delivery_tag"` key is not in its properties):
+    /// the entry moves to the right tag, so the ack finds it.
+    async fn rerecord(&self, recorded: &[u8], popped: &Popped, raw: &[u8]) {
+        tracing::warn!(
+            "delivery {:?} was recorded in unacked as {:?}; moving it",
+            popped.tag,
+            String::from_utf8_lossy(recorded)
+        );
+        let (unacked, index) = (
+            self.key(&self.opts.unacked_key),
+            self.key(&self.opts.unacked_index_key),
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !recorded.is_empty() {
+            pipe.zrem(&index, recorded).hdel(&unacked, recorded);
+        }
+        if let Ok(env) = &popped.payload
+            && !popped.tag.is_empty()
+        {
+            pipe.zadd(&index, &popped.tag, unix_now()).hset(
+                &unacked,
+                &popped.tag,
+                unacked_entry(raw, env),
+            );
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!("could not record delivery {} in unacked: {e}", popped.tag);
+        }
     }
 
     /// Moves an unacked message back onto its queue (kombu's `restore_by_tag`):
@@ -1023,6 +1080,16 @@ async fn subscribe(endpoint: &Endpoint, topic: &str) -> redis::RedisResult<redis
     let mut pubsub = endpoint.client().await?.get_async_pubsub().await?;
     pubsub.psubscribe(topic).await?;
     Ok(pubsub)
+}
+
+/// kombu's `unacked` value: `[message, exchange, routing_key]`.
+fn unacked_entry(raw: &[u8], env: &Envelope) -> Vec<u8> {
+    let (ex, rk) = env.delivery_info();
+    let mut entry = Vec::with_capacity(raw.len() + 64);
+    entry.push(b'[');
+    entry.extend_from_slice(raw);
+    entry.extend_from_slice(format!(", {}, {}]", Value::from(ex), Value::from(rk)).as_bytes());
+    entry
 }
 
 /// Settles queued acks in batches: `MULTI; ZREM unacked_index t1 t2 …;
