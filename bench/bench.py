@@ -1,8 +1,26 @@
 #!/usr/bin/env python3
 """Throughput and memory: rust-celery-worker vs the real `celery worker` (prefork).
 
-Six scenarios, each measured for both workers in the same run, on the same private
-redis-server (broker in db 0, results alone in db 1; amqp: broker on RabbitMQ):
+Seven scenarios, each measured for both workers in the same run, on the same private
+redis-server (broker in db 0, results alone in db 1; amqp: broker on RabbitMQ); every run
+ends with the issue-11 summary table (below).
+
+Redis ceiling (plain and events, measured once per scenario before any worker): what
+Redis alone does with the very same messages. The N messages are preloaded exactly as
+for the workers (same template, preload()), then one Lua script (register_script, i.e.
+EVALSHA) is called until the list is empty; per call, for up to 1000 messages, it RPOPs
+from `celery` in db 0, takes the task id with string.match on `"correlation_id":
+"([^"]+)"` and the two args from the `argsrepr` header `(i, i)`, and in db 1 (`SELECT 1`
+inside the script: a Redis 7 script's SELECT does not change the caller's db; `SELECT 0`
+again before the next RPOP) does `SETEX celery-task-meta-<id> 86400 <meta>` and
+`PUBLISH celery-task-meta-<id> <meta>`, meta being the JSON Celery stores, same keys in
+the same order: `{"status": "SUCCESS", "result": 2i, "traceback": null, "children": [],
+"date_done": "<ISO UTC, one per call, passed as ARGV>", "task_id": "<id>"}`. Ceiling
+tasks/s = N / wall time of the script calls (preloading excluded). DBSIZE of db 1 must
+then be N, the list empty and the first and last message's results SUCCESS with 2i
+(else the scenario's ceiling fails the run); FLUSHALL after. The plain table gets, per
+worker, `% ceil` = tasks/s / ceiling and `steady % ceil` = steady tasks/s / ceiling;
+target: steady >= 50 % of the ceiling (plain, and the -E runs of events).
 
 plain (the original benchmark). For each worker:
 
@@ -16,6 +34,13 @@ plain (the original benchmark). For each worker:
    so DBSIZE counts them), sampling the process-tree RSS for the peak; then check
    the stored results.
 
+Then, for our worker only, the idle phase once more with `-A app.workers` left out of
+its command line (and APP / CELERY_APP out of its environment): it then runs
+`app.workers.tasks.example_task` natively and needs no Python (reported beside it:
+whether a libpython is nevertheless mapped into it, from /proc/<pid>/maps: the binary
+may link it dynamically). Targets printed: that idle RSS (process tree) <= 15 MiB;
+with -A, the tree's idle RSS <= 0.5x Celery's.
+
 events: the cost of task events. For each worker, the plain scenario's loaded phase
 (no idle phase) twice, back to back: as in plain, then with `-E` added to the worker's
 command line. During the -E run a thread of this process holds `PSUBSCRIBE
@@ -26,7 +51,21 @@ afterwards each kombu envelope's base64 `body` is decoded (one event, or on
 tasks/s without and with -E and their ratio (also for the steady rate, first result ->
 last, which leaves out worker startup), and the task-succeeded events seen, which must
 equal `--tasks` for both workers (a mismatch fails the run). Target printed: our ratio
->= 0.80; Celery's own ratio, from the same run, is printed beside it.
+>= 0.80; Celery's own ratio, from the same run, is printed beside it. The Redis ceiling
+(above) is measured first; each worker's steady rate with -E is printed as % of it.
+
+latency: round trips of the real Celery client, one at a time. For each worker: start
+it on an empty queue (as the idle phase: wait until it is blocked waiting for a
+message), wait 1 s, then a client subprocess (the real Celery app,
+`app.workers.celery_app`) calls `example_task.delay(i, i).get(timeout=10)` sequentially,
+`--latency-warmup` times (default 200, not measured) and then `--latency-calls` times
+(default 2000), each timed with time.perf_counter from before delay() to get()
+returning; every result must be 2i (else the run fails), and db 1 must then hold
+warmup + calls results. The worker is stopped afterwards. Reports p50, p90, p99
+(nearest rank), max, mean and min per worker, in ms, the p50 of delay() alone (the
+client's own share: publish and subscribe), and ours / Celery for p50 and p99.
+Targets printed: p50 <= 0.5 ms, p99 <= 2 ms (the client's own cost, the same for both
+workers, is included).
 
 canvas: with the worker stopped, a publisher subprocess (the real Celery producer)
 publishes `--chains` chains `chain(example_task.s(i, i), example_task.s(1),
@@ -76,6 +115,17 @@ CPU is printed per worker, and our tasks/s against the reference 9,400 tasks/s
 Skipped, with the reason, when nothing answers on 127.0.0.1:5672 (`--scenario all`
 includes it then too, last).
 
+Summary: at the end of every run, one table "issue 11 summary", one row per figure
+this run measured: Rust tasks/s (plain, steady), with -E (events, steady), Python noop
+and cpu tasks/s (python, wall as in its table), round trip p50 and p99 (latency), idle
+RSS Rust-only and with -A (plain). Columns: ours, Celery (same run), ratio ours /
+Celery, Redis ceiling (throughput rows: the ceiling and ours as % of it), target, met.
+Targets: plain and -E throughput >= 50 % of the ceiling; python noop >= 5x Celery (the
+python table's own verdicts are the earlier 2x / 1x); python cpu >= 1.5x Celery; p50
+<= 0.5 ms; p99 <= 2 ms; Rust-only idle RSS <= 15 MiB; -A idle RSS <= 0.5x Celery's.
+Below it: the command line of the run and the load average. A missed target is
+reported, not a failure; only incorrect results (and workers that fail) fail the run.
+
 Publishers run in a subprocess so that the Celery client's result subscriptions
 (chords subscribe to their header results) never touch the measured Redis traffic.
 No process is left behind: workers are stopped with SIGTERM and their process groups
@@ -84,7 +134,8 @@ listed before the stop and SIGKILLed if still running 3 s after the parent exite
 redis-server is stopped in a finally block, and at the very end any process still
 carrying this run's CELERY_BROKER_URL is reported and killed.
 
-    python bench/bench.py [--scenario all|plain|events|canvas|eta|python|amqp] [--tasks 20000]
+    python bench/bench.py [--scenario all|plain|events|latency|canvas|eta|python|amqp]
+        [--tasks 20000] [--latency-warmup 200] [--latency-calls 2000]
         [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
         [--py-noop 5000] [--py-cpu 2000]
         [--concurrency N] [--skip-rust] [--skip-celery]
@@ -95,7 +146,9 @@ import argparse
 import base64
 import datetime as dt
 import json
+import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -370,6 +423,71 @@ class RedisQueue:
         self.r0.close()
 
 
+def libpython_mapped(pid: int) -> bool | None:
+    """Whether any libpython shared object is mapped into the process (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any("libpython" in line for line in f)
+    except OSError:
+        return None
+
+
+def idle_phase(label: str, argv: list[str], env: dict, queue, log_path: Path,
+               check_python: bool = False) -> dict:
+    """Start the worker on an empty queue, wait until it consumes, let it settle 2 s,
+    sample the RSS of its process tree (main process first), stop it. check_python adds
+    whether a libpython is mapped into any process of the tree."""
+    queue.flush()
+    out: dict = {}
+    w = Worker(label, argv, env, log_path)
+    try:
+        out["startup_s"] = queue.wait_consuming(w)
+        time.sleep(2.0)
+        pids = tree_pids(w.proc.pid)
+        by_proc = [rss_kib(p) for p in pids]  # main process first
+        out["idle_rss_kib"], out["idle_processes"] = sum(by_proc), len(pids)
+        out["idle_rss_by_process_kib"] = by_proc
+        if check_python:
+            out["libpython_mapped"] = any(libpython_mapped(p) for p in pids)
+    finally:
+        w.stop()
+        out["leftovers_killed"] = w.leftovers_killed
+        out["stop_timeouts"] = int(w.stop_timed_out)
+    return out
+
+
+def without_app(argv: list[str]) -> list[str]:
+    """Our worker's command line without `-A <app>`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-A", "--app"):
+            skip = True
+        elif not a.startswith("--app="):
+            out.append(a)
+    return out
+
+
+RUST_ONLY_IDLE_TARGET_KIB = 15 * 1024  # issue 11: our worker without -A, idle, <= 15 MiB
+WITH_APP_IDLE_TARGET = 0.5  # issue 11: with -A, idle tree RSS <= 0.5x Celery's
+
+
+def measure_rust_only_idle(label: str, argv: list[str], env: dict, server: RedisServer,
+                           workdir: Path) -> dict:
+    """Plain scenario, our worker only: the idle phase without -A (no Python)."""
+    argv = without_app(argv)
+    env = {k: v for k, v in env.items() if k not in ("APP", "CELERY_APP")}
+    queue = RedisQueue(server)
+    try:
+        out = {"worker": label, "argv": argv}
+        out.update(idle_phase(label, argv, env, queue, workdir / "rust-no-app-idle.log",
+                              check_python=True))
+        return out
+    finally:
+        queue.close()
+
+
 def measure(label: str, argv: list[str], env: dict, server: RedisServer, template: dict,
             n: int, workdir: Path, timeout: float, *, args_for=None, expected=_UNCHECKED,
             idle: bool = True, tag: str = "", queue=None) -> dict:
@@ -394,18 +512,10 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
 
     # Idle phase.
     if idle:
-        queue.flush()
-        w = Worker(label, argv, env, workdir / f"{log_prefix}-idle.log")
-        try:
-            out["startup_s"] = queue.wait_consuming(w)
-            time.sleep(2.0)
-            pids = tree_pids(w.proc.pid)
-            by_proc = [rss_kib(p) for p in pids]  # main process first
-            out["idle_rss_kib"], out["idle_processes"] = sum(by_proc), len(pids)
-            out["idle_rss_by_process_kib"] = by_proc
-        finally:
-            w.stop()
-            stopped(w)
+        res = idle_phase(label, argv, env, queue, workdir / f"{log_prefix}-idle.log")
+        out["leftovers_killed"] += res.pop("leftovers_killed")
+        out["stop_timeouts"] += res.pop("stop_timeouts")
+        out.update(res)
 
     # Loaded phase.
     queue.flush()
@@ -499,6 +609,93 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
         queue.close()
     r1.close()
     return out
+
+
+# --------------------------------------------------------------------------- redis ceiling
+
+CEILING_BATCH = 1000  # messages per script call
+CEILING_TARGET = 0.50  # issue 11: steady tasks/s >= 50 % of the Redis ceiling
+
+# Per message: RPOP from `celery` (db 0), task id from the envelope's correlation_id,
+# args from the argsrepr header, then in db 1 SETEX + PUBLISH the result meta in the
+# shape (keys, order, spacing) Celery's Redis backend stores. ARGV: batch, date_done.
+CEILING_LUA = """
+local done = 0
+for _ = 1, tonumber(ARGV[1]) do
+  redis.call('SELECT', 0)
+  local msg = redis.call('RPOP', 'celery')
+  if not msg then break end
+  local id = string.match(msg, '"correlation_id": "([^"]+)"')
+  local x, y = string.match(msg, '"argsrepr": "%((%-?%d+), (%-?%d+)%)"')
+  if not id or not x then
+    return redis.error_reply('no correlation_id / argsrepr in message ' .. done)
+  end
+  local key = 'celery-task-meta-' .. id
+  local meta = '{"status": "SUCCESS", "result": ' .. string.format('%d', x + y)
+    .. ', "traceback": null, "children": [], "date_done": "' .. ARGV[2]
+    .. '", "task_id": "' .. id .. '"}'
+  redis.call('SELECT', 1)
+  redis.call('SETEX', key, 86400, meta)
+  redis.call('PUBLISH', key, meta)
+  done = done + 1
+end
+return done
+"""
+
+
+def redis_ceiling(server: RedisServer, template: dict, n: int) -> dict:
+    """What Redis alone does with the plain scenario's n messages: preload them, then
+    call CEILING_LUA (EVALSHA) until the list is empty; tasks/s = n / wall time of
+    the calls. Raises RuntimeError unless db 1 then holds exactly n keys, the queue is
+    empty and the first and last results are right. FLUSHALL before and after."""
+    queue = RedisQueue(server)
+    r0, r1 = queue.r0, server.client(1)
+    try:
+        queue.flush()
+        t_pre = time.monotonic()
+        ids = queue.preload(template, n)
+        out: dict = {"tasks": n, "batch": CEILING_BATCH, "preload_s": time.monotonic() - t_pre}
+        script = r0.register_script(CEILING_LUA)
+        r0.script_load(CEILING_LUA)  # so the first EVALSHA finds it, before the clock
+        calls = done = 0
+        t0 = time.perf_counter()
+        while True:
+            date = dt.datetime.now(dt.timezone.utc).isoformat()
+            got = script(args=[CEILING_BATCH, date])
+            calls += 1
+            done += got
+            if got < CEILING_BATCH:
+                break
+        wall = time.perf_counter() - t0
+        out.update(wall_s=wall, calls=calls, processed=done,
+                   tasks_per_s=n / wall if wall > 0 else float("nan"))
+        out["results_stored"] = r1.dbsize()
+        out["queue_left"] = r0.llen("celery")
+        checks = [(ids[0], 0), (ids[-1], 2 * (n - 1))] if ids else []
+        bad = sum(1 for (_, want), meta in zip(checks, result_metas(r1, [t for t, _ in checks]))
+                  if meta is None or meta.get("status") != "SUCCESS"
+                  or meta.get("result") != want)
+        out["bad_results_checked"] = bad
+        if out["results_stored"] != n or out["queue_left"] or done != n or bad:
+            raise RuntimeError(f"redis ceiling: {out['results_stored']} results in db 1, "
+                               f"{done} processed, {out['queue_left']} left in the queue "
+                               f"(wanted {n}, 0), {bad} wrong of the first and last")
+        return out
+    except redis.RedisError as exc:
+        raise RuntimeError(f"redis ceiling: {exc!r}") from exc
+    finally:
+        try:
+            r0.flushall()
+        finally:
+            r1.close()
+            queue.close()
+
+
+def pct(a, b) -> str:
+    try:
+        return f"{100 * a / b:.1f} %"
+    except (TypeError, ZeroDivisionError):
+        return "-"
 
 
 # --------------------------------------------------------------------------- amqp
@@ -706,13 +903,15 @@ def loadavg() -> list[float]:
 
 
 def publisher_main(args) -> int:
-    """Child-process entry (`bench.py --publish canvas|eta --publish-out FILE`): publish
-    with the real Celery producer, write the ids and expected results as JSON."""
-    # Plain apply_async then skips subscribing to each result's pubsub channel
-    # (as inside a worker); group/chord headers still subscribe, which is why this
-    # runs in a throwaway process.
-    from celery._state import _set_task_join_will_block
-    _set_task_join_will_block(True)
+    """Child-process entry (`bench.py --publish canvas|eta|capture|latency --publish-out
+    FILE`): publish with the real Celery producer, write the ids and expected results
+    (latency: the measured round trips) as JSON."""
+    if args.publish != "latency":  # latency calls .get(), which this would forbid
+        # Plain apply_async then skips subscribing to each result's pubsub channel
+        # (as inside a worker); group/chord headers still subscribe, which is why this
+        # runs in a throwaway process.
+        from celery._state import _set_task_join_will_block
+        _set_task_join_will_block(True)
     from celery import chain, chord, group
     from app.workers.celery_app import celery_app
     from app.workers.tasks import example_task
@@ -751,6 +950,24 @@ def publisher_main(args) -> int:
             celery_app.amqp.queues[celery_app.conf.task_default_queue](
                 conn.default_channel).declare()
         out.update(capture_queue=queue)
+    elif args.publish == "latency":
+        # Scenario latency: sequential round trips as a client makes them (delay() then
+        # get(): the result consumer subscribes to the result's channel, the worker
+        # stores and publishes it); warmup calls first, not kept.
+        latencies, sends, bad, clock = [], [], [], time.perf_counter
+        for i in range(args.latency_warmup + args.latency_calls):
+            t = clock()
+            res = example_task.delay(i, i)
+            sent = clock()
+            value = res.get(timeout=10)
+            elapsed = clock() - t
+            if value != 2 * i:
+                bad.append([i, value])
+            if i >= args.latency_warmup:
+                latencies.append(elapsed * 1000.0)
+                sends.append((sent - t) * 1000.0)
+        out.update(warmup=args.latency_warmup, calls=args.latency_calls,
+                   latencies_ms=latencies, send_ms=sends, bad=bad[:20], bad_count=len(bad))
     else:
         raise SystemExit(f"unknown --publish {args.publish!r}")
     out["publish_s"] = time.monotonic() - t0
@@ -766,7 +983,9 @@ def run_publisher(kind: str, args, env: dict, workdir: Path, label: str) -> dict
     argv = [sys.executable, str(Path(__file__).resolve()), "--publish", kind,
             "--publish-out", str(out_path), "--chains", str(args.chains),
             "--chords", str(args.chords), "--eta-tasks", str(args.eta_tasks),
-            "--eta-delay", repr(args.eta_delay)]
+            "--eta-delay", repr(args.eta_delay),
+            "--latency-warmup", str(args.latency_warmup),
+            "--latency-calls", str(args.latency_calls)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, env=env, cwd=str(ROOT / "python"),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -989,6 +1208,106 @@ def measure_eta(label: str, argv: list[str], env: dict, server: RedisServer, arg
         r1.close()
 
 
+# --------------------------------------------------------------------------- latency
+
+LATENCY_P50_TARGET_MS = 0.5  # issue 11
+LATENCY_P99_TARGET_MS = 2.0
+
+
+def percentile(values: list, p: float):
+    """Nearest-rank percentile (None for no values)."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
+
+
+def measure_latency(label: str, argv: list[str], env: dict, server: RedisServer, args,
+                    workdir: Path) -> dict:
+    """Worker idle on an empty queue, then a client subprocess (`--publish latency`)
+    makes warmup + calls sequential `example_task.delay(i, i).get()` round trips."""
+    queue = RedisQueue(server)
+    r1 = server.client(1)
+    out: dict = {"worker": label, "argv": argv, "warmup": args.latency_warmup,
+                 "calls": args.latency_calls, "loadavg_before": loadavg()}
+    try:
+        queue.flush()
+        w = Worker(label, argv, env, workdir / f"{label}-latency.log")
+        try:
+            out["startup_s"] = queue.wait_consuming(w)
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            pub = run_publisher("latency", args, env, workdir, label)
+            out["client_s"] = time.monotonic() - t0
+            if not w.alive():
+                raise RuntimeError(f"{label} exited with {w.proc.returncode} during the "
+                                   f"round trips:\n{w.log_tail()}")
+            out["rss_after_kib"] = tree_rss_kib(w.proc.pid)[0]
+        finally:
+            w.stop()
+        out["leftovers_killed"] = w.leftovers_killed
+        lat = pub["latencies_ms"]
+        out.update(measured=len(lat), bad=pub["bad_count"], bad_sample=pub["bad"],
+                   results_stored=r1.dbsize(),
+                   p50_ms=percentile(lat, 50), p90_ms=percentile(lat, 90),
+                   p99_ms=percentile(lat, 99), max_ms=max(lat) if lat else None,
+                   min_ms=min(lat) if lat else None,
+                   mean_ms=sum(lat) / len(lat) if lat else None,
+                   send_p50_ms=percentile(pub["send_ms"], 50),
+                   latencies_ms=[round(x, 4) for x in lat])
+        out["loadavg_after"] = loadavg()
+        return out
+    finally:
+        queue.flush()
+        queue.close()
+        r1.close()
+
+
+def print_latency(results: list, failures: list) -> None:
+    r0 = results[0]
+    print(f"\nlatency: {r0['calls']} sequential round trips example_task.delay(i, i).get() "
+          f"of the real Celery client (after {r0['warmup']} warmup calls), worker idle before")
+    head = (f"{'worker':<28} {'calls':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+            f"{'max ms':>8} {'mean ms':>8} {'min ms':>8} {'delay() p50':>12} {'bad':>5} "
+            f"{'stored':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['worker']:<28} {r['measured']:>6} {fmt_opt(r['p50_ms'], '.3f'):>8} "
+              f"{fmt_opt(r['p90_ms'], '.3f'):>8} {fmt_opt(r['p99_ms'], '.3f'):>8} "
+              f"{fmt_opt(r['max_ms'], '.3f'):>8} {fmt_opt(r['mean_ms'], '.3f'):>8} "
+              f"{fmt_opt(r['min_ms'], '.3f'):>8} {fmt_opt(r['send_p50_ms'], '.3f'):>12} "
+              f"{r['bad']:>5} {r['results_stored']:>7}")
+    print("(round trip = time.perf_counter before delay() -> get() returned, in the client "
+          "subprocess; percentiles by nearest rank; delay() p50 = the client's own share, "
+          "before get(): publishing and subscribing to the result; bad = result != 2i; "
+          "stored = results in db 1, warmup included)")
+    ours = [r for r in results if r["worker"].startswith("rust")]
+    theirs = [r for r in results if not r["worker"].startswith("rust")]
+    if ours and theirs:
+        print(f"\nrust / celery (latency): p50 {ratio(ours[0]['p50_ms'], theirs[0]['p50_ms'])}, "
+              f"p99 {ratio(ours[0]['p99_ms'], theirs[0]['p99_ms'])}")
+    for r in ours:
+        print(f"{r['worker']}: p50 {fmt_opt(r['p50_ms'], '.3f')} ms (target <= "
+              f"{LATENCY_P50_TARGET_MS:g} ms: {met_text(r['p50_ms'], LATENCY_P50_TARGET_MS, less=True)}"
+              f"), p99 {fmt_opt(r['p99_ms'], '.3f')} ms (target <= {LATENCY_P99_TARGET_MS:g} ms: "
+              f"{met_text(r['p99_ms'], LATENCY_P99_TARGET_MS, less=True)})")
+    for r in results:
+        want = r["warmup"] + r["calls"]
+        if r["bad"] or r["measured"] != r["calls"] or r["results_stored"] != want:
+            print(f"WARNING: {r['worker']}: latency: {r['bad']} wrong results (e.g. "
+                  f"{r['bad_sample'][:3]}), {r['measured']} round trips measured, "
+                  f"{r['results_stored']} results stored (wanted {want})")
+            failures.append(f"{r['worker']} (latency)")
+
+
+def met_text(value, goal, less: bool = False) -> str:
+    """`met` / `NOT met` for value >= goal (less: value <= goal), `-` if unknown."""
+    if value is None or goal is None:
+        return "-"
+    return "met" if (value <= goal if less else value >= goal) else "NOT met"
+
+
 # --------------------------------------------------------------------------- events
 
 EVENTS_TARGET = 0.80  # required: our tasks/s with -E >= 0.80 x without
@@ -1117,10 +1436,21 @@ def ratio(a, b) -> str:
 
 
 def print_plain(results: list, n: int, failures: list, scenario: str = "",
-                extra: tuple = (), note: str = "") -> None:
+                extra: tuple = (), note: str = "", ceiling: dict | None = None) -> None:
     """The plain table and ratio line; scenario amqp reuses it with its name (in the
-    ratio line and warnings) and `extra` columns (header, width, row -> text)."""
+    ratio line and warnings) and `extra` columns (header, width, row -> text). With
+    the Redis `ceiling` (plain): two more columns, tasks/s and steady tasks/s as % of
+    it, and one line per worker against the target."""
     print()
+    if ceiling:
+        cps = ceiling["tasks_per_s"]
+        print(f"Redis ceiling (plain): {cps:.0f} tasks/s ({ceiling['tasks']} messages in "
+              f"{ceiling['wall_s']:.3f}s, {ceiling['calls']} script calls of up to "
+              f"{ceiling['batch']}: RPOP, SETEX + PUBLISH of the result)")
+        extra = tuple(extra) + (
+            ("% ceil", 7, lambda r: pct(r["tasks_per_s"], cps)),
+            ("steady % ceil", 13, lambda r: pct(r["steady_tasks_per_s"], cps)))
+        note += "; % ceil = tasks/s / Redis ceiling tasks/s"
     head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
             f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}"
             + "".join(f" {h:>{w}}" for h, w, _ in extra))
@@ -1140,8 +1470,35 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
               f"(steady x{ours['steady_tasks_per_s'] / theirs['steady_tasks_per_s']:.2f}), "
               f"idle RSS x{ours['idle_rss_kib'] / max(theirs['idle_rss_kib'], 1):.3f}, "
               f"peak RSS x{ours['peak_rss_kib'] / max(theirs['peak_rss_kib'], 1):.3f}")
+    if ceiling:
+        for r in results:
+            share = r["steady_tasks_per_s"] / ceiling["tasks_per_s"]
+            print(f"{r['worker']}: steady {r['steady_tasks_per_s']:.0f}/s = "
+                  f"{100 * share:.1f} % of the Redis ceiling (tasks/s "
+                  f"{pct(r['tasks_per_s'], ceiling['tasks_per_s'])}); target >= "
+                  f"{100 * CEILING_TARGET:.0f} %: {met_text(share, CEILING_TARGET)}")
     for r in results:
         check_stored(r, n, failures, tag)
+
+
+def print_rust_only(rust_only: dict, results: list) -> None:
+    """The plain scenario's idle RSS of our worker without -A, and with -A vs Celery."""
+    split = " + ".join(fmt_mib(k) for k in rust_only["idle_rss_by_process_kib"])
+    py = {True: "a libpython is mapped", False: "no libpython mapped",
+          None: "libpython mapping unknown"}[rust_only.get("libpython_mapped")]
+    print(f"\n{rust_only['worker']} without -A (example_task native, no Python): idle RSS "
+          f"{fmt_mib(rust_only['idle_rss_kib'])} MiB in {rust_only['idle_processes']} "
+          f"process(es) ({split} MiB; {py}); target <= "
+          f"{RUST_ONLY_IDLE_TARGET_KIB / 1024:g} MiB: "
+          f"{met_text(rust_only['idle_rss_kib'], RUST_ONLY_IDLE_TARGET_KIB, less=True)}")
+    ours = [r for r in results if r["worker"].startswith("rust")]
+    theirs = [r for r in results if not r["worker"].startswith("rust")]
+    if ours and theirs:
+        share = ours[0]["idle_rss_kib"] / max(theirs[0]["idle_rss_kib"], 1)
+        print(f"{ours[0]['worker']} with -A app.workers: idle RSS "
+              f"{fmt_mib(ours[0]['idle_rss_kib'])} MiB = x{share:.3f} of Celery's "
+              f"{fmt_mib(theirs[0]['idle_rss_kib'])} MiB; target <= x{WITH_APP_IDLE_TARGET:g}: "
+              f"{met_text(share, WITH_APP_IDLE_TARGET, less=True)}")
 
 
 def print_amqp(results: list, n: int, failures: list, vhost: str) -> None:
@@ -1186,7 +1543,7 @@ def check_stored(r: dict, n: int, failures: list, what: str = "") -> None:
         failures.append(f"{r['worker']}{what}")
 
 
-def print_events(results: list, n: int, failures: list) -> None:
+def print_events(results: list, n: int, failures: list, ceiling: dict | None = None) -> None:
     print(f"\nevents: {n} x {TASK}, the plain loaded phase without and with -E "
           f"(PSUBSCRIBE {results[0]['with']['events']['pattern']} during the -E runs)")
     head = (f"{'worker':<28} {'tasks/s':>9} {'tasks/s -E':>11} {'ratio':>6} "
@@ -1205,6 +1562,16 @@ def print_events(results: list, n: int, failures: list) -> None:
           "when that span is short); ratio = with -E / without; task-succeeded, task events = "
           "task-* events the subscriber decoded in the -E run, from `messages` PUB/SUB "
           "messages: task.multi batches and worker events)")
+    if ceiling:
+        cps = ceiling["tasks_per_s"]
+        print(f"\nRedis ceiling (events): {cps:.0f} tasks/s ({ceiling['tasks']} messages in "
+              f"{ceiling['wall_s']:.3f}s, no events published)")
+        for p in results:
+            share = p["with"]["steady_tasks_per_s"] / cps
+            print(f"{p['worker']}: steady with -E {p['with']['steady_tasks_per_s']:.0f}/s = "
+                  f"{100 * share:.1f} % of the ceiling (without -E "
+                  f"{pct(p['without']['steady_tasks_per_s'], cps)}); target >= "
+                  f"{100 * CEILING_TARGET:.0f} %: {met_text(share, CEILING_TARGET)}")
     ours = [p for p in results if p["worker"].startswith("rust")]
     theirs = [p for p in results if not p["worker"].startswith("rust")]
     for p in ours:
@@ -1363,13 +1730,124 @@ def print_eta(results: list, failures: list) -> None:
                   f"by the due moment (drain includes fetching them)")
 
 
+# --------------------------------------------------------------------------- summary
+
+PY_NOOP_TARGET = 5.0  # issue 11: python noop tasks/s >= 5x Celery's
+PY_CPU_TARGET = 1.5  # issue 11: python cpu tasks/s >= 1.5x Celery's
+
+
+def split_workers(results: list) -> tuple:
+    """(ours, Celery's) of a scenario's per-worker results, None where absent."""
+    ours = next((r for r in results if r["worker"].startswith("rust")), None)
+    theirs = next((r for r in results if not r["worker"].startswith("rust")), None)
+    return ours, theirs
+
+
+def summary_rows(results: list, events_results: list, py_results: dict,
+                 latency_results: list, rust_only: dict | None, ceilings: dict) -> list:
+    """One row per issue-11 figure this run measured: figure, unit, ours, celery, ratio
+    (ours / celery), ceiling (throughput rows), share (ours / ceiling), target (text),
+    met (True / False / None when it cannot be told)."""
+    rows = []
+
+    def add(figure, unit, ours, celery, target, met, ceiling=None):
+        share = ours / ceiling if ours is not None and ceiling else None
+        rows.append({"figure": figure, "unit": unit, "ours": ours, "celery": celery,
+                     "ratio": ours / celery if ours is not None and celery else None,
+                     "ceiling": ceiling, "share_of_ceiling": share, "target": target,
+                     "met": met(ours, celery, share)})
+
+    def ceiling_met(ours, celery, share):
+        return None if share is None else share >= CEILING_TARGET
+
+    def times_celery(goal, less=False):
+        def met(ours, celery, share):
+            if ours is None or not celery:
+                return None
+            return ours / celery <= goal if less else ours / celery >= goal
+        return met
+
+    def at_most(goal):
+        return lambda ours, celery, share: None if ours is None else ours <= goal
+
+    ceiling_target = f">= {100 * CEILING_TARGET:.0f} % of ceiling"
+    if results:
+        ours, theirs = split_workers(results)
+        add("Rust tasks/s (plain, steady)", "tasks/s", ours and ours["steady_tasks_per_s"],
+            theirs and theirs["steady_tasks_per_s"], ceiling_target, ceiling_met,
+            ceilings.get("plain", {}).get("tasks_per_s"))
+    if events_results:
+        ours, theirs = split_workers(events_results)
+        add("with -E (events, steady)", "tasks/s",
+            ours and ours["with"]["steady_tasks_per_s"],
+            theirs and theirs["with"]["steady_tasks_per_s"], ceiling_target, ceiling_met,
+            ceilings.get("events", {}).get("tasks_per_s"))
+    for kind, name, goal in (("noop", "Python noop tasks/s", PY_NOOP_TARGET),
+                             ("cpu", "Python cpu tasks/s", PY_CPU_TARGET)):
+        if py_results.get(kind):
+            ours, theirs = split_workers(py_results[kind])
+            add(name, "tasks/s", ours and ours["tasks_per_s"], theirs and theirs["tasks_per_s"],
+                f">= {goal:g}x Celery", times_celery(goal))
+    if latency_results:
+        ours, theirs = split_workers(latency_results)
+        for key, name, goal in (("p50_ms", "round trip p50", LATENCY_P50_TARGET_MS),
+                                ("p99_ms", "round trip p99", LATENCY_P99_TARGET_MS)):
+            add(name, "ms", ours and ours[key], theirs and theirs[key], f"<= {goal:g} ms",
+                at_most(goal))
+    if results or rust_only:
+        ours, theirs = split_workers(results)
+        celery_idle = theirs and theirs["idle_rss_kib"] / 1024
+        if rust_only:
+            add("idle RSS Rust-only (no -A)", "MiB", rust_only["idle_rss_kib"] / 1024,
+                celery_idle, f"<= {RUST_ONLY_IDLE_TARGET_KIB / 1024:g} MiB",
+                at_most(RUST_ONLY_IDLE_TARGET_KIB / 1024))
+        if results:
+            add("idle RSS with -A", "MiB", ours and ours["idle_rss_kib"] / 1024, celery_idle,
+                f"<= {WITH_APP_IDLE_TARGET:g}x Celery",
+                times_celery(WITH_APP_IDLE_TARGET, less=True))
+    return rows
+
+
+def print_summary(rows: list, command: str, load: tuple) -> None:
+    def num(v, unit):
+        if v is None:
+            return "-"
+        return f"{v:,.0f}" if unit == "tasks/s" else f"{v:.3f}" if unit == "ms" else f"{v:.1f}"
+
+    print("\nissue 11 summary")
+    head = (f"{'figure':<30} {'unit':<8} {'ours':>10} {'Celery':>10} {'ratio':>7} "
+            f"{'Redis ceiling':>24} {'target':<22} {'met':<4}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ceiling = "-" if r["ceiling"] is None else \
+            f"{r['ceiling']:,.0f} (ours {pct(r['ours'], r['ceiling'])})"
+        met = {True: "yes", False: "no", None: "-"}[r["met"]]
+        print(f"{r['figure']:<30} {r['unit']:<8} {num(r['ours'], r['unit']):>10} "
+              f"{num(r['celery'], r['unit']):>10} {ratio(r['ours'], r['celery']):>7} "
+              f"{ceiling:>24} {r['target']:<22} {met:<4}")
+    if not rows:
+        print("(no issue-11 figure measured in this run: scenarios plain, events, latency, "
+              "python)")
+    print("(Celery = the real celery worker in this run; ratio = ours / Celery; python rows "
+          "are wall tasks/s; RSS = process tree, idle; a missed target is not a failure)")
+    print(f"command: {command}")
+    start, end = load
+    print(f"load average: start {fmt_load(start)}, end {fmt_load(end)} ({os.cpu_count()} CPUs)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario",
-                    choices=["all", "plain", "events", "canvas", "eta", "python", "amqp"],
+                    choices=["all", "plain", "events", "latency", "canvas", "eta", "python",
+                             "amqp"],
                     default="all")
     ap.add_argument("--tasks", type=int, default=20000,
                     help="plain, events and amqp scenarios (default 20000)")
+    ap.add_argument("--latency-warmup", type=int, default=200,
+                    help="latency scenario: unmeasured round trips first (default 200)")
+    ap.add_argument("--latency-calls", type=int, default=2000,
+                    help="latency scenario: measured round trips (default 2000)")
     ap.add_argument("--chains", type=int, default=2000, help="canvas scenario (default 2000)")
     ap.add_argument("--chords", type=int, default=200, help="canvas scenario (default 200)")
     ap.add_argument("--eta-tasks", type=int, default=10000, help="eta scenario (default 10000)")
@@ -1388,7 +1866,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per worker run, seconds")
     ap.add_argument("--json", help="also write the results to this file "
                     "(default bench/results/<timestamp>.json)")
-    ap.add_argument("--publish", choices=["canvas", "eta", "capture"], help=argparse.SUPPRESS)
+    ap.add_argument("--publish", choices=["canvas", "eta", "capture", "latency"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--publish-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eta_delay is None:
@@ -1399,7 +1878,7 @@ def main() -> int:
     # Turn SIGTERM into an exception so the finally blocks clean up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    scenarios = ["plain", "events", "canvas", "eta", "python", "amqp"] \
+    scenarios = ["plain", "events", "latency", "canvas", "eta", "python", "amqp"] \
         if args.scenario == "all" else [args.scenario]
     import celery
     workdir = Path(tempfile.mkdtemp(prefix="rcw-bench-"))
@@ -1455,6 +1934,9 @@ def main() -> int:
     events_results = []  # per worker: {"worker", "without": run, "with": run, "ratio"}
     amqp_results = []
     amqp_info: dict = {}  # vhost, or why the scenario was skipped
+    ceilings: dict = {}  # scenario (plain, events) -> redis_ceiling()
+    rust_only = None  # plain: our worker's idle phase without -A
+    latency_results = []
     stray_markers = [f"CELERY_BROKER_URL={broker_url}"]
     failures = []
 
@@ -1468,10 +1950,22 @@ def main() -> int:
             return None
 
     try:
+        def measure_ceiling(scenario: str) -> None:
+            print(f"-- redis ceiling ({scenario}): {n} messages, one Lua script per "
+                  f"{CEILING_BATCH} ...", flush=True)
+            res = attempt("redis ceiling", f"redis ceiling ({scenario})",
+                          lambda: redis_ceiling(server, template, n))
+            if res is not None:
+                ceilings[scenario] = res
+                print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.3f}s "
+                      f"({res['calls']} calls, preload {res['preload_s']:.1f}s)", flush=True)
+
         if "plain" in scenarios:
             print("== plain", flush=True)
             template = capture_template(broker_url, backend_url)
-            for label, argv, run_env in runs("app.workers", env):
+            measure_ceiling("plain")
+            plain_runs = runs("app.workers", env)
+            for label, argv, run_env in plain_runs:
                 print(f"-- {label}: measuring ...", flush=True)
                 res = attempt(label, label, lambda: measure(
                     label, argv, run_env, server, template, n, workdir, args.timeout))
@@ -1482,10 +1976,21 @@ def main() -> int:
                       f"(preload {res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), "
                       f"idle RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak {fmt_mib(res['peak_rss_kib'])} MiB",
                       flush=True)
+            for label, argv, run_env in [r for r in plain_runs if r[0].startswith("rust")]:
+                print(f"-- {label} without -A: idle phase ...", flush=True)
+                rust_only = attempt(f"{label} without -A", f"{label} (idle without -A)",
+                                    lambda: measure_rust_only_idle(label, argv, run_env,
+                                                                   server, workdir))
+                if rust_only is not None:
+                    print(f"   idle RSS {fmt_mib(rust_only['idle_rss_kib'])} MiB in "
+                          f"{rust_only['idle_processes']} process(es), startup "
+                          f"{rust_only['startup_s']:.2f}s, libpython mapped: "
+                          f"{rust_only['libpython_mapped']}", flush=True)
         if "events" in scenarios:
             print(f"== events: {n} x {TASK}, loaded phase without and with -E "
                   f"(load average {fmt_load(loadavg())})", flush=True)
             template = capture_template(broker_url, backend_url)
+            measure_ceiling("events")
             for label, argv, run_env in runs("app.workers", env):
                 pair: dict = {"worker": label}
                 for key, on in (("without", False), ("with", True)):
@@ -1511,6 +2016,21 @@ def main() -> int:
                     pair["steady_ratio"] = (pair["with"]["steady_tasks_per_s"]
                                             / pair["without"]["steady_tasks_per_s"])
                     events_results.append(pair)
+        if "latency" in scenarios:
+            print(f"== latency: {args.latency_warmup} + {args.latency_calls} sequential "
+                  f"round trips example_task.delay(i, i).get() (load average "
+                  f"{fmt_load(loadavg())})", flush=True)
+            for label, argv, run_env in runs("app.workers", env):
+                print(f"-- latency {label}: measuring ...", flush=True)
+                res = attempt(f"latency {label}", f"{label} (latency)", lambda: measure_latency(
+                    label, argv, run_env, server, args, workdir))
+                if res is None:
+                    continue
+                latency_results.append(res)
+                print(f"   p50 {fmt_opt(res['p50_ms'], '.3f')} ms, p99 "
+                      f"{fmt_opt(res['p99_ms'], '.3f')} ms, max {fmt_opt(res['max_ms'], '.3f')} "
+                      f"ms over {res['measured']} round trips ({res['client_s']:.1f}s), "
+                      f"{res['bad']} wrong", flush=True)
         if "canvas" in scenarios:
             print(f"== canvas: {args.chains} chains + {args.chords} chords "
                   f"(load average {fmt_load(loadavg())})", flush=True)
@@ -1641,9 +2161,15 @@ def main() -> int:
 
     load_end = loadavg()
     if results:
-        print_plain(results, n, failures)
+        print_plain(results, n, failures, ceiling=ceilings.get("plain"))
+    elif ceilings.get("plain"):
+        print(f"\nRedis ceiling (plain): {ceilings['plain']['tasks_per_s']:.0f} tasks/s")
+    if rust_only:
+        print_rust_only(rust_only, results)
     if events_results:
-        print_events(events_results, n, failures)
+        print_events(events_results, n, failures, ceiling=ceilings.get("events"))
+    if latency_results:
+        print_latency(latency_results, failures)
     if canvas_results:
         print_canvas(canvas_results, failures)
     if eta_results:
@@ -1656,18 +2182,37 @@ def main() -> int:
         print(f"\namqp: skipped ({amqp_info['skipped']})")
     if strays:
         failures.append(f"{len(strays)} process(es) left behind")
+    rows = summary_rows(results, events_results, py_results, latency_results, rust_only,
+                        ceilings)
+    command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
+    print_summary(rows, command, (load_start, load_end))
     if results or events_results or canvas_results or eta_results or any(py_results.values()) \
-            or amqp_results:
-        print(f"\nload average: start {fmt_load(load_start)}, end {fmt_load(load_end)} "
-              f"({os.cpu_count()} CPUs)")
+            or amqp_results or latency_results or rust_only or ceilings:
         out_path = Path(args.json) if args.json else \
             ROOT / "bench" / "results" / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"tasks": n, "concurrency": c, "results": results, "scenarios": scenarios,
-               "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end}
+               "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
+               "command": command, "redis_ceiling": ceilings,
+               "summary": {"targets": {"ceiling_share": CEILING_TARGET,
+                                       "python_noop_x_celery": PY_NOOP_TARGET,
+                                       "python_cpu_x_celery": PY_CPU_TARGET,
+                                       "p50_ms": LATENCY_P50_TARGET_MS,
+                                       "p99_ms": LATENCY_P99_TARGET_MS,
+                                       "rust_only_idle_rss_kib": RUST_ONLY_IDLE_TARGET_KIB,
+                                       "with_app_idle_x_celery": WITH_APP_IDLE_TARGET},
+                           "rows": rows}}
+        if "plain" in scenarios:
+            doc["rust_only_idle"] = rust_only
+        if "latency" in scenarios:
+            doc["latency"] = {"warmup": args.latency_warmup, "calls": args.latency_calls,
+                              "target_p50_ms": LATENCY_P50_TARGET_MS,
+                              "target_p99_ms": LATENCY_P99_TARGET_MS,
+                              "results": latency_results}
         if "events" in scenarios:
             ours = [p for p in events_results if p["worker"].startswith("rust")]
             doc["events"] = {"tasks": n, "target_ratio": EVENTS_TARGET,
+                             "redis_ceiling": ceilings.get("events"),
                              "rust_meets_target": ours[0]["ratio"] >= EVENTS_TARGET
                              if ours else None,
                              "rust_meets_target_steady": ours[0]["steady_ratio"] >= EVENTS_TARGET
