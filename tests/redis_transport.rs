@@ -607,3 +607,47 @@ async fn consumed_queues_change_live() {
     let waiting: i64 = c.llen("extra").unwrap();
     assert_eq!(waiting, 1);
 }
+
+/// An idle fetch sleeps in `BLMOVE` on the first key with the fetch script
+/// pipelined behind it; a message on another key (a second queue, or a
+/// priority bucket) cuts that sleep short. The block is 5 s here, so only
+/// the wake-up path can deliver within the deadline.
+#[tokio::test]
+async fn idle_fetch_wakes_for_the_first_key_and_for_any_other() {
+    let server = RedisServer::start();
+    let opts = TransportOptions {
+        brpop_timeout: 5.0,
+        ..TransportOptions::default()
+    };
+    let b = std::sync::Arc::new(broker(&server, &["a", "b"], opts).await);
+    let quick = Duration::from_millis(2500);
+    for (id, queue, priority) in [
+        ("first", "a", 0),
+        ("second-queue", "b", 0),
+        ("bucket", "a", 9),
+    ] {
+        let waiting = tokio::spawn({
+            let b = std::sync::Arc::clone(&b);
+            async move { b.fetch(4).await }
+        });
+        // Let the fetch find nothing and go to sleep first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = now();
+        b.publish(queue, &envelope(id, queue, priority))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(quick, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{id}: not delivered within {quick:?}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.iter().map(task_id).collect::<Vec<_>>(), [id]);
+        let mut conn = server.conn();
+        let score: f64 = conn.zscore("unacked_index", got[0].settle.tag()).unwrap();
+        assert!(
+            score >= before - 1.0 && score <= now() + 1.0,
+            "{id}: unacked score {score} is the pop's time"
+        );
+        got[0].settle.ack().await.unwrap();
+    }
+}
