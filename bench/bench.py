@@ -3,7 +3,8 @@
 
 Seven scenarios, each measured for both workers in the same run, on the same private
 redis-server (broker in db 0, results alone in db 1; amqp: broker on RabbitMQ); every run
-ends with the issue-11 summary table (below).
+ends with the issue-11 summary table (below). An eighth, soak, runs only on request and
+only our worker.
 
 Redis ceiling (plain and events, measured once per scenario before any worker): what
 Redis alone does with the very same messages. The N messages are preloaded exactly as
@@ -115,14 +116,48 @@ CPU is printed per worker, and our tasks/s against the reference 9,400 tasks/s
 Skipped, with the reason, when nothing answers on 127.0.0.1:5672 (`--scenario all`
 includes it then too, last).
 
+soak (not part of `all`: it takes minutes; `--scenario soak`): our worker's memory over
+time and what it leaves in Redis; our worker only (Celery is not run). Our worker is
+started once, as in canvas (RCW_TEST_TASKS=1, interop on PYTHONPATH), on an empty
+broker; its idle RSS is sampled 2 s after it consumes. A publisher subprocess (the real
+Celery producer, results not subscribed to) then publishes `--soak-tasks` (default
+1,000,000) task executions in rounds of `--soak-batch` (default 10,000), each round this
+mix, shuffled: 70 % `example_task(i, i)`, 5 % `rcw.testing.flaky(1, countdown=0.05)`
+(retried once: 2 executions), 5 % `example_task(i, i)` with countdown=1 (ETA), 8 % chains
+of 3 example_task steps (3 executions), 7 % chords of 10 example_task + rcw.testing.tsum
+(11), 5 % `rcw.testing.fail("boom")`. After each round it appends the round's result ids
+to a JSON-lines file and waits until LLEN celery + HLEN unacked (db 0) is below 2 x batch;
+no AsyncResult outlives its round (the client's result pubsub replies are read and
+dropped after each round). Meanwhile this process polls every 0.25 s: executions done,
+counted from the results stored for every id published (EXISTS; a flaky task counts 2
+once SUCCESS, 1 while RETRY), which needs nothing from the worker; and, into a time
+series every 1 s, the RSS of the worker's process tree (and main process), LLEN celery,
+HLEN unacked, DBSIZE of db 0 and db 1, Redis used_memory and the publisher's RSS. When a
+round is done, its listed checks are read: every chain's last step (2i+2), chord
+callback (10i+45), failure (FAILURE, ValueError) and flaky task ({"attempts": 2}), every
+50th plain task (2i) and 10th ETA task (2i, date_done not before the eta). The run ends
+when every round is done (no progress for 120 s fails it); 5 s idle, the RSS once more,
+then the worker is stopped and every key of both dbs listed by pattern (uuids as `*`)
+with its TTL: in db 0 only kombu's `_kombu.binding*` tables and `unacked_mutex` may remain
+(`celery`, `unacked`, `unacked_index` exist only when not empty: leaks); in db 1 only
+`celery-task-meta-*` and Celery's chord keys `celery-taskset-meta-*` (`.j .t .s .d` state,
+the `.c` done marker), each with a TTL (TTL -1 is a leak); the task results must be one
+per published id, all SUCCESS but the failures. Reports the time series at every 10 %
+of the executions, RSS after the first 10 % (100,000 of the default 1,000,000), at the
+last execution and the maximum, end / at 10 % (target <= 1.10), the slope after 10 %,
+tasks/s overall (publisher start -> last execution) and the leak census. Wrong or
+missing results and leaked keys fail the run; a missed RSS target does not.
+
 Summary: at the end of every run, one table "issue 11 summary", one row per figure
 this run measured: Rust tasks/s (plain, steady), with -E (events, steady), Python noop
 and cpu tasks/s (python, wall as in its table), round trip p50 and p99 (latency), idle
-RSS Rust-only and with -A (plain). Columns: ours, Celery (same run), ratio ours /
+RSS Rust-only and with -A (plain), soak RSS end / at 10 % and leaked keys (soak, ours
+only). Columns: ours, Celery (same run), ratio ours /
 Celery, Redis ceiling (throughput rows: the ceiling and ours as % of it), target, met.
 Targets: plain and -E throughput >= 50 % of the ceiling; python noop >= 5x Celery (the
 python table's own verdicts are the earlier 2x / 1x); python cpu >= 1.5x Celery; p50
-<= 0.5 ms; p99 <= 2 ms; Rust-only idle RSS <= 15 MiB; -A idle RSS <= 0.5x Celery's.
+<= 0.5 ms; p99 <= 2 ms; Rust-only idle RSS <= 15 MiB; -A idle RSS <= 0.5x Celery's;
+soak RSS end / at 10 % <= 1.10; soak leaked keys 0.
 Below it: the command line of the run and the load average. A missed target is
 reported, not a failure; only incorrect results (and workers that fail) fail the run.
 
@@ -134,20 +169,23 @@ listed before the stop and SIGKILLed if still running 3 s after the parent exite
 redis-server is stopped in a finally block, and at the very end any process still
 carrying this run's CELERY_BROKER_URL is reported and killed.
 
-    python bench/bench.py [--scenario all|plain|events|latency|canvas|eta|python|amqp]
+    python bench/bench.py [--scenario all|plain|events|latency|canvas|eta|python|amqp|soak]
         [--tasks 20000] [--latency-warmup 200] [--latency-calls 2000]
         [--chains 2000] [--chords 200] [--eta-tasks 10000] [--eta-delay S]
-        [--py-noop 5000] [--py-cpu 2000]
+        [--py-noop 5000] [--py-cpu 2000] [--soak-tasks 1000000] [--soak-batch 10000]
         [--concurrency N] [--skip-rust] [--skip-celery]
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import json
 import math
 import os
+import random
+import re
 import shlex
 import signal
 import subprocess
@@ -156,6 +194,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -902,10 +941,147 @@ def loadavg() -> list[float]:
         return []
 
 
+# --------------------------------------------------------------------------- soak
+
+# scenario `soak`: per round of --soak-batch task executions, this share of them in
+# each kind (a chain is 3 executions, a chord 10 + 1, a retried flaky 2).
+SOAK_MIX = (("plain", 0.70), ("flaky", 0.05), ("eta", 0.05), ("chain", 0.08),
+            ("chord", 0.07), ("fail", 0.05))
+SOAK_EXECUTIONS = {"plain": 1, "flaky": 2, "eta": 1, "chain": 3, "chord": 11, "fail": 1}
+SOAK_ETA_S = 1.0  # countdown of the ETA tasks
+SOAK_FLAKY_COUNTDOWN = 0.05  # flaky(1, countdown): one retry after 50 ms
+SOAK_RSS_TARGET = 1.10  # issue 11: RSS at the end <= 1.10 x RSS after the first 10 %
+SOAK_IDLE_S = 5.0  # idle time after the last task, before the leak check
+SOAK_STALL_S = 120.0  # no task done for this long (while some are due): the run fails
+SOAK_POLL_S = 0.25  # progress polling; a sample of the time series every 1 s
+SOAK_PLAIN_CHECK_EVERY = 50  # every 50th plain and 10th ETA task checked; the others all
+SOAK_ETA_CHECK_EVERY = 10
+
+
+def soak_round_counts(batch: int) -> dict:
+    """Tasks (not executions) of each kind in a round of `batch` executions."""
+    counts = {k: round(share * batch / SOAK_EXECUTIONS[k]) for k, share in SOAK_MIX
+              if k != "plain"}
+    counts["plain"] = batch - sum(SOAK_EXECUTIONS[k] * v for k, v in counts.items())
+    if counts["plain"] < 0:
+        raise SystemExit(f"--soak-batch {batch} is too small for the mix")
+    return counts
+
+
+def soak_rounds(args) -> int:
+    return max(1, round(args.soak_tasks / args.soak_batch))
+
+
+def drain_result_consumer(backend) -> int:
+    """Read whatever waits on the Celery client's result pubsub connection (chord
+    headers subscribe to their results even with task_join_will_block; the subscribe
+    and unsubscribe replies and the results published to it are otherwise never read,
+    and would pile up in Redis's output buffer for that client). Returns the replies
+    read."""
+    rc = getattr(backend, "result_consumer", None)
+    ps = getattr(rc, "_pubsub", None)
+    if ps is None:
+        return 0
+    n = 0
+    lock = getattr(rc, "_locked", None)
+    with (lock() if lock else contextlib.nullcontext()):
+        while ps.connection is not None and ps.connection.can_read(timeout=0):
+            ps.get_message(timeout=0)
+            n += 1
+    return n
+
+
+def soak_publish(args, celery_app, example_task, flaky, fail, tsum, chain, chord,
+                 group) -> dict:
+    """Publisher side of scenario soak (in the publisher subprocess, results not
+    subscribed to): soak_rounds() rounds of --soak-batch executions in the SOAK_MIX
+    kinds, shuffled; after each round one JSON line appended to <publish-out>.rounds.jsonl
+    (its result ids, the flaky ids apart, and what to check), then wait until the
+    broker holds fewer than 2 x batch messages (LLEN celery + HLEN unacked in db 0)
+    before the next. No AsyncResult is kept beyond its round. Single tasks share one
+    producer; chains and chords are applied as an application would."""
+    import gc
+    import resource
+    r0 = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    counts = soak_round_counts(args.soak_batch)
+    rounds = soak_rounds(args)
+    limit = 2 * args.soak_batch
+    backend = celery_app.backend
+    totals = Counter()
+    i = ids = drained = 0
+    waited = 0.0
+    max_backlog = 0
+    # One producer for the single tasks (~20 % faster than one from the pool per call).
+    with open(args.publish_out + ".rounds.jsonl", "a") as f, \
+            celery_app.producer_or_acquire() as producer:
+        for rnd in range(rounds):
+            kinds = [k for k, v in counts.items() for _ in range(v)]
+            random.Random(rnd).shuffle(kinds)
+            keys, flakies, checks = [], [], []
+            t_round = time.time()
+            n_plain = n_eta = 0
+            for kind in kinds:
+                i += 1
+                if kind == "plain":
+                    res = example_task.apply_async((i, i), producer=producer)
+                    keys.append(res.id)
+                    n_plain += 1
+                    if n_plain % SOAK_PLAIN_CHECK_EVERY == 1:
+                        checks.append(["plain", res.id, 2 * i])
+                elif kind == "eta":
+                    sent = time.time()
+                    res = example_task.apply_async((i, i), countdown=SOAK_ETA_S,
+                                                   producer=producer)
+                    keys.append(res.id)
+                    n_eta += 1
+                    if n_eta % SOAK_ETA_CHECK_EVERY == 1:
+                        checks.append(["eta", res.id, 2 * i, sent + SOAK_ETA_S])
+                elif kind == "flaky":
+                    res = flaky.apply_async((1,), {"countdown": SOAK_FLAKY_COUNTDOWN},
+                                            producer=producer)
+                    flakies.append(res.id)  # checked by the bench as it counts them
+                elif kind == "fail":
+                    res = fail.apply_async(("boom",), producer=producer)
+                    keys.append(res.id)
+                    checks.append(["fail", res.id, None])
+                elif kind == "chain":
+                    res = chain(example_task.s(i, i), example_task.s(1),
+                                example_task.s(1)).apply_async()
+                    keys += [res.parent.parent.id, res.parent.id, res.id]
+                    checks.append(["chain", res.id, 2 * i + 2])
+                elif kind == "chord":
+                    res = chord(group(example_task.s(i, j) for j in range(10)),
+                                tsum.s()).apply_async()
+                    keys += [r.id for r in res.parent.results] + [res.id]
+                    checks.append(["chord", res.id, 10 * i + 45])
+                totals[kind] += 1
+            res = None
+            gc.collect()  # AsyncResult cycles: __del__ unsubscribes (chord headers)
+            drained += drain_result_consumer(backend)
+            ids += len(keys) + len(flakies)
+            f.write(json.dumps({"round": rnd, "t": t_round, "executions": args.soak_batch,
+                                "keys": keys, "flaky": flakies, "checks": checks}) + "\n")
+            f.flush()
+            t = time.monotonic()
+            while True:
+                backlog = r0.llen("celery") + r0.hlen("unacked")
+                max_backlog = max(max_backlog, backlog)
+                if backlog < limit:
+                    break
+                time.sleep(0.05)
+            waited += time.monotonic() - t
+    r0.close()
+    return {"rounds": rounds, "batch": args.soak_batch, "round_counts": counts,
+            "totals": dict(totals), "executions": rounds * args.soak_batch, "ids": ids,
+            "waited_s": waited, "max_backlog": max_backlog, "pubsub_replies_drained": drained,
+            "publisher_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
 def publisher_main(args) -> int:
-    """Child-process entry (`bench.py --publish canvas|eta|capture|latency --publish-out
-    FILE`): publish with the real Celery producer, write the ids and expected results
-    (latency: the measured round trips) as JSON."""
+    """Child-process entry (`bench.py --publish canvas|eta|capture|latency|soak
+    --publish-out FILE`): publish with the real Celery producer, write the ids and
+    expected results (latency: the measured round trips; soak: totals, its rounds go to
+    FILE.rounds.jsonl as they are published) as JSON."""
     if args.publish != "latency":  # latency calls .get(), which this would forbid
         # Plain apply_async then skips subscribing to each result's pubsub channel
         # (as inside a worker); group/chord headers still subscribe, which is why this
@@ -920,7 +1096,11 @@ def publisher_main(args) -> int:
     keep = []  # AsyncResults stay referenced until os._exit (no __del__ unsubscribes)
     out: dict = {}
     t0 = time.monotonic()
-    if args.publish == "canvas":
+    if args.publish == "soak":
+        from pyworker_tasks import fail, flaky
+        out.update(soak_publish(args, celery_app, example_task, flaky, fail, tsum,
+                                chain, chord, group))
+    elif args.publish == "canvas":
         chains, chords = [], []
         for i in range(args.chains):
             res = chain(example_task.s(i, i), example_task.s(1), example_task.s(1)).apply_async()
@@ -968,6 +1148,7 @@ def publisher_main(args) -> int:
                 sends.append((sent - t) * 1000.0)
         out.update(warmup=args.latency_warmup, calls=args.latency_calls,
                    latencies_ms=latencies, send_ms=sends, bad=bad[:20], bad_count=len(bad))
+        out["wire"] = wire_round_trips(args)
     else:
         raise SystemExit(f"unknown --publish {args.publish!r}")
     out["publish_s"] = time.monotonic() - t0
@@ -977,7 +1158,52 @@ def publisher_main(args) -> int:
     os._exit(0)  # skip interpreter teardown (result consumers unsubscribing, pools)
 
 
-def run_publisher(kind: str, args, env: dict, workdir: Path, label: str) -> dict:
+def wire_round_trips(args) -> dict:
+    """The worker's share of a round trip, without the Celery client's own cost
+    (its delay() alone takes ~1.4 ms on the bench machine): one captured envelope,
+    copied with fresh ids (as `preload`), LPUSHed one at a time by redis-py, with
+    `celery-task-meta-*` PSUBSCRIBEd beforehand; a round trip ends when the result's
+    PUBLISH arrives. Warmup round trips first, not kept."""
+    broker = os.environ["CELERY_BROKER_URL"]
+    template = capture_template(broker, os.environ["CELERY_RESULT_BACKEND"])
+    r0 = redis.Redis.from_url(broker)
+    sub = r0.pubsub(ignore_subscribe_messages=True)
+    sub.psubscribe("celery-task-meta-*")
+    while sub.get_message(timeout=1.0) is not None:
+        pass
+    body0 = json.loads(base64.b64decode(template["body"]))
+    latencies, bad, clock = [], 0, time.perf_counter
+    for i in range(args.latency_warmup + args.latency_calls):
+        tid = str(uuid.uuid4())
+        headers = dict(template["headers"], id=tid, root_id=tid,
+                       argsrepr=repr((i, i)), kwargsrepr="{}")
+        props = dict(template["properties"], correlation_id=tid,
+                     delivery_tag=str(uuid.uuid4()))
+        env = dict(template, headers=headers, properties=props, body=base64.b64encode(
+            json.dumps([[i, i], {}, body0[2]]).encode()).decode())
+        raw = json.dumps(env)
+        channel = f"celery-task-meta-{tid}".encode()
+        t = clock()
+        r0.lpush("celery", raw)
+        while True:
+            msg = sub.get_message(timeout=10.0)
+            if msg is None:
+                raise SystemExit(f"wire round trip {i}: no result published in 10 s")
+            if msg["channel"] == channel:
+                break
+        elapsed = clock() - t
+        if json.loads(msg["data"]).get("result") != 2 * i:
+            bad += 1
+        if i >= args.latency_warmup:
+            latencies.append(elapsed * 1000.0)
+    sub.close()
+    r0.close()
+    return {"latencies_ms": latencies, "bad_count": bad}
+
+
+def start_publisher(kind: str, args, env: dict, workdir: Path, label: str):
+    """The publisher subprocess (`--publish kind`): (Popen, its JSON output path, its
+    log path)."""
     out_path = workdir / f"publish-{kind}-{uuid.uuid4().hex[:8]}.json"
     log_path = workdir / f"{label}-{kind}-publisher.log"
     argv = [sys.executable, str(Path(__file__).resolve()), "--publish", kind,
@@ -985,24 +1211,38 @@ def run_publisher(kind: str, args, env: dict, workdir: Path, label: str) -> dict
             "--chords", str(args.chords), "--eta-tasks", str(args.eta_tasks),
             "--eta-delay", repr(args.eta_delay),
             "--latency-warmup", str(args.latency_warmup),
-            "--latency-calls", str(args.latency_calls)]
+            "--latency-calls", str(args.latency_calls),
+            "--soak-tasks", str(args.soak_tasks), "--soak-batch", str(args.soak_batch)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, env=env, cwd=str(ROOT / "python"),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    return proc, out_path, log_path
+
+
+def kill_publisher(proc) -> None:
+    if proc.poll() is None:
         try:
-            rc = proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait(timeout=10)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=10)
+
+
+def publisher_output(kind: str, rc, out_path: Path, log_path: Path) -> dict:
     if rc != 0 or not out_path.is_file():
         raise RuntimeError(f"{kind} publisher failed (exit {rc}):\n"
                            f"{log_path.read_text(errors='replace')[-3000:]}")
     return json.loads(out_path.read_text())
+
+
+def run_publisher(kind: str, args, env: dict, workdir: Path, label: str) -> dict:
+    proc, out_path, log_path = start_publisher(kind, args, env, workdir, label)
+    try:
+        rc = proc.wait(timeout=600)
+    finally:
+        kill_publisher(proc)
+    return publisher_output(kind, rc, out_path, log_path)
 
 
 def result_metas(r1: redis.Redis, ids: list[str], chunk: int = 1000) -> list:
@@ -1214,6 +1454,310 @@ LATENCY_P50_TARGET_MS = 0.5  # issue 11
 LATENCY_P99_TARGET_MS = 2.0
 
 
+_UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+                      rb"|[0-9a-f]{32}")
+_STATUS_RE = re.compile(rb'"status":\s*"([A-Z_]+)"')
+# db 0 after a soak: kombu's binding tables (`_kombu.binding.<exchange>`,
+# `_kombu.binding_permanent.<exchange>`, `_kombu.binding_deadlines`) and its unacked
+# mutex (held with an expiry)
+SOAK_DB0_ALLOWED = ("_kombu.binding", "unacked_mutex")
+SOAK_DB0_EMPTY = ("celery", "unacked", "unacked_index")  # present = not empty = leak
+# db 1: task results and Celery's chord keys (`celery-taskset-meta-<group>` and its
+# `.j .t .s .d` state, deleted when the callback is sent, and the `.c` claim / done
+# marker, left with a 300 s expiry), every one with a TTL.
+SOAK_DB1_ALLOWED = ("celery-task-meta-", "celery-taskset-meta-")
+
+
+def key_pattern(key: bytes) -> str:
+    """The key with every uuid (or 32-hex id) replaced by `*`."""
+    return _UUID_RE.sub(b"*", key).decode(errors="replace")
+
+
+def soak_census(r: redis.Redis, db: int, chunk: int = 5000) -> dict:
+    """Every key of the db by pattern: {pattern: {keys, no_ttl, ttl_min, ttl_max}},
+    the statuses of the `celery-task-meta-*` values, and for db 0 the sizes of the
+    bookkeeping keys that must be empty."""
+    patterns: dict = {}
+    statuses = Counter()
+
+    def flush(keys):
+        pipe = r.pipeline(transaction=False)
+        for k in keys:
+            pipe.ttl(k)
+        ttls = pipe.execute()
+        metas = [k for k in keys if k.startswith(b"celery-task-meta-")]
+        if metas:
+            for v in r.mget(metas):
+                if v is not None:
+                    m = _STATUS_RE.search(v)
+                    statuses[m.group(1).decode() if m else "?"] += 1
+        for k, ttl in zip(keys, ttls):
+            p = patterns.setdefault(key_pattern(k), {"keys": 0, "no_ttl": 0,
+                                                     "ttl_min": None, "ttl_max": None})
+            p["keys"] += 1
+            if ttl == -1:
+                p["no_ttl"] += 1
+            elif ttl >= 0:
+                p["ttl_min"] = ttl if p["ttl_min"] is None else min(p["ttl_min"], ttl)
+                p["ttl_max"] = ttl if p["ttl_max"] is None else max(p["ttl_max"], ttl)
+
+    keys = []
+    for k in r.scan_iter(count=chunk):
+        keys.append(k)
+        if len(keys) >= chunk:
+            flush(keys)
+            keys = []
+    if keys:
+        flush(keys)
+    out = {"db": db, "keys": sum(p["keys"] for p in patterns.values()),
+           "patterns": patterns, "statuses": dict(statuses)}
+    if db == 0:
+        pipe = r.pipeline(transaction=False)
+        pipe.llen("celery")
+        pipe.hlen("unacked")
+        pipe.zcard("unacked_index")
+        out["celery_len"], out["unacked_len"], out["unacked_index_len"] = pipe.execute()
+    return out
+
+
+def soak_leaks(census0: dict, census1: dict) -> dict:
+    """The keys counted as leaked: db 0 keys other than kombu's bindings and mutex, or
+    `celery` / `unacked` / `unacked_index` (present only when not empty); db 1 keys
+    outside SOAK_DB1_ALLOWED, or without a TTL. {pattern: count} per db."""
+    leaks0 = {p: v["keys"] for p, v in census0["patterns"].items()
+              if not p.startswith(SOAK_DB0_ALLOWED[0]) and p != SOAK_DB0_ALLOWED[1]}
+    leaks1 = {}
+    for p, v in census1["patterns"].items():
+        n = v["keys"] if not p.startswith(SOAK_DB1_ALLOWED) else v["no_ttl"]
+        if n:
+            leaks1[p] = n
+    return {"db0": leaks0, "db1": leaks1,
+            "total": sum(leaks0.values()) + sum(leaks1.values())}
+
+
+def soak_check_round(r1: redis.Redis, rd: dict, bad: Counter, examples: list,
+                     checked: Counter) -> None:
+    """The checks the publisher listed for a round (all chain ends, chord callbacks,
+    failures, and every 50th plain / 10th ETA task; the flaky ones are checked as they
+    are counted)."""
+    checks = rd["checks"]
+    metas = result_metas(r1, [c[1] for c in checks])
+    for c, meta in zip(checks, metas):
+        kind, want = c[0], c[2]
+        checked[kind] += 1
+        if kind == "fail":
+            ok = meta is not None and meta.get("status") == "FAILURE" and \
+                isinstance(meta.get("result"), dict) and \
+                meta["result"].get("exc_type") == "ValueError"
+        else:
+            ok = meta is not None and meta.get("status") == "SUCCESS" and \
+                meta.get("result") == want
+            if ok and kind == "eta":
+                ok = parse_date(meta["date_done"]).timestamp() >= c[3] - 0.001
+        if not ok:
+            bad[kind] += 1
+            if len(examples) < 10:
+                examples.append({"kind": kind, "id": c[1], "want": want,
+                                 "got": None if meta is None else
+                                 {k: meta.get(k) for k in ("status", "result", "date_done")}})
+
+
+def soak_round_done(r1: redis.Redis, rd: dict, chunk: int = 5000) -> tuple:
+    """(executions of the round done so far, flaky tasks whose result is wrong):
+    one per stored result (EXISTS), a flaky task two once its result is SUCCESS
+    (one while it is RETRY)."""
+    keys = rd["meta_keys"]
+    done = sum(r1.exists(*keys[k:k + chunk]) for k in range(0, len(keys), chunk))
+    bad_flaky = []
+    if rd["flaky"]:
+        for tid, meta in zip(rd["flaky"], result_metas(r1, rd["flaky"])):
+            if meta is None:
+                continue
+            done += 1
+            if meta.get("status") == "SUCCESS":
+                done += 1
+                if meta.get("result") != {"attempts": 2}:
+                    bad_flaky.append((tid, meta.get("result")))
+            elif meta.get("status") != "RETRY":
+                bad_flaky.append((tid, meta.get("status")))
+    return done, bad_flaky
+
+
+def measure_soak(label: str, argv: list[str], env: dict, server: RedisServer, args,
+                 workdir: Path) -> dict:
+    """Scenario soak, our worker only: see the module docstring."""
+    r0, r1 = server.client(0), server.client(1)
+    try:
+        return soak_run(label, argv, env, r0, r1, args, workdir)
+    finally:
+        r0.close()
+        r1.close()
+
+
+def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.Redis,
+             args, workdir: Path) -> dict:
+    batch, rounds = args.soak_batch, soak_rounds(args)
+    total = rounds * batch
+    timeout = max(args.timeout, total / 250)
+    out: dict = {"worker": label, "argv": argv, "tasks": total, "batch": batch,
+                 "rounds": rounds, "round_counts": soak_round_counts(batch),
+                 "loadavg_before": loadavg()}
+    samples: list = []  # one per second
+    marks: dict = {}  # decile (1..10) -> the first sample with done >= decile * 10 %
+    bad, checked, examples = Counter(), Counter(), []
+    pending: list = []  # rounds read from the publisher, not yet all done
+    publisher = None
+    w = None
+    try:
+        r0.flushall()
+        w = Worker(label, argv, env, workdir / f"{label}-soak.log")
+        out["startup_s"] = wait_brpop(r0, w)
+        time.sleep(2.0)
+        out["idle_rss_start_kib"], out["idle_processes_start"] = tree_rss_kib(w.proc.pid)
+        out["idle_rss_start_main_kib"] = rss_kib(w.proc.pid)
+        publisher, pub_out, pub_log = start_publisher("soak", args, env, workdir, label)
+        rounds_path = Path(str(pub_out) + ".rounds.jsonl")
+        rounds_file = None
+        buf = b""
+        pub = None  # the publisher's final output, once it exited
+        rounds_read = rounds_done = ids = 0
+        done_full = 0  # executions of the rounds all done
+        done = last_done = 0
+        t0 = time.monotonic()
+        t_progress = t0
+        t_sample = t0 - 1.0
+        while True:
+            if rounds_file is None and rounds_path.exists():
+                rounds_file = open(rounds_path, "rb")
+            if rounds_file is not None:
+                buf += rounds_file.read()
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    rd = json.loads(line)
+                    rd["meta_keys"] = [f"celery-task-meta-{t}" for t in rd.pop("keys")]
+                    ids += len(rd["meta_keys"]) + len(rd["flaky"])
+                    pending.append(rd)
+                    rounds_read += 1
+            partial = 0
+            for rd in list(pending):
+                d, bad_flaky = soak_round_done(r1, rd)
+                if d >= rd["executions"]:
+                    for tid, got in bad_flaky:
+                        bad["flaky"] += 1
+                        if len(examples) < 10:
+                            examples.append({"kind": "flaky", "id": tid,
+                                             "want": {"attempts": 2}, "got": got})
+                    checked["flaky"] += len(rd["flaky"])
+                    soak_check_round(r1, rd, bad, examples, checked)
+                    pending.remove(rd)
+                    rounds_done += 1
+                    done_full += rd["executions"]
+                else:
+                    partial += d
+            done = done_full + partial
+            now = time.monotonic()
+            if done != last_done:
+                last_done, t_progress = done, now
+            pids = tree_pids(w.proc.pid)
+            by_proc = [rss_kib(p) for p in pids]
+            pipe = r0.pipeline(transaction=False)
+            pipe.llen("celery")
+            pipe.hlen("unacked")
+            pipe.dbsize()
+            queued, unacked, keys0 = pipe.execute()
+            sample = {"t": round(now - t0, 3), "done": done, "rss_kib": sum(by_proc),
+                      "rss_main_kib": by_proc[0] if by_proc else 0, "processes": len(pids),
+                      "queued": queued, "unacked": unacked, "db0_keys": keys0,
+                      "db1_keys": r1.dbsize(),
+                      "redis_used_kib": r0.info("memory")["used_memory"] // 1024,
+                      "publisher_rss_kib": rss_kib(publisher.pid) if pub is None else None}
+            for d in range(1, 11):
+                if d not in marks and done * 10 >= total * d:
+                    marks[d] = sample
+            if now - t_sample >= 1.0:
+                samples.append(sample)
+                t_sample = now
+            if pub is None and publisher.poll() is not None:
+                pub = publisher_output("soak", publisher.returncode, pub_out, pub_log)
+                out["publish_s"] = now - t0
+                continue  # read the last rounds before deciding
+            if pub is not None and rounds_read >= pub["rounds"] and not pending:
+                t_end = now
+                if samples[-1] is not sample:
+                    samples.append(sample)
+                break
+            if not w.alive():
+                raise RuntimeError(f"{label} exited with {w.proc.returncode} after {done}/"
+                                   f"{total} executions:\n{w.log_tail()}")
+            if now - t_progress > SOAK_STALL_S and pending:
+                raise RuntimeError(f"{label}: no progress for {SOAK_STALL_S:g}s at {done}/"
+                                   f"{total} executions ({len(pending)} rounds pending, "
+                                   f"queue {queued}, unacked {unacked}):\n{w.log_tail()}")
+            if now - t0 > timeout:
+                raise RuntimeError(f"{label}: only {done}/{total} executions after "
+                                   f"{timeout:.0f}s:\n{w.log_tail()}")
+            time.sleep(SOAK_POLL_S)
+        if rounds_file is not None:
+            rounds_file.close()
+        out.update(pub)
+        out["wall_s"] = t_end - t0
+        out["tasks_per_s"] = total / out["wall_s"]
+        out["ids_tracked"] = ids
+        # Idle: the broker must be empty; then the RSS once more, and the worker stopped.
+        time.sleep(SOAK_IDLE_S)
+        pipe = r0.pipeline(transaction=False)
+        pipe.llen("celery")
+        pipe.hlen("unacked")
+        pipe.zcard("unacked_index")
+        out["idle_queued"], out["idle_unacked"], out["idle_unacked_index"] = pipe.execute()
+        out["idle_rss_end_kib"], out["idle_processes_end"] = tree_rss_kib(w.proc.pid)
+        out["idle_rss_end_main_kib"] = rss_kib(w.proc.pid)
+    finally:
+        if publisher is not None:
+            kill_publisher(publisher)
+        if w is not None:
+            w.stop()
+            out["leftovers_killed"] = w.leftovers_killed
+            out["stop_timeouts"] = int(w.stop_timed_out)
+    out["samples"] = samples
+    out["marks"] = {str(d): s for d, s in sorted(marks.items())}
+    first, last = marks[1], marks[10]
+    out["rss_at_10pct_kib"] = first["rss_kib"]
+    out["rss_end_kib"] = last["rss_kib"]
+    out["rss_max_kib"] = max(s["rss_kib"] for s in samples)
+    out["rss_main_at_10pct_kib"] = first["rss_main_kib"]
+    out["rss_main_end_kib"] = last["rss_main_kib"]
+    out["rss_main_max_kib"] = max(s["rss_main_kib"] for s in samples)
+    out["rss_ratio"] = last["rss_kib"] / first["rss_kib"] if first["rss_kib"] else None
+    out["rss_main_ratio"] = last["rss_main_kib"] / first["rss_main_kib"] \
+        if first["rss_main_kib"] else None
+    # After the 10 % mark: the growth per 100,000 executions (least squares).
+    tail = [s for s in samples if s["done"] >= first["done"]]
+    out["rss_slope_kib_per_100k"] = slope([s["done"] for s in tail],
+                                          [s["rss_kib"] for s in tail], 100000)
+    out["checked"] = dict(checked)
+    out["bad"] = dict(bad)
+    out["bad_examples"] = examples
+    census0, census1 = soak_census(r0, 0), soak_census(r1, 1)
+    out["census"] = {"db0": census0, "db1": census1}
+    out["leaks"] = soak_leaks(census0, census1)
+    fails = out["totals"].get("fail", 0)
+    out["expected_results"] = {"celery-task-meta": ids, "SUCCESS": ids - fails,
+                               "FAILURE": fails}
+    out["loadavg_after"] = loadavg()
+    return out
+
+
+def slope(xs: list, ys: list, per: float):
+    """Least-squares slope of ys over xs, times `per` (None with fewer than 3 points)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return per * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else None
+
+
 def percentile(values: list, p: float):
     """Nearest-rank percentile (None for no values)."""
     if not values:
@@ -1255,6 +1799,11 @@ def measure_latency(label: str, argv: list[str], env: dict, server: RedisServer,
                    mean_ms=sum(lat) / len(lat) if lat else None,
                    send_p50_ms=percentile(pub["send_ms"], 50),
                    latencies_ms=[round(x, 4) for x in lat])
+        wire = pub["wire"]["latencies_ms"]
+        out.update(wire_p50_ms=percentile(wire, 50), wire_p99_ms=percentile(wire, 99),
+                   wire_bad=pub["wire"]["bad_count"],
+                   wire_latencies_ms=[round(x, 4) for x in wire])
+        out["bad"] += out["wire_bad"]
         out["loadavg_after"] = loadavg()
         return out
     finally:
@@ -1269,7 +1818,7 @@ def print_latency(results: list, failures: list) -> None:
           f"of the real Celery client (after {r0['warmup']} warmup calls), worker idle before")
     head = (f"{'worker':<28} {'calls':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
             f"{'max ms':>8} {'mean ms':>8} {'min ms':>8} {'delay() p50':>12} {'bad':>5} "
-            f"{'stored':>7}")
+            f"{'stored':>7} {'wire p50':>9} {'wire p99':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -1277,11 +1826,14 @@ def print_latency(results: list, failures: list) -> None:
               f"{fmt_opt(r['p90_ms'], '.3f'):>8} {fmt_opt(r['p99_ms'], '.3f'):>8} "
               f"{fmt_opt(r['max_ms'], '.3f'):>8} {fmt_opt(r['mean_ms'], '.3f'):>8} "
               f"{fmt_opt(r['min_ms'], '.3f'):>8} {fmt_opt(r['send_p50_ms'], '.3f'):>12} "
-              f"{r['bad']:>5} {r['results_stored']:>7}")
+              f"{r['bad']:>5} {r['results_stored']:>7} {fmt_opt(r['wire_p50_ms'], '.3f'):>9} "
+              f"{fmt_opt(r['wire_p99_ms'], '.3f'):>9}")
     print("(round trip = time.perf_counter before delay() -> get() returned, in the client "
           "subprocess; percentiles by nearest rank; delay() p50 = the client's own share, "
           "before get(): publishing and subscribing to the result; bad = result != 2i; "
-          "stored = results in db 1, warmup included)")
+          "stored = results in db 1, warmup included; wire = the same round trips made with "
+          "redis-py alone: LPUSH of a prepared envelope -> its result's PUBLISH received, "
+          "i.e. without the Celery client's own cost)")
     ours = [r for r in results if r["worker"].startswith("rust")]
     theirs = [r for r in results if not r["worker"].startswith("rust")]
     if ours and theirs:
@@ -1293,7 +1845,7 @@ def print_latency(results: list, failures: list) -> None:
               f"), p99 {fmt_opt(r['p99_ms'], '.3f')} ms (target <= {LATENCY_P99_TARGET_MS:g} ms: "
               f"{met_text(r['p99_ms'], LATENCY_P99_TARGET_MS, less=True)})")
     for r in results:
-        want = r["warmup"] + r["calls"]
+        want = 2 * (r["warmup"] + r["calls"])  # Celery client + wire
         if r["bad"] or r["measured"] != r["calls"] or r["results_stored"] != want:
             print(f"WARNING: {r['worker']}: latency: {r['bad']} wrong results (e.g. "
                   f"{r['bad_sample'][:3]}), {r['measured']} round trips measured, "
@@ -1730,6 +2282,100 @@ def print_eta(results: list, failures: list) -> None:
                   f"by the due moment (drain includes fetching them)")
 
 
+def print_soak(r: dict, failures: list) -> None:
+    c = r["round_counts"]
+    print(f"\nsoak: {r['tasks']:,} task executions by {r['worker']} (Celery not run: this "
+          f"is about our worker's memory over time), {r['rounds']} rounds of {r['batch']:,}; "
+          f"per round {c['plain']} plain, {c['flaky']} flaky (retried once: 2 executions), "
+          f"{c['eta']} ETA (+{SOAK_ETA_S:g} s), {c['chain']} chains (3), {c['chord']} chords "
+          f"(10 + 1), {c['fail']} failures")
+    head = (f"{'point':<12} {'tasks':>9} {'t s':>7} {'tasks/s':>8} {'RSS MiB':>8} "
+            f"{'main MiB':>9} {'vs 10 %':>8} {'procs':>5} {'queued':>7} {'unacked':>8} "
+            f"{'db0 keys':>9} {'db1 keys':>9} {'redis MiB':>10} {'pub MiB':>8}")
+    print(head)
+    print("-" * len(head))
+    base = r["rss_at_10pct_kib"]
+    print(f"{'idle before':<12} {0:>9} {'-':>7} {'-':>8} {fmt_mib(r['idle_rss_start_kib']):>8} "
+          f"{fmt_mib(r['idle_rss_start_main_kib']):>9} {'-':>8} "
+          f"{r['idle_processes_start']:>5}")
+    prev_t, prev_done = 0.0, 0
+    for d, s in r["marks"].items():
+        rate = (s["done"] - prev_done) / (s["t"] - prev_t) if s["t"] > prev_t else None
+        prev_t, prev_done = s["t"], s["done"]
+        print(f"{int(d) * 10:>3} %        {s['done']:>9} {s['t']:>7.1f} {fmt_opt(rate, '.0f'):>8} "
+              f"{fmt_mib(s['rss_kib']):>8} {fmt_mib(s['rss_main_kib']):>9} "
+              f"{ratio(s['rss_kib'], base):>8} {s['processes']:>5} {s['queued']:>7} "
+              f"{s['unacked']:>8} {s['db0_keys']:>9} {s['db1_keys']:>9} "
+              f"{s['redis_used_kib'] / 1024:>10.1f} {fmt_mib(s['publisher_rss_kib']):>8}")
+    print(f"{'idle after':<12} {r['tasks']:>9} {'+' + format(SOAK_IDLE_S, 'g'):>7} {'-':>8} "
+          f"{fmt_mib(r['idle_rss_end_kib']):>8} {fmt_mib(r['idle_rss_end_main_kib']):>9} "
+          f"{ratio(r['idle_rss_end_kib'], base):>8} {r['idle_processes_end']:>5} "
+          f"{r['idle_queued']:>7} {r['idle_unacked']:>8}")
+    print("(a row per 10 % of the executions: the first sample, polled every "
+          f"{SOAK_POLL_S:g} s, at or past it; tasks = executions done, counted from the "
+          "stored results of every id the publisher reported (a flaky task counts 2 once "
+          "SUCCESS, 1 while RETRY); tasks/s since the previous row; RSS = worker process "
+          "tree, main = its main process; vs 10 % = RSS / RSS at 10 %; queued / unacked = "
+          "LLEN celery / HLEN unacked in db 0; redis = used_memory; pub = the publisher's "
+          "RSS; idle after = 5 s after the last execution)")
+    print(f"RSS: at 10 % {fmt_mib(r['rss_at_10pct_kib'])} MiB, at the end "
+          f"{fmt_mib(r['rss_end_kib'])} MiB, max {fmt_mib(r['rss_max_kib'])} MiB; end / at "
+          f"10 % = {fmt_opt(r['rss_ratio'], '.3f')} (target <= {SOAK_RSS_TARGET:.2f}: "
+          f"{met_text(r['rss_ratio'], SOAK_RSS_TARGET, less=True)}); main process "
+          f"{fmt_mib(r['rss_main_at_10pct_kib'])} -> {fmt_mib(r['rss_main_end_kib'])} MiB "
+          f"(x{fmt_opt(r['rss_main_ratio'], '.3f')}, max {fmt_mib(r['rss_main_max_kib'])}); "
+          f"slope after 10 %: {fmt_opt(r['rss_slope_kib_per_100k'], '.0f')} KiB per "
+          f"100,000 executions")
+    print(f"throughput: {r['tasks_per_s']:.0f} tasks/s over {r['wall_s']:.1f}s (publisher "
+          f"start -> last execution seen); publisher done after {r['publish_s']:.1f}s, "
+          f"{r['waited_s']:.1f}s of it waiting for the broker backlog (< 2 x batch; max "
+          f"{r['max_backlog']}), publisher max RSS {fmt_mib(r['publisher_maxrss_kib'])} MiB")
+    checked = ", ".join(f"{k} {v}" for k, v in sorted(r["checked"].items()))
+    nbad = sum(r["bad"].values())
+    print(f"results checked: {checked}; wrong or missing: {nbad}"
+          + (f" {r['bad']} e.g. {r['bad_examples'][:3]}" if nbad else ""))
+    db0, db1 = r["census"]["db0"], r["census"]["db1"]
+    want = r["expected_results"]
+    metas = db1["patterns"].get("celery-task-meta-*", {}).get("keys", 0)
+    st = db1["statuses"]
+    print(f"db 1 results: {metas} celery-task-meta keys (published ids: "
+          f"{want['celery-task-meta']}), statuses {dict(sorted(st.items()))} (want SUCCESS "
+          f"{want['SUCCESS']}, FAILURE {want['FAILURE']})")
+    print("leak check (worker stopped after the idle wait):")
+    for census in (db0, db1):
+        print(f"  db {census['db']}: {census['keys']} keys"
+              + (f"; celery {census['celery_len']}, unacked {census['unacked_len']}, "
+                 f"unacked_index {census['unacked_index_len']} entries"
+                 if census["db"] == 0 else ""))
+        by_count = sorted(census["patterns"].items(), key=lambda kv: -kv[1]["keys"])
+        for p, v in by_count[:20]:
+            ttl = "-" if v["ttl_min"] is None else f"{v['ttl_min']}..{v['ttl_max']} s"
+            print(f"    {p:<48} {v['keys']:>9} keys, {v['no_ttl']:>7} without TTL, TTL {ttl}")
+        if len(by_count) > 20:
+            print(f"    ... {len(by_count) - 20} more patterns, "
+                  f"{sum(v['keys'] for _, v in by_count[20:])} keys (all in the JSON)")
+    leaks = r["leaks"]
+    print(f"leaked keys: {leaks['total']}"
+          + (f" (db 0: {leaks['db0']}, db 1 outside the result/chord patterns or without a "
+             f"TTL: {leaks['db1']})" if leaks["total"] else
+             " (db 0 only kombu's binding tables / mutex; db 1 only results and chord keys, "
+             "each with a TTL)"))
+    state = {p: v["keys"] for p, v in db1["patterns"].items()
+             if p.startswith("celery-taskset-meta-") and p.rsplit(".", 1)[-1] in ("j", "t", "s", "d")}
+    if state:
+        print(f"note: chord state left behind (expires with its TTL): {state}")
+    if nbad or metas != want["celery-task-meta"] or st.get("SUCCESS", 0) != want["SUCCESS"] \
+            or st.get("FAILURE", 0) != want["FAILURE"] or sum(st.values()) != metas:
+        print(f"WARNING: {r['worker']}: soak results wrong or missing (see above)")
+        failures.append(f"{r['worker']} (soak: results)")
+    if leaks["total"]:
+        print(f"WARNING: {r['worker']}: soak leaked {leaks['total']} keys")
+        failures.append(f"{r['worker']} (soak: leaked keys)")
+    if r["leftovers_killed"] or r["stop_timeouts"]:
+        print(f"note: {r['leftovers_killed']} pool process(es) SIGKILLed after the stop, "
+              f"{r['stop_timeouts']} SIGTERM stop(s) timed out")
+
+
 # --------------------------------------------------------------------------- summary
 
 PY_NOOP_TARGET = 5.0  # issue 11: python noop tasks/s >= 5x Celery's
@@ -1744,7 +2390,8 @@ def split_workers(results: list) -> tuple:
 
 
 def summary_rows(results: list, events_results: list, py_results: dict,
-                 latency_results: list, rust_only: dict | None, ceilings: dict) -> list:
+                 latency_results: list, rust_only: dict | None, ceilings: dict,
+                 soak: dict | None = None) -> list:
     """One row per issue-11 figure this run measured: figure, unit, ours, celery, ratio
     (ours / celery), ceiling (throughput rows), share (ours / ceiling), target (text),
     met (True / False / None when it cannot be told)."""
@@ -1782,18 +2429,25 @@ def summary_rows(results: list, events_results: list, py_results: dict,
             ours and ours["with"]["steady_tasks_per_s"],
             theirs and theirs["with"]["steady_tasks_per_s"], ceiling_target, ceiling_met,
             ceilings.get("events", {}).get("tasks_per_s"))
-    for kind, name, goal in (("noop", "Python noop tasks/s", PY_NOOP_TARGET),
-                             ("cpu", "Python cpu tasks/s", PY_CPU_TARGET)):
+    # Steady, like the rows above: both workers import the app at start-up, which at
+    # a few thousand tasks weighs more than the tasks.
+    for kind, name, goal in (("noop", "Python noop tasks/s (steady)", PY_NOOP_TARGET),
+                             ("cpu", "Python cpu tasks/s (steady)", PY_CPU_TARGET)):
         if py_results.get(kind):
             ours, theirs = split_workers(py_results[kind])
-            add(name, "tasks/s", ours and ours["tasks_per_s"], theirs and theirs["tasks_per_s"],
-                f">= {goal:g}x Celery", times_celery(goal))
+            add(name, "tasks/s", ours and ours["steady_tasks_per_s"],
+                theirs and theirs["steady_tasks_per_s"], f">= {goal:g}x Celery",
+                times_celery(goal))
     if latency_results:
         ours, theirs = split_workers(latency_results)
         for key, name, goal in (("p50_ms", "round trip p50", LATENCY_P50_TARGET_MS),
                                 ("p99_ms", "round trip p99", LATENCY_P99_TARGET_MS)):
             add(name, "ms", ours and ours[key], theirs and theirs[key], f"<= {goal:g} ms",
                 at_most(goal))
+        for key, name, goal in (("wire_p50_ms", "wire round trip p50", LATENCY_P50_TARGET_MS),
+                                ("wire_p99_ms", "wire round trip p99", LATENCY_P99_TARGET_MS)):
+            add(name, "ms", ours and ours.get(key), theirs and theirs.get(key),
+                f"<= {goal:g} ms", at_most(goal))
     if results or rust_only:
         ours, theirs = split_workers(results)
         celery_idle = theirs and theirs["idle_rss_kib"] / 1024
@@ -1805,6 +2459,10 @@ def summary_rows(results: list, events_results: list, py_results: dict,
             add("idle RSS with -A", "MiB", ours and ours["idle_rss_kib"] / 1024, celery_idle,
                 f"<= {WITH_APP_IDLE_TARGET:g}x Celery",
                 times_celery(WITH_APP_IDLE_TARGET, less=True))
+    if soak:  # our worker only
+        add("soak RSS end / at 10 %", "x", soak["rss_ratio"], None,
+            f"<= {SOAK_RSS_TARGET:.2f}x", at_most(SOAK_RSS_TARGET))
+        add("soak leaked keys", "keys", soak["leaks"]["total"], None, "0", at_most(0))
     return rows
 
 
@@ -1812,7 +2470,9 @@ def print_summary(rows: list, command: str, load: tuple) -> None:
     def num(v, unit):
         if v is None:
             return "-"
-        return f"{v:,.0f}" if unit == "tasks/s" else f"{v:.3f}" if unit == "ms" else f"{v:.1f}"
+        if unit in ("tasks/s", "keys"):
+            return f"{v:,.0f}"
+        return f"{v:.3f}" if unit in ("ms", "x") else f"{v:.1f}"
 
     print("\nissue 11 summary")
     head = (f"{'figure':<30} {'unit':<8} {'ours':>10} {'Celery':>10} {'ratio':>7} "
@@ -1828,9 +2488,11 @@ def print_summary(rows: list, command: str, load: tuple) -> None:
               f"{ceiling:>24} {r['target']:<22} {met:<4}")
     if not rows:
         print("(no issue-11 figure measured in this run: scenarios plain, events, latency, "
-              "python)")
+              "python, soak)")
     print("(Celery = the real celery worker in this run; ratio = ours / Celery; python rows "
-          "are wall tasks/s; RSS = process tree, idle; a missed target is not a failure)")
+          "are wall tasks/s; RSS = process tree, idle; soak: RSS of the process tree at the "
+          "last execution / after the first 10 %, our worker only; a missed target is not a "
+          "failure)")
     print(f"command: {command}")
     start, end = load
     print(f"load average: start {fmt_load(start)}, end {fmt_load(end)} ({os.cpu_count()} CPUs)")
@@ -1840,8 +2502,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario",
                     choices=["all", "plain", "events", "latency", "canvas", "eta", "python",
-                             "amqp"],
-                    default="all")
+                             "amqp", "soak"],
+                    default="all", help="all = every scenario but soak (default all)")
     ap.add_argument("--tasks", type=int, default=20000,
                     help="plain, events and amqp scenarios (default 20000)")
     ap.add_argument("--latency-warmup", type=int, default=200,
@@ -1858,6 +2520,10 @@ def main() -> int:
                     help="python scenario: noop_task messages (default 5000, 0 skips)")
     ap.add_argument("--py-cpu", type=int, default=2000,
                     help=f"python scenario: cpu_task({PY_CPU_N}) messages (default 2000, 0 skips)")
+    ap.add_argument("--soak-tasks", type=int, default=1000000,
+                    help="soak scenario: task executions (default 1000000)")
+    ap.add_argument("--soak-batch", type=int, default=10000,
+                    help="soak scenario: executions per publishing round (default 10000)")
     ap.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--bin", default=os.environ.get("RCW_RELEASE_BIN")
                     or str(ROOT / "target" / "release" / "rust-celery-worker"))
@@ -1866,7 +2532,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per worker run, seconds")
     ap.add_argument("--json", help="also write the results to this file "
                     "(default bench/results/<timestamp>.json)")
-    ap.add_argument("--publish", choices=["canvas", "eta", "capture", "latency"],
+    ap.add_argument("--publish", choices=["canvas", "eta", "capture", "latency", "soak"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--publish-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -1937,6 +2603,7 @@ def main() -> int:
     ceilings: dict = {}  # scenario (plain, events) -> redis_ceiling()
     rust_only = None  # plain: our worker's idle phase without -A
     latency_results = []
+    soak_result = None
     stray_markers = [f"CELERY_BROKER_URL={broker_url}"]
     failures = []
 
@@ -2097,6 +2764,23 @@ def main() -> int:
                           f"{fmt_mib(res['peak_rss_kib'])} MiB in {res['peak_processes']} "
                           f"processes, {res['missing']} missing / {res['bad_results']} wrong, "
                           f"load {fmt_load(res['loadavg_after'])}", flush=True)
+        if "soak" in scenarios:
+            rounds = soak_rounds(args)
+            print(f"== soak: {rounds * args.soak_batch:,} task executions in {rounds} rounds "
+                  f"of {args.soak_batch:,} (load average {fmt_load(loadavg())})", flush=True)
+            print("celery: not run in the soak (it measures our worker's memory over time)",
+                  flush=True)
+            for label, argv, run_env in [r for r in runs("pyworker_app", canvas_env)
+                                         if r[0].startswith("rust")]:
+                print(f"-- soak {label}: running ...", flush=True)
+                soak_result = attempt(f"soak {label}", f"{label} (soak)", lambda: measure_soak(
+                    label, argv, run_env, server, args, workdir))
+                if soak_result is not None:
+                    print(f"   {soak_result['tasks_per_s']:.0f} tasks/s over "
+                          f"{soak_result['wall_s']:.1f}s, RSS at 10 % "
+                          f"{fmt_mib(soak_result['rss_at_10pct_kib'])} MiB, end "
+                          f"{fmt_mib(soak_result['rss_end_kib'])} MiB, "
+                          f"{soak_result['leaks']['total']} leaked keys", flush=True)
         if "amqp" in scenarios:
             print(f"== amqp: {n} x {TASK}, broker RabbitMQ, results in Redis db 1 "
                   f"(load average {fmt_load(loadavg())})", flush=True)
@@ -2176,6 +2860,8 @@ def main() -> int:
         print_eta(eta_results, failures)
     if any(py_results.values()):
         print_python(py_results, failures)
+    if soak_result:
+        print_soak(soak_result, failures)
     if amqp_results:
         print_amqp(amqp_results, n, failures, amqp_info["vhost"])
     elif amqp_info.get("skipped"):
@@ -2183,11 +2869,11 @@ def main() -> int:
     if strays:
         failures.append(f"{len(strays)} process(es) left behind")
     rows = summary_rows(results, events_results, py_results, latency_results, rust_only,
-                        ceilings)
+                        ceilings, soak_result)
     command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
     print_summary(rows, command, (load_start, load_end))
     if results or events_results or canvas_results or eta_results or any(py_results.values()) \
-            or amqp_results or latency_results or rust_only or ceilings:
+            or amqp_results or latency_results or rust_only or ceilings or soak_result:
         out_path = Path(args.json) if args.json else \
             ROOT / "bench" / "results" / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json"
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -2200,7 +2886,9 @@ def main() -> int:
                                        "p50_ms": LATENCY_P50_TARGET_MS,
                                        "p99_ms": LATENCY_P99_TARGET_MS,
                                        "rust_only_idle_rss_kib": RUST_ONLY_IDLE_TARGET_KIB,
-                                       "with_app_idle_x_celery": WITH_APP_IDLE_TARGET},
+                                       "with_app_idle_x_celery": WITH_APP_IDLE_TARGET,
+                                       "soak_rss_end_x_at_10pct": SOAK_RSS_TARGET,
+                                       "soak_leaked_keys": 0},
                            "rows": rows}}
         if "plain" in scenarios:
             doc["rust_only_idle"] = rust_only
@@ -2227,6 +2915,10 @@ def main() -> int:
         if "python" in scenarios:
             doc["python"] = {"noop_tasks": args.py_noop, "cpu_tasks": args.py_cpu,
                              "cpu_n": PY_CPU_N, "results": py_results}
+        if "soak" in scenarios:
+            doc["soak"] = {"tasks": args.soak_tasks, "batch": args.soak_batch,
+                           "mix": dict(SOAK_MIX), "target_rss_ratio": SOAK_RSS_TARGET,
+                           "result": soak_result}
         if "amqp" in scenarios:
             doc["amqp"] = {"tasks": n, "broker": f"amqp://{AMQP_HOST}:{AMQP_PORT}",
                            "reference_tasks_per_s": AMQP_REFERENCE_TASKS_PER_S,

@@ -95,6 +95,11 @@ impl Events {
     }
 
     /// Queues a task event, built only if task events are on.
+    /// Will [`Self::task`] build its event (sent, or observed for `/metrics`)?
+    pub fn builds_task_events(&self) -> bool {
+        self.observer.is_some() || self.task_events()
+    }
+
     pub fn task(&self, clock: impl FnOnce() -> u64, build: impl FnOnce() -> Event) {
         match &self.observer {
             None if self.task_events() => self.send(build(), clock()),

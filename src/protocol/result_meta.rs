@@ -94,11 +94,27 @@ impl ResultMeta {
 /// Python's `datetime.isoformat()` of an aware UTC datetime:
 /// `2026-11-21T05:01:13.897554+00:00` (microseconds omitted when zero).
 pub fn format_date_done(t: DateTime<Utc>) -> String {
-    if t.timestamp_subsec_micros() == 0 {
-        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
-    } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    // Written field by field: `format()` parses its pattern on every call,
+    // once per stored result.
+    let mut out = String::with_capacity(32);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let micros = t.timestamp_subsec_micros();
+    if micros != 0 {
+        let _ = write!(out, ".{:06}", micros.min(999_999));
     }
+    out.push_str("+00:00");
+    out
 }
 
 /// The stored `status` of a meta JSON, if it parses.
@@ -112,6 +128,18 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
+
+    /// Python's `datetime.isoformat()`: microseconds only when non-zero.
+    #[test]
+    fn date_done_is_isoformat() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(format_date_done(t), "2026-01-02T03:04:05+00:00");
+        let t = t + chrono::Duration::microseconds(70);
+        assert_eq!(format_date_done(t), "2026-01-02T03:04:05.000070+00:00");
+        let t = Utc.with_ymd_and_hms(999, 12, 31, 23, 59, 59).unwrap()
+            + chrono::Duration::microseconds(999_999);
+        assert_eq!(format_date_done(t), "0999-12-31T23:59:59.999999+00:00");
+    }
 
     #[test]
     fn success_meta_has_celery_shape() {

@@ -354,7 +354,12 @@ impl Tracer<'_> {
         let mut children =
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         children.extend(sent);
-        let shown = pyrepr::repr(&value);
+        // The result's repr is only for the event and the log line: not
+        // computed when neither is wanted (the default: no -E, -l warning).
+        let shown = (self.shared.events.builds_task_events()
+            || tracing::enabled!(tracing::Level::INFO))
+        .then(|| pyrepr::repr(&value))
+        .unwrap_or_default();
         if !self.ignore_result {
             let mut m = self.meta("SUCCESS", value.clone());
             m.children = Some(children);
