@@ -1674,6 +1674,10 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
             for d in range(1, 11):
                 if d not in marks and done * 10 >= total * d:
                     marks[d] = sample
+                    print(f"   {d * 10:>3} %: {done} executions after {sample['t']:.0f}s, RSS "
+                          f"{fmt_mib(sample['rss_kib'])} MiB (main "
+                          f"{fmt_mib(sample['rss_main_kib'])}), queue {queued}, unacked "
+                          f"{unacked}, db 1 {sample['db1_keys']} keys", flush=True)
             if now - t_sample >= 1.0:
                 samples.append(sample)
                 t_sample = now

@@ -317,22 +317,19 @@ impl Drop for Checkout {
 }
 
 async fn exchange(w: &mut Worker, job: &str) -> Result<String, String> {
+    // One write per job: the pipe is unbuffered, and a separate write for
+    // the newline woke the child twice.
+    let mut line = Vec::with_capacity(job.len() + 1);
+    line.extend_from_slice(job.as_bytes());
+    line.push(b'\n');
     w.stdin
-        .write_all(job.as_bytes())
+        .write_all(&line)
         .await
         .map_err(|e| format!("cannot send the job: {e}"))?;
-    w.stdin
-        .write_all(b"\n")
-        .await
-        .map_err(|e| format!("cannot send the job: {e}"))?;
-    w.stdin
-        .flush()
-        .await
-        .map_err(|e| format!("cannot send the job: {e}"))?;
-    let mut line = String::new();
-    match w.replies.read_line(&mut line).await {
+    let mut reply = String::new();
+    match w.replies.read_line(&mut reply).await {
         Ok(0) => Err("the process died".into()),
-        Ok(_) => Ok(line),
+        Ok(_) => Ok(reply),
         Err(e) => Err(format!("cannot read its reply: {e}")),
     }
 }
@@ -444,11 +441,11 @@ pub fn child_main(app: &str) -> std::process::ExitCode {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
-        let reply = runtime.run_job(&line);
-        if writeln!(proto, "{reply}")
-            .and_then(|_| proto.flush())
-            .is_err()
-        {
+        let mut reply = runtime.run_job(&line);
+        // One write: `writeln!` on the unbuffered pipe wrote the newline on
+        // its own, a second wake-up of the parent per job.
+        reply.push('\n');
+        if proto.write_all(reply.as_bytes()).is_err() {
             break;
         }
     }
