@@ -125,18 +125,20 @@ Celery producer, results not subscribed to) then publishes `--soak-tasks` (defau
 mix, shuffled: 70 % `example_task(i, i)`, 5 % `rcw.testing.flaky(1, countdown=0.05)`
 (retried once: 2 executions), 5 % `example_task(i, i)` with countdown=1 (ETA), 8 % chains
 of 3 example_task steps (3 executions), 7 % chords of 10 example_task + rcw.testing.tsum
-(11), 5 % `rcw.testing.fail("boom")`. After each round it appends the round's result ids
-to a JSON-lines file and waits until LLEN celery + HLEN unacked (db 0) is below 2 x batch;
-no AsyncResult outlives its round (the client's result pubsub replies are read and
-dropped after each round). Meanwhile this process polls every 0.25 s: executions done,
-counted from the results stored for every id published (EXISTS; a flaky task counts 2
-once SUCCESS, 1 while RETRY), which needs nothing from the worker; and, into a time
-series every 1 s, the RSS of the worker's process tree (and main process), LLEN celery,
-HLEN unacked, DBSIZE of db 0 and db 1, Redis used_memory and the publisher's RSS. When a
-round is done, its listed checks are read: every chain's last step (2i+2), chord
+(11), 5 % `rcw.testing.fail("boom")`. Every ~1000 executions it appends the result ids
+of the tasks just published to a JSON-lines file; after each round it waits until LLEN
+celery + HLEN unacked (db 0) is below 2 x batch; no AsyncResult outlives its round (the
+client's result pubsub replies are read and dropped after each round; single tasks share
+one producer). Meanwhile this process polls every 0.25 s: executions done, counted from
+the results stored for every id published (EXISTS; a flaky task counts 2 once SUCCESS,
+1 while RETRY), which needs nothing from the worker (tasks still being published are
+counted once their line is written); and, into a time series every 1 s, the RSS of the
+worker's process tree (and main process), zombies in it, LLEN celery, HLEN unacked,
+DBSIZE of db 0 and db 1, Redis used_memory and the publisher's RSS. When a line's tasks
+are all done, its listed checks are read: every chain's last step (2i+2), chord
 callback (10i+45), failure (FAILURE, ValueError) and flaky task ({"attempts": 2}), every
 50th plain task (2i) and 10th ETA task (2i, date_done not before the eta). The run ends
-when every round is done (no progress for 120 s fails it); 5 s idle, the RSS once more,
+when every line is done (no progress for 120 s fails it); 5 s idle, the RSS once more,
 then the worker is stopped and every key of both dbs listed by pattern (uuids as `*`)
 with its TTL: in db 0 only kombu's `_kombu.binding*` tables and `unacked_mutex` may remain
 (`celery`, `unacked`, `unacked_index` exist only when not empty: leaks); in db 1 only
@@ -956,6 +958,7 @@ SOAK_STALL_S = 120.0  # no task done for this long (while some are due): the run
 SOAK_POLL_S = 0.25  # progress polling; a sample of the time series every 1 s
 SOAK_PLAIN_CHECK_EVERY = 50  # every 50th plain and 10th ETA task checked; the others all
 SOAK_ETA_CHECK_EVERY = 10
+SOAK_LINE_EXECUTIONS = 1000  # the publisher reports its ids every ~1000 executions
 
 
 def soak_round_counts(batch: int) -> dict:
@@ -995,11 +998,12 @@ def soak_publish(args, celery_app, example_task, flaky, fail, tsum, chain, chord
                  group) -> dict:
     """Publisher side of scenario soak (in the publisher subprocess, results not
     subscribed to): soak_rounds() rounds of --soak-batch executions in the SOAK_MIX
-    kinds, shuffled; after each round one JSON line appended to <publish-out>.rounds.jsonl
-    (its result ids, the flaky ids apart, and what to check), then wait until the
-    broker holds fewer than 2 x batch messages (LLEN celery + HLEN unacked in db 0)
-    before the next. No AsyncResult is kept beyond its round. Single tasks share one
-    producer; chains and chords are applied as an application would."""
+    kinds, shuffled. Every ~SOAK_LINE_EXECUTIONS executions (and at the end of a round)
+    one JSON line is appended to <publish-out>.rounds.jsonl: the result ids of those
+    tasks (the flaky ids apart), their executions and what to check. After each round it
+    waits until the broker holds fewer than 2 x batch messages (LLEN celery + HLEN
+    unacked in db 0) before the next. No AsyncResult is kept beyond its round. Single
+    tasks share one producer; chains and chords are applied as an application would."""
     import gc
     import resource
     r0 = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
@@ -1008,20 +1012,31 @@ def soak_publish(args, celery_app, example_task, flaky, fail, tsum, chain, chord
     limit = 2 * args.soak_batch
     backend = celery_app.backend
     totals = Counter()
-    i = ids = drained = 0
+    i = ids = drained = lines = 0
     waited = 0.0
     max_backlog = 0
     # One producer for the single tasks (~20 % faster than one from the pool per call).
     with open(args.publish_out + ".rounds.jsonl", "a") as f, \
             celery_app.producer_or_acquire() as producer:
+        def report(rnd, keys, flakies, checks, executions):
+            f.write(json.dumps({"round": rnd, "executions": executions, "keys": keys,
+                                "flaky": flakies, "checks": checks}) + "\n")
+            f.flush()
+            return len(keys) + len(flakies)
+
         for rnd in range(rounds):
             kinds = [k for k, v in counts.items() for _ in range(v)]
             random.Random(rnd).shuffle(kinds)
             keys, flakies, checks = [], [], []
-            t_round = time.time()
-            n_plain = n_eta = 0
+            n_plain = n_eta = executions = 0
             for kind in kinds:
+                if executions >= SOAK_LINE_EXECUTIONS:
+                    ids += report(rnd, keys, flakies, checks, executions)
+                    lines += 1
+                    keys, flakies, checks = [], [], []
+                    executions = 0
                 i += 1
+                executions += SOAK_EXECUTIONS[kind]
                 if kind == "plain":
                     res = example_task.apply_async((i, i), producer=producer)
                     keys.append(res.id)
@@ -1058,10 +1073,8 @@ def soak_publish(args, celery_app, example_task, flaky, fail, tsum, chain, chord
             res = None
             gc.collect()  # AsyncResult cycles: __del__ unsubscribes (chord headers)
             drained += drain_result_consumer(backend)
-            ids += len(keys) + len(flakies)
-            f.write(json.dumps({"round": rnd, "t": t_round, "executions": args.soak_batch,
-                                "keys": keys, "flaky": flakies, "checks": checks}) + "\n")
-            f.flush()
+            ids += report(rnd, keys, flakies, checks, executions)
+            lines += 1
             t = time.monotonic()
             while True:
                 backlog = r0.llen("celery") + r0.hlen("unacked")
@@ -1071,7 +1084,7 @@ def soak_publish(args, celery_app, example_task, flaky, fail, tsum, chain, chord
                 time.sleep(0.05)
             waited += time.monotonic() - t
     r0.close()
-    return {"rounds": rounds, "batch": args.soak_batch, "round_counts": counts,
+    return {"rounds": rounds, "lines": lines, "batch": args.soak_batch, "round_counts": counts,
             "totals": dict(totals), "executions": rounds * args.soak_batch, "ids": ids,
             "waited_s": waited, "max_backlog": max_backlog, "pubsub_replies_drained": drained,
             "publisher_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
@@ -1537,7 +1550,7 @@ def soak_leaks(census0: dict, census1: dict) -> dict:
 
 def soak_check_round(r1: redis.Redis, rd: dict, bad: Counter, examples: list,
                      checked: Counter) -> None:
-    """The checks the publisher listed for a round (all chain ends, chord callbacks,
+    """The checks the publisher listed in one of its lines (all chain ends, chord callbacks,
     failures, and every 50th plain / 10th ETA task; the flaky ones are checked as they
     are counted)."""
     checks = rd["checks"]
@@ -1562,8 +1575,18 @@ def soak_check_round(r1: redis.Redis, rd: dict, bad: Counter, examples: list,
                                  {k: meta.get(k) for k in ("status", "result", "date_done")}})
 
 
+def proc_state(pid: int):
+    """(state letter, start time) of a process from /proc/<pid>/stat, None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        f = stat[stat.rindex(")") + 2:].split()
+        return f[0], int(f[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def soak_round_done(r1: redis.Redis, rd: dict, chunk: int = 5000) -> tuple:
-    """(executions of the round done so far, flaky tasks whose result is wrong):
+    """(executions of a publisher line done so far, flaky tasks whose result is wrong):
     one per stored result (EXISTS), a flaky task two once its result is SUCCESS
     (one while it is RETRY)."""
     keys = rd["meta_keys"]
@@ -1605,7 +1628,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
     samples: list = []  # one per second
     marks: dict = {}  # decile (1..10) -> the first sample with done >= decile * 10 %
     bad, checked, examples = Counter(), Counter(), []
-    pending: list = []  # rounds read from the publisher, not yet all done
+    pending: list = []  # lines (~1000 executions) read from the publisher, not all done
     publisher = None
     w = None
     try:
@@ -1620,9 +1643,10 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
         rounds_file = None
         buf = b""
         pub = None  # the publisher's final output, once it exited
-        rounds_read = rounds_done = ids = 0
-        done_full = 0  # executions of the rounds all done
+        lines_read = lines_done = ids = 0
+        done_full = 0  # executions of the lines all done
         done = last_done = 0
+        tree_prev, tree_changes, zombies_max = None, 0, 0
         t0 = time.monotonic()
         t_progress = t0
         t_sample = t0 - 1.0
@@ -1637,7 +1661,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
                     rd["meta_keys"] = [f"celery-task-meta-{t}" for t in rd.pop("keys")]
                     ids += len(rd["meta_keys"]) + len(rd["flaky"])
                     pending.append(rd)
-                    rounds_read += 1
+                    lines_read += 1
             partial = 0
             for rd in list(pending):
                 d, bad_flaky = soak_round_done(r1, rd)
@@ -1650,7 +1674,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
                     checked["flaky"] += len(rd["flaky"])
                     soak_check_round(r1, rd, bad, examples, checked)
                     pending.remove(rd)
-                    rounds_done += 1
+                    lines_done += 1
                     done_full += rd["executions"]
                 else:
                     partial += d
@@ -1660,6 +1684,13 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
                 last_done, t_progress = done, now
             pids = tree_pids(w.proc.pid)
             by_proc = [rss_kib(p) for p in pids]
+            states = {p: proc_state(p) for p in pids}
+            zombies = sum(1 for st in states.values() if st and st[0] in "ZX")
+            zombies_max = max(zombies_max, zombies)
+            tree = {(p, st[1]) for p, st in states.items() if st}
+            if tree_prev is not None and tree != tree_prev:
+                tree_changes += 1  # a process of the tree exited, or a new one started
+            tree_prev = tree
             pipe = r0.pipeline(transaction=False)
             pipe.llen("celery")
             pipe.hlen("unacked")
@@ -1667,6 +1698,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
             queued, unacked, keys0 = pipe.execute()
             sample = {"t": round(now - t0, 3), "done": done, "rss_kib": sum(by_proc),
                       "rss_main_kib": by_proc[0] if by_proc else 0, "processes": len(pids),
+                      "zombies": zombies,
                       "queued": queued, "unacked": unacked, "db0_keys": keys0,
                       "db1_keys": r1.dbsize(),
                       "redis_used_kib": r0.info("memory")["used_memory"] // 1024,
@@ -1685,7 +1717,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
                 pub = publisher_output("soak", publisher.returncode, pub_out, pub_log)
                 out["publish_s"] = now - t0
                 continue  # read the last rounds before deciding
-            if pub is not None and rounds_read >= pub["rounds"] and not pending:
+            if pub is not None and lines_read >= pub["lines"] and not pending:
                 t_end = now
                 if samples[-1] is not sample:
                     samples.append(sample)
@@ -1695,7 +1727,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
                                    f"{total} executions:\n{w.log_tail()}")
             if now - t_progress > SOAK_STALL_S and pending:
                 raise RuntimeError(f"{label}: no progress for {SOAK_STALL_S:g}s at {done}/"
-                                   f"{total} executions ({len(pending)} rounds pending, "
+                                   f"{total} executions ({len(pending)} id lines pending, "
                                    f"queue {queued}, unacked {unacked}):\n{w.log_tail()}")
             if now - t0 > timeout:
                 raise RuntimeError(f"{label}: only {done}/{total} executions after "
@@ -1706,6 +1738,7 @@ def soak_run(label: str, argv: list[str], env: dict, r0: redis.Redis, r1: redis.
         out.update(pub)
         out["wall_s"] = t_end - t0
         out["tasks_per_s"] = total / out["wall_s"]
+        out["tree_changes"], out["zombies_max"] = tree_changes, zombies_max
         out["ids_tracked"] = ids
         # Idle: the broker must be empty; then the RSS once more, and the worker stopped.
         time.sleep(SOAK_IDLE_S)
@@ -2302,13 +2335,17 @@ def print_soak(r: dict, failures: list) -> None:
     print(f"{'idle before':<12} {0:>9} {'-':>7} {'-':>8} {fmt_mib(r['idle_rss_start_kib']):>8} "
           f"{fmt_mib(r['idle_rss_start_main_kib']):>9} {'-':>8} "
           f"{r['idle_processes_start']:>5}")
+
+    def procs(s):  # processes in the tree, zombies among them as `/nZ`
+        return f"{s['processes']}" + (f"/{s['zombies']}Z" if s.get("zombies") else "")
+
     prev_t, prev_done = 0.0, 0
     for d, s in r["marks"].items():
         rate = (s["done"] - prev_done) / (s["t"] - prev_t) if s["t"] > prev_t else None
         prev_t, prev_done = s["t"], s["done"]
         print(f"{int(d) * 10:>3} %        {s['done']:>9} {s['t']:>7.1f} {fmt_opt(rate, '.0f'):>8} "
               f"{fmt_mib(s['rss_kib']):>8} {fmt_mib(s['rss_main_kib']):>9} "
-              f"{ratio(s['rss_kib'], base):>8} {s['processes']:>5} {s['queued']:>7} "
+              f"{ratio(s['rss_kib'], base):>8} {procs(s):>5} {s['queued']:>7} "
               f"{s['unacked']:>8} {s['db0_keys']:>9} {s['db1_keys']:>9} "
               f"{s['redis_used_kib'] / 1024:>10.1f} {fmt_mib(s['publisher_rss_kib']):>8}")
     print(f"{'idle after':<12} {r['tasks']:>9} {'+' + format(SOAK_IDLE_S, 'g'):>7} {'-':>8} "
@@ -2319,9 +2356,10 @@ def print_soak(r: dict, failures: list) -> None:
           f"{SOAK_POLL_S:g} s, at or past it; tasks = executions done, counted from the "
           "stored results of every id the publisher reported (a flaky task counts 2 once "
           "SUCCESS, 1 while RETRY); tasks/s since the previous row; RSS = worker process "
-          "tree, main = its main process; vs 10 % = RSS / RSS at 10 %; queued / unacked = "
-          "LLEN celery / HLEN unacked in db 0; redis = used_memory; pub = the publisher's "
-          "RSS; idle after = 5 s after the last execution)")
+          "tree, main = its main process; procs = processes in the tree (/nZ: n of them "
+          "zombies); vs 10 % = RSS / RSS at 10 %; queued / unacked = LLEN celery / HLEN "
+          "unacked in db 0; redis = used_memory; pub = the publisher's RSS; idle after = 5 s "
+          "after the last execution)")
     print(f"RSS: at 10 % {fmt_mib(r['rss_at_10pct_kib'])} MiB, at the end "
           f"{fmt_mib(r['rss_end_kib'])} MiB, max {fmt_mib(r['rss_max_kib'])} MiB; end / at "
           f"10 % = {fmt_opt(r['rss_ratio'], '.3f')} (target <= {SOAK_RSS_TARGET:.2f}: "
@@ -2365,7 +2403,8 @@ def print_soak(r: dict, failures: list) -> None:
              " (db 0 only kombu's binding tables / mutex; db 1 only results and chord keys, "
              "each with a TTL)"))
     state = {p: v["keys"] for p, v in db1["patterns"].items()
-             if p.startswith("celery-taskset-meta-") and p.rsplit(".", 1)[-1] in ("j", "t", "s", "d")}
+             if p.startswith("celery-taskset-meta-")
+             and p.rsplit(".", 1)[-1] in ("j", "t", "s", "d")}
     if state:
         print(f"note: chord state left behind (expires with its TTL): {state}")
     if nbad or metas != want["celery-task-meta"] or st.get("SUCCESS", 0) != want["SUCCESS"] \
@@ -2375,6 +2414,10 @@ def print_soak(r: dict, failures: list) -> None:
     if leaks["total"]:
         print(f"WARNING: {r['worker']}: soak leaked {leaks['total']} keys")
         failures.append(f"{r['worker']} (soak: leaked keys)")
+    if r["tree_changes"] or r["zombies_max"]:
+        print(f"note: the worker's process tree changed {r['tree_changes']} time(s) during the "
+              f"soak (a process exited or started), up to {r['zombies_max']} of its processes "
+              f"were zombies (exited, not reaped): the tree RSS is then not comparable over time")
     if r["leftovers_killed"] or r["stop_timeouts"]:
         print(f"note: {r['leftovers_killed']} pool process(es) SIGKILLed after the stop, "
               f"{r['stop_timeouts']} SIGTERM stop(s) timed out")
