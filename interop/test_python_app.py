@@ -168,6 +168,19 @@ def test_killed_pool_process_is_worker_lost_and_replaced(celery_client, worker, 
     assert confapp.pid.apply_async(queue="confq").get(timeout=20) != int(backend.get(key))
 
 
+def test_pool_process_killed_while_idle_loses_no_task(celery_client, worker):
+    """Found by the bench's soak: a process that died between jobs was handed
+    the next one, which failed with WorkerLostError. Celery's pool replaces it."""
+    import os
+    import signal
+    worker(app="confapp", pool="prefork", concurrency=1)
+    idle_pid = confapp.pid.apply_async(queue="confq").get(timeout=15)
+    os.kill(idle_pid, signal.SIGTERM)
+    time.sleep(0.5)
+    after = confapp.pid.apply_async(queue="confq").get(timeout=20)
+    assert after != idle_pid, "a fresh process ran it"
+
+
 def test_retry_fires_on_retry_and_task_retry(celery_client, worker, backend):
     worker(app="confapp", pool="prefork")
     r = confapp.retry_once.apply_async(queue="confq")

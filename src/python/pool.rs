@@ -151,8 +151,32 @@ impl Pool {
     async fn take(&self) -> Result<Worker, TaskError> {
         loop {
             let freed = self.freed.notified();
-            if let Some(w) = self.idle.lock().await.pop() {
-                return Ok(w);
+            let idle = self.idle.lock().await.pop();
+            if let Some(mut w) = idle {
+                // A process that died while idle (killed, OOM) is replaced
+                // here, not handed a job it would lose (Celery's pool
+                // maintenance replaces such a process the same way).
+                match w.child.try_wait() {
+                    Ok(None) => return Ok(w),
+                    status => {
+                        let how = match status.ok().flatten() {
+                            Some(s) => match std::os::unix::process::ExitStatusExt::signal(&s) {
+                                Some(sig) => format!("signal {sig}"),
+                                None => format!("exitcode {}", s.code().unwrap_or(-1)),
+                            },
+                            None => "an unknown status".to_string(),
+                        };
+                        tracing::error!(
+                            "Process 'ForkPoolWorker' pid:{} exited with {how} while idle; replacing it",
+                            w.pid
+                        );
+                        self.gone();
+                        if let Some(me) = self.me.upgrade() {
+                            me.replace();
+                        }
+                        continue;
+                    }
+                }
             }
             if self.reserve() {
                 return spawn(&self.cfg.app).await.map_err(|e| {
