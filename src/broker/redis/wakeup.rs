@@ -21,7 +21,6 @@
 
 use super::super::redis_endpoint::{Conn, Endpoint};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -37,8 +36,6 @@ pub struct Wakeup {
     /// The first key's connection: blocks, then runs the fetch (made on
     /// first use; only the fetcher uses it).
     first: tokio::sync::Mutex<Option<Conn>>,
-    /// The server refused `CLIENT ID` / `CLIENT UNBLOCK`: no pipelined wait.
-    refused: AtomicBool,
 }
 
 impl Wakeup {
@@ -50,7 +47,6 @@ impl Wakeup {
             ready: Arc::new(Notify::new()),
             waiters: Mutex::new(HashMap::new()),
             first: tokio::sync::Mutex::new(None),
-            refused: AtomicBool::new(false),
         }
     }
 
@@ -64,20 +60,11 @@ impl Wakeup {
         fetch: &redis::Cmd,
         control: &Conn,
     ) -> redis::RedisResult<redis::Value> {
-        let ready = self.ready.notified();
-        let first = match keys.split_first() {
-            Some((first, others)) if !self.refused.load(Ordering::Relaxed) => {
-                self.arm(others);
-                first
-            }
-            _ => {
-                // Every key through a waiter, then the fetch: one trip more.
-                self.arm(keys);
-                let patience = Duration::from_secs_f64(self.block) + Duration::from_millis(100);
-                let _ = tokio::time::timeout(patience, ready).await;
-                return fetch.query_async(&mut control.clone()).await;
-            }
+        let Some((first, others)) = keys.split_first() else {
+            return fetch.query_async(&mut control.clone()).await;
         };
+        let ready = self.ready.notified();
+        self.arm(others);
         let mut slot = self.first.lock().await;
         if slot.is_none() {
             let timeout = Duration::from_secs_f64(self.block) + Duration::from_secs(5);
@@ -85,14 +72,7 @@ impl Wakeup {
         }
         let conn = slot.as_mut().expect("connected above");
         // Asked each time: a reconnect gives the connection a new id.
-        let id: i64 = match redis::cmd("CLIENT").arg("ID").query_async(conn).await {
-            Ok(id) => id,
-            Err(e) if self.refuses(&e) => {
-                drop(slot);
-                return Box::pin(self.wait_then(keys, fetch, control)).await;
-            }
-            Err(e) => return Err(e),
-        };
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("BLMOVE")
             .arg(first)
@@ -111,35 +91,17 @@ impl Wakeup {
         // BLMOVE does (it then unblocks nothing): repeat until the pipeline ends.
         let mut control = control.clone();
         loop {
-            let unblocked: i64 = match redis::cmd("CLIENT")
+            let unblocked: i64 = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(id)
                 .query_async(&mut control)
-                .await
-            {
-                Ok(n) => n,
-                // The pipeline still ends when its BLMOVE times out.
-                Err(e) if self.refuses(&e) => return run.await.map(|(v,)| v),
-                Err(e) => return Err(e),
-            };
+                .await?;
             let pause = if unblocked == 1 { self.block } else { 0.001 };
             tokio::select! {
                 r = &mut run => return r.map(|(v,)| v),
                 _ = tokio::time::sleep(Duration::from_secs_f64(pause)) => {}
             }
         }
-    }
-
-    /// A server that refuses `CLIENT` subcommands (ACLs, some managed
-    /// Redis): noted once, after which idle waits use wake-ups only.
-    fn refuses(&self, e: &redis::RedisError) -> bool {
-        let refused = e.code().is_some() && !super::super::redis_url::is_connection_error(e);
-        if refused && !self.refused.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "Redis refused a CLIENT command ({e}); an idle worker waits with wake-ups only"
-            );
-        }
-        refused
     }
 
     /// Keeps one waiter per key in `keys` (and none for others).
