@@ -39,8 +39,7 @@ type AckReply = oneshot::Sender<Result<(), BrokerError>>;
 pub const SEP: &str = "\x06\x16";
 
 /// Pops up to ARGV[1] messages from KEYS[3..] in order and records each in
-/// `unacked` (KEYS[1]) / `unacked_index` (KEYS[2]) with score ARGV[2]
-/// (`now`: the server's clock, for a fetch sent before it runs).
+/// `unacked` (KEYS[1]) / `unacked_index` (KEYS[2]) with score ARGV[2].
 /// Returns a flat list `key, raw, tag, key, raw, tag, ...`, `tag` being the
 /// delivery tag recorded ('' when none was), which the caller checks
 /// against its own parse.
@@ -79,11 +78,6 @@ end
 
 local out = {}
 local max = tonumber(ARGV[1])
-local score = ARGV[2]
-if score == 'now' then
-  local t = redis.call('TIME')
-  score = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
 local n = 0
 for i = 3, #KEYS do
   local key = KEYS[i]
@@ -92,7 +86,7 @@ for i = 3, #KEYS do
     if not raw then break end
     local tag, ex, rk = route(raw)
     if tag then
-      redis.call('ZADD', KEYS[2], score, tag)
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
       redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. ex .. ', ' .. rk .. ']')
     end
     out[#out + 1] = key
@@ -487,34 +481,6 @@ impl RedisChannel {
         inv.arg(max).arg(unix_now());
         let mut conn = self.conn.clone();
         let flat: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
-        self.fetched(flat).await
-    }
-
-    /// Sleeps until a message is ready, then pops up to `max` in the same
-    /// step (see [`wakeup`]). The script goes as `EVAL`: the idle path is
-    /// the one place a `NOSCRIPT` after a Redis restart would cost a trip.
-    async fn wait_and_fetch(&self, w: &Wakeup, max: usize) -> Result<Vec<Popped>, BrokerError> {
-        let keys = self.pop_order();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(FETCH_LUA)
-            .arg(keys.len() + 2)
-            .arg(self.key(&self.opts.unacked_key))
-            .arg(self.key(&self.opts.unacked_index_key))
-            .arg(&keys)
-            .arg(max)
-            .arg("now");
-        let reply = w
-            .wait_then(&keys, &cmd, &self.conn)
-            .await
-            .map_err(conn_err)?;
-        let flat: Vec<Vec<u8>> = redis::from_redis_value(reply)
-            .map_err(|e| BrokerError::Command(format!("unexpected fetch reply: {e}")))?;
-        self.fetched(flat).await
-    }
-
-    /// The fetch script's reply as deliveries, each checked against the tag
-    /// the script recorded.
-    async fn fetched(&self, flat: Vec<Vec<u8>>) -> Result<Vec<Popped>, BrokerError> {
         let mut out = Vec::with_capacity(flat.len() / 3);
         for entry in flat.chunks_exact(3) {
             let popped = self.popped(&String::from_utf8_lossy(&entry[0]), &entry[1]);
@@ -707,7 +673,11 @@ impl Broker for RedisBroker {
         let mut got = self.fetch_batch(max).await?;
         if got.is_empty() {
             match &self.idle {
-                Idle::Wakeup(w) => got = self.wait_and_fetch(w, max).await?,
+                Idle::Wakeup(w) => {
+                    if w.wait(&self.pop_order()).await {
+                        got = self.fetch_batch(max).await?;
+                    }
+                }
                 Idle::Brpop(conn) => got = self.brpop_one(conn).await?.into_iter().collect(),
             }
         }

@@ -9,15 +9,6 @@
 //! the tail onto itself, so the list is left exactly as it was — and wakes the
 //! fetcher, which then pops with the script. Same number of round trips per
 //! message as `BRPOP` + bookkeeping.
-//!
-//! The first key (kombu's first in pop order: the default queue's own list)
-//! needs no wake-up at all: its `BLMOVE` goes out pipelined with the fetch
-//! script on one connection, and Redis runs the script the moment the
-//! `BLMOVE` returns, without waiting for us. That saves an idle worker one
-//! round trip per message (on the bench machine 0.66 → ~0.5 ms from LPUSH
-//! to the result's PUBLISH). A message on any other key wakes its waiter,
-//! which cuts the first key's `BLMOVE` short with `CLIENT UNBLOCK`, and the
-//! script then finds that message.
 
 use super::super::redis_endpoint::{Conn, Endpoint};
 use std::collections::HashMap;
@@ -33,9 +24,6 @@ pub struct Wakeup {
     arm: watch::Sender<u64>,
     ready: Arc<Notify>,
     waiters: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// The first key's connection: blocks, then runs the fetch (made on
-    /// first use; only the fetcher uses it).
-    first: tokio::sync::Mutex<Option<Conn>>,
 }
 
 impl Wakeup {
@@ -46,66 +34,14 @@ impl Wakeup {
             arm: watch::channel(0).0,
             ready: Arc::new(Notify::new()),
             waiters: Mutex::new(HashMap::new()),
-            first: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Waits until `keys[0]` holds a message, then runs `fetch` in the same
-    /// step; a message on another key, or `block` seconds passing, runs it
-    /// too (unblocked or timed out). Returns `fetch`'s reply. `control` sends
-    /// the `CLIENT UNBLOCK`. Call it after a fetch came back empty.
-    pub async fn wait_then(
-        &self,
-        keys: &[String],
-        fetch: &redis::Cmd,
-        control: &Conn,
-    ) -> redis::RedisResult<redis::Value> {
-        let Some((first, others)) = keys.split_first() else {
-            return fetch.query_async(&mut control.clone()).await;
-        };
+    /// Waits until one of `keys` holds a message (true) or `block` seconds
+    /// pass (false). Call it after a fetch came back empty: a message pushed
+    /// since then is seen, as each waiter's `BLMOVE` is sent after the arm.
+    pub async fn wait(&self, keys: &[String]) -> bool {
         let ready = self.ready.notified();
-        self.arm(others);
-        let mut slot = self.first.lock().await;
-        if slot.is_none() {
-            let timeout = Duration::from_secs_f64(self.block) + Duration::from_secs(5);
-            *slot = Some(self.endpoint.manager(timeout).await?);
-        }
-        let conn = slot.as_mut().expect("connected above");
-        // Asked each time: a reconnect gives the connection a new id.
-        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("BLMOVE")
-            .arg(first)
-            .arg(first)
-            .arg("RIGHT")
-            .arg("RIGHT")
-            .arg(self.block)
-            .ignore()
-            .add_command(fetch.clone());
-        let mut run = std::pin::pin!(pipe.query_async::<(redis::Value,)>(conn));
-        tokio::select! {
-            r = &mut run => return r.map(|(v,)| v),
-            _ = ready => {}
-        }
-        // Another key has a message. The UNBLOCK may reach Redis before the
-        // BLMOVE does (it then unblocks nothing): repeat until the pipeline ends.
-        let mut control = control.clone();
-        loop {
-            let unblocked: i64 = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(id)
-                .query_async(&mut control)
-                .await?;
-            let pause = if unblocked == 1 { self.block } else { 0.001 };
-            tokio::select! {
-                r = &mut run => return r.map(|(v,)| v),
-                _ = tokio::time::sleep(Duration::from_secs_f64(pause)) => {}
-            }
-        }
-    }
-
-    /// Keeps one waiter per key in `keys` (and none for others).
-    fn arm(&self, keys: &[String]) {
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             waiters.retain(|k, task| {
@@ -128,6 +64,10 @@ impl Wakeup {
             }
         }
         self.arm.send_modify(|n| *n += 1);
+        // A little longer than the waiters block, so a wake-up at the end
+        // of their wait is not missed.
+        let patience = Duration::from_secs_f64(self.block) + Duration::from_millis(100);
+        tokio::time::timeout(patience, ready).await.is_ok()
     }
 }
 
