@@ -26,7 +26,8 @@ def test_early_ack_by_default(celery_client, worker, transport):
 
 def test_task_acks_late_setting_acks_after_result(celery_client, worker, transport, backend):
     worker(concurrency=1, settings={"task_acks_late": True, "task_track_started": True})
-    res = celery_client.send_task("rcw.testing.sleep", args=[2, "late"])
+    # Long enough to outlast slow `rabbitmqctl` calls under CI's parallel passes.
+    res = celery_client.send_task("rcw.testing.sleep", args=[6, "late"])
     wait_until(lambda: res.state == "STARTED", timeout=10, what="STARTED")
     time.sleep(0.5)
     assert not res.ready()
@@ -44,7 +45,7 @@ def test_acks_late_task_survives_kill9(celery_client, worker, transport, backend
                 "task_track_started": True}
     w1 = worker(concurrency=1, settings=settings)
     # rcw.testing.late_sleep has acks_late=True as a task option.
-    res = celery_client.send_task("rcw.testing.late_sleep", args=[2, "survived"])
+    res = celery_client.send_task("rcw.testing.late_sleep", args=[6, "survived"])
     wait_until(lambda: res.state == "STARTED", timeout=10, what="STARTED")
     assert transport.holds_unacked([res.id])
     w1.kill9()

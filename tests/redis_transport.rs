@@ -607,3 +607,46 @@ async fn consumed_queues_change_live() {
     let waiting: i64 = c.llen("extra").unwrap();
     assert_eq!(waiting, 1);
 }
+
+/// An idle fetch sleeps until a message lands on any of its keys: the
+/// first key, a second queue, or a priority bucket. The block is 5 s here,
+/// so only the wake-up can deliver within the deadline.
+#[tokio::test]
+async fn idle_fetch_wakes_for_any_key() {
+    let server = RedisServer::start();
+    let opts = TransportOptions {
+        brpop_timeout: 5.0,
+        ..TransportOptions::default()
+    };
+    let b = std::sync::Arc::new(broker(&server, &["a", "b"], opts).await);
+    let quick = Duration::from_millis(2500);
+    for (id, queue, priority) in [
+        ("first", "a", 0),
+        ("second-queue", "b", 0),
+        ("bucket", "a", 9),
+    ] {
+        let waiting = tokio::spawn({
+            let b = std::sync::Arc::clone(&b);
+            // An empty return (a stale wake-up) is fine: the consumer fetches again.
+            async move {
+                loop {
+                    let got = b.fetch(4).await.unwrap();
+                    if !got.is_empty() {
+                        return got;
+                    }
+                }
+            }
+        });
+        // Let the fetch find nothing and go to sleep first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.publish(queue, &envelope(id, queue, priority))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(quick, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{id}: not delivered within {quick:?}"))
+            .unwrap();
+        assert_eq!(got.iter().map(task_id).collect::<Vec<_>>(), [id]);
+        got[0].settle.ack().await.unwrap();
+    }
+}

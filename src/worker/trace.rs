@@ -356,10 +356,13 @@ impl Tracer<'_> {
         children.extend(sent);
         // The result's repr is only for the event and the log line: not
         // computed when neither is wanted (the default: no -E, -l warning).
-        let shown = (self.shared.events.builds_task_events()
-            || tracing::enabled!(tracing::Level::INFO))
-        .then(|| pyrepr::repr(&value))
-        .unwrap_or_default();
+        let shown = if self.shared.events.builds_task_events()
+            || tracing::enabled!(tracing::Level::INFO)
+        {
+            pyrepr::repr(&value)
+        } else {
+            String::new()
+        };
         if !self.ignore_result {
             let mut m = self.meta("SUCCESS", value.clone());
             m.children = Some(children);
