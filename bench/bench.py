@@ -2536,8 +2536,8 @@ def print_summary(rows: list, command: str, load: tuple) -> None:
     if not rows:
         print("(no issue-11 figure measured in this run: scenarios plain, events, latency, "
               "python, soak)")
-    print("(Celery = the real celery worker in this run; ratio = ours / Celery; python rows "
-          "are wall tasks/s; RSS = process tree, idle; soak: RSS of the process tree at the "
+    print("(Celery = the real celery worker in this run; ratio = ours / Celery; throughput rows "
+          "are steady tasks/s (first result to last); RSS = process tree, idle; soak: RSS of the process tree at the "
           "last execution / after the first 10 %, our worker only; a missed target is not a "
           "failure)")
     print(f"command: {command}")
