@@ -152,7 +152,7 @@ missing results and leaked keys fail the run; a missed RSS target does not.
 
 Summary: at the end of every run, one table "issue 11 summary", one row per figure
 this run measured: Rust tasks/s (plain, steady), with -E (events, steady), Python noop
-and cpu tasks/s (python, wall as in its table), round trip p50 and p99 (latency), idle
+and cpu tasks/s (python, steady), round trip p50 and p99 and wire p50 and p99 (latency), idle
 RSS Rust-only and with -A (plain), soak RSS end / at 10 % and leaked keys (soak, ours
 only). Columns: ours, Celery (same run), ratio ours /
 Celery, Redis ceiling (throughput rows: the ceiling and ours as % of it), target, met.
@@ -388,28 +388,31 @@ def capture_template(broker_url: str, backend_url: str, task_name: str = TASK,
     return env
 
 
+def fresh_copy(template: dict, args: list) -> tuple[str, str]:
+    """`template` with a fresh task id and delivery tag and positional `args`:
+    (task id, the stored JSON)."""
+    tid = str(uuid.uuid4())
+    embed = json.loads(base64.b64decode(template["body"]))[2]
+    headers = dict(template["headers"], id=tid, root_id=tid, argsrepr=repr(tuple(args)),
+                   kwargsrepr="{}")
+    props = dict(template["properties"], correlation_id=tid, delivery_tag=str(uuid.uuid4()))
+    body = json.dumps([args, {}, embed]).encode()
+    env = dict(template, headers=headers, properties=props,
+               body=base64.b64encode(body).decode())
+    return tid, json.dumps(env)
+
+
 def preload(r: redis.Redis, template: dict, n: int, args_for=None) -> list[str]:
     """LPUSH n copies of `template` with fresh ids; message i gets positional args
     `args_for(i)` (default `[i, i]`). Returns the task ids in order."""
     if args_for is None:
         args_for = lambda i: [i, i]  # noqa: E731
-    body0 = json.loads(base64.b64decode(template["body"]))
-    embed = body0[2]
-    headers0 = template["headers"]
-    props0 = template["properties"]
     pipe = r.pipeline(transaction=False)
     ids = []
     for i in range(n):
-        tid = str(uuid.uuid4())
+        tid, raw = fresh_copy(template, args_for(i))
         ids.append(tid)
-        args = args_for(i)
-        argsrepr = repr(tuple(args))
-        headers = dict(headers0, id=tid, root_id=tid, argsrepr=argsrepr, kwargsrepr="{}")
-        props = dict(props0, correlation_id=tid, delivery_tag=str(uuid.uuid4()))
-        body = json.dumps([args, {}, embed]).encode()
-        env = dict(template, headers=headers, properties=props,
-                   body=base64.b64encode(body).decode())
-        pipe.lpush("celery", json.dumps(env))
+        pipe.lpush("celery", raw)
         if (i + 1) % 2000 == 0:
             pipe.execute()
     pipe.execute()
@@ -1174,8 +1177,8 @@ def publisher_main(args) -> int:
 def wire_round_trips(args) -> dict:
     """The worker's share of a round trip, without the Celery client's own cost
     (its delay() alone takes ~1.4 ms on the bench machine): one captured envelope,
-    copied with fresh ids (as `preload`), LPUSHed one at a time by redis-py, with
-    `celery-task-meta-*` PSUBSCRIBEd beforehand; a round trip ends when the result's
+    copied with fresh ids (`fresh_copy`, as `preload`), LPUSHed one at a time by
+    redis-py, with `celery-task-meta-*` PSUBSCRIBEd beforehand; a round trip ends when the result's
     PUBLISH arrives. Warmup round trips first, not kept."""
     broker = os.environ["CELERY_BROKER_URL"]
     template = capture_template(broker, os.environ["CELERY_RESULT_BACKEND"])
@@ -1184,17 +1187,9 @@ def wire_round_trips(args) -> dict:
     sub.psubscribe("celery-task-meta-*")
     while sub.get_message(timeout=1.0) is not None:
         pass
-    body0 = json.loads(base64.b64decode(template["body"]))
     latencies, bad, clock = [], 0, time.perf_counter
     for i in range(args.latency_warmup + args.latency_calls):
-        tid = str(uuid.uuid4())
-        headers = dict(template["headers"], id=tid, root_id=tid,
-                       argsrepr=repr((i, i)), kwargsrepr="{}")
-        props = dict(template["properties"], correlation_id=tid,
-                     delivery_tag=str(uuid.uuid4()))
-        env = dict(template, headers=headers, properties=props, body=base64.b64encode(
-            json.dumps([[i, i], {}, body0[2]]).encode()).decode())
-        raw = json.dumps(env)
+        tid, raw = fresh_copy(template, [i, i])
         channel = f"celery-task-meta-{tid}".encode()
         t = clock()
         r0.lpush("celery", raw)

@@ -127,11 +127,7 @@ impl Pool {
                 self.gone();
                 self.replace();
                 tracing::error!("Process 'ForkPoolWorker' pid:{pid} exited: {lost}");
-                let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
-                let how = match signal {
-                    Some(sig) => format!("signal {sig}"),
-                    None => format!("exitcode {}", status.and_then(|s| s.code()).unwrap_or(-1)),
-                };
+                let how = exit_how(status);
                 Err(TaskError::new(
                     "WorkerLostError",
                     "billiard.exceptions",
@@ -159,13 +155,7 @@ impl Pool {
                 match w.child.try_wait() {
                     Ok(None) => return Ok(w),
                     status => {
-                        let how = match status.ok().flatten() {
-                            Some(s) => match std::os::unix::process::ExitStatusExt::signal(&s) {
-                                Some(sig) => format!("signal {sig}"),
-                                None => format!("exitcode {}", s.code().unwrap_or(-1)),
-                            },
-                            None => "an unknown status".to_string(),
-                        };
+                        let how = exit_how(status.ok().flatten());
                         tracing::error!(
                             "Process 'ForkPoolWorker' pid:{} exited with {how} while idle; replacing it",
                             w.pid
@@ -337,6 +327,15 @@ impl Drop for Checkout {
             self.pool.gone();
             self.pool.replace();
         }
+    }
+}
+
+/// How a pool process ended, as billiard words it: `signal 9`, `exitcode 1`.
+fn exit_how(status: Option<std::process::ExitStatus>) -> String {
+    let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+    match signal {
+        Some(sig) => format!("signal {sig}"),
+        None => format!("exitcode {}", status.and_then(|s| s.code()).unwrap_or(-1)),
     }
 }
 

@@ -356,13 +356,12 @@ impl Tracer<'_> {
         children.extend(sent);
         // The result's repr is only for the event and the log line: not
         // computed when neither is wanted (the default: no -E, -l warning).
-        let shown = if self.shared.events.builds_task_events()
-            || tracing::enabled!(tracing::Level::INFO)
-        {
-            pyrepr::repr(&value)
-        } else {
-            String::new()
-        };
+        let shown =
+            if self.shared.events.builds_task_events() || tracing::enabled!(tracing::Level::INFO) {
+                pyrepr::repr(&value)
+            } else {
+                String::new()
+            };
         if !self.ignore_result {
             let mut m = self.meta("SUCCESS", value.clone());
             m.children = Some(children);
