@@ -77,3 +77,22 @@ def test_acks_late_failure_not_requeued(celery_client, worker, transport, backen
     # The worker carries on.
     assert celery_client.send_task("app.workers.tasks.example_task", args=[1, 2]).get(
         timeout=GET_TIMEOUT) == 3
+
+
+def test_prefetch_window_stays_full_while_tasks_wait_for_a_slot(celery_client, worker,
+                                                                 transport):
+    """-c 1 with a window of 4 (multiplier 4): one task runs (acked early) and 4 wait
+    reserved. Each time the running one ends and the next starts, its one freed place
+    is fetched again at once: a fetch does not hold out for several free places while
+    the held messages wait for the busy slot."""
+    worker(concurrency=1, prefetch=4)
+    rs = [celery_client.send_task("rcw.testing.sleep", args=[4, i]) for i in range(7)]
+    # One running, four reserved, two still in the queue.
+    wait_until(lambda: transport.unacked_count() == 4
+               and transport.queue_length("celery") == 2, timeout=3.5,
+               what="1 running + 4 reserved")
+    assert rs[0].get(timeout=GET_TIMEOUT) == 0
+    # The next one started and freed one place: it is refilled from the queue.
+    wait_until(lambda: transport.unacked_count() == 4
+               and transport.queue_length("celery") == 1, timeout=3.5,
+               what="the freed place refilled")

@@ -49,6 +49,7 @@
 
 pub mod backend;
 pub mod banner;
+pub(crate) mod batch;
 pub mod beat;
 pub mod boot;
 pub mod broker;

@@ -124,6 +124,7 @@ async fn write_states(
     let script = redis::Script::new(STORE_LUA);
     let mut batch: Vec<PendingStore> = Vec::new();
     while pending.recv_many(&mut batch, MAX_STORE_BATCH).await > 0 {
+        crate::batch::gather_more(&mut pending, &mut batch, MAX_STORE_BATCH).await;
         let mut inv = script.prepare_invoke();
         inv.arg(ttl);
         for (key, value, _) in &batch {

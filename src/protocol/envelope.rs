@@ -20,7 +20,33 @@ pub struct Envelope {
 
 impl Envelope {
     /// Parses the stored JSON. Errors say why the bytes are not an envelope.
+    ///
+    /// Read straight into the five fields, without a map for the top level
+    /// or a copy of the base64 body: 14 % of the worker's CPU per task went
+    /// to this parse. Whatever that reading refuses (not an object, a field
+    /// of another type, a key twice) is read again as a `Value`, which gives
+    /// kombu's answer and the reason.
     pub fn parse(raw: &[u8]) -> Result<Envelope, DecodeError> {
+        // serde would also read a struct from a JSON array, and it skips
+        // the fields it doesn't keep without checking their UTF-8 (which
+        // json.loads refuses): both are left to the `Value` reading.
+        let text = std::str::from_utf8(raw)
+            .ok()
+            .filter(|t| t.trim_ascii_start().starts_with('{'));
+        match text.and_then(|t| serde_json::from_str::<Wire>(t).ok()) {
+            Some(w) => Envelope::finish(
+                w.body.as_deref().unwrap_or_default(),
+                w.content_type,
+                w.content_encoding,
+                w.headers.unwrap_or_default(),
+                w.properties.unwrap_or_default(),
+            ),
+            None => Envelope::parse_value(raw),
+        }
+    }
+
+    /// The reading through a `Value`: any JSON object, each field checked.
+    pub(crate) fn parse_value(raw: &[u8]) -> Result<Envelope, DecodeError> {
         let value: Value = serde_json::from_slice(raw)
             .map_err(|e| DecodeError::Envelope(format!("not JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
@@ -41,6 +67,24 @@ impl Envelope {
             None | Some(Value::Null) => String::new(),
             Some(_) => return Err(DecodeError::Envelope("body is not a string".into())),
         };
+        let text = |v: Option<Value>| v.and_then(|v| v.as_str().map(str::to_string));
+        Envelope::finish(
+            &body_text,
+            text(obj.remove("content-type")),
+            text(obj.remove("content-encoding")),
+            headers,
+            properties,
+        )
+    }
+
+    /// Undoes `body_encoding`.
+    fn finish(
+        body_text: &str,
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+        headers: Map<String, Value>,
+        properties: Map<String, Value>,
+    ) -> Result<Envelope, DecodeError> {
         let body = match properties.get("body_encoding").and_then(Value::as_str) {
             Some("base64") => {
                 STANDARD
@@ -51,13 +95,12 @@ impl Envelope {
                         task: header_str(&headers, "task"),
                     })?
             }
-            _ => body_text.into_bytes(),
+            _ => body_text.as_bytes().to_vec(),
         };
-        let text = |v: Option<Value>| v.and_then(|v| v.as_str().map(str::to_string));
         Ok(Envelope {
             body,
-            content_type: text(obj.remove("content-type")),
-            content_encoding: text(obj.remove("content-encoding")),
+            content_type,
+            content_encoding,
             headers,
             properties,
         })
@@ -113,6 +156,22 @@ impl Envelope {
     }
 }
 
+/// The envelope as kombu writes it; `body` borrowed unless it has escapes.
+/// A field of another type fails the whole reading (then `parse_value`).
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "content-type", default)]
+    content_type: Option<String>,
+    #[serde(rename = "content-encoding", default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
 fn header_str(headers: &Map<String, Value>, key: &str) -> Option<String> {
     headers.get(key).and_then(Value::as_str).map(str::to_string)
 }
@@ -130,6 +189,25 @@ mod tests {
         assert_eq!(env.priority(), 3);
         assert_eq!(env.delivery_info(), ("".into(), "celery".into()));
         assert_eq!(Envelope::parse(env.to_json().as_bytes()).unwrap(), env);
+    }
+
+    #[test]
+    fn the_direct_reading_matches_the_value_reading() {
+        let raw = br#"{"body": "W1sxLCAyXSwge30sIHt9XQ==", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"task": "t", "id": "x"}, "properties": {"body_encoding": "base64", "delivery_tag": "abc"}, "extra": [1, {"a": null}]}"#;
+        assert_eq!(Envelope::parse(raw), Envelope::parse_value(raw));
+        // An escaped body can't be borrowed; a number for content-type is no type.
+        let odd = br#"{"body": "a\"b", "content-type": 5, "headers": null}"#;
+        assert_eq!(Envelope::parse(odd).unwrap().body, b"a\"b");
+        assert_eq!(Envelope::parse(odd), Envelope::parse_value(odd));
+        // A struct from an array, and bad UTF-8 in a field nobody keeps: refused.
+        for bad in [&br#"["", null, null, {}, {}]"#[..], b"{\"x\": \"\xff\", \"body\": \"\"}"] {
+            assert_eq!(
+                Envelope::parse(bad).unwrap_err().to_string(),
+                Envelope::parse_value(bad).unwrap_err().to_string()
+            );
+        }
+        // json.loads reads 1e400 as inf: the message is kombu's to take.
+        assert!(Envelope::parse(br#"{"x": 1e400, "body": ""}"#).is_ok());
     }
 
     #[test]

@@ -189,6 +189,10 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
             std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx).is_ready()))
                 .await;
         drop(held.take());
+        // The body waits for the other handlers of this fetch to free their
+        // places too: the next fetch then goes out before the bodies run, and
+        // Redis serves it while they do.
+        tokio::task::yield_now().await;
         if issued {
             run.await
         } else {

@@ -1102,6 +1102,7 @@ async fn flush_acks(
 ) {
     let mut batch: Vec<(String, AckReply)> = Vec::new();
     while pending.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
+        crate::batch::gather_more(&mut pending, &mut batch, MAX_ACK_BATCH).await;
         let tags: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
         let result = redis::pipe()
             .atomic()
