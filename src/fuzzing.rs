@@ -44,10 +44,18 @@ fn redis_envelope(raw: &[u8]) {
     // (`1e400`, which json.loads reads as inf): then only the direct one
     // takes the message, as kombu would.
     match Envelope::parse_value(raw) {
-        Ok(v) => assert_eq!(parsed.as_ref().ok(), Some(&v), "parse and parse_value disagree"),
+        Ok(v) => assert_eq!(
+            parsed.as_ref().ok(),
+            Some(&v),
+            "parse and parse_value disagree"
+        ),
         Err(e) => {
             if let Err(d) = &parsed {
-                assert_eq!(d.to_string(), e.to_string(), "parse and parse_value disagree");
+                assert_eq!(
+                    d.to_string(),
+                    e.to_string(),
+                    "parse and parse_value disagree"
+                );
             }
         }
     }

@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(Envelope::parse(odd).unwrap().body, b"a\"b");
         assert_eq!(Envelope::parse(odd), Envelope::parse_value(odd));
         // A struct from an array, and bad UTF-8 in a field nobody keeps: refused.
-        for bad in [&br#"["", null, null, {}, {}]"#[..], b"{\"x\": \"\xff\", \"body\": \"\"}"] {
+        for bad in [
+            &br#"["", null, null, {}, {}]"#[..],
+            b"{\"x\": \"\xff\", \"body\": \"\"}",
+        ] {
             assert_eq!(
                 Envelope::parse(bad).unwrap_err().to_string(),
                 Envelope::parse_value(bad).unwrap_err().to_string()
