@@ -108,44 +108,48 @@ impl Envelope {
 
     /// Serialises as kombu does on publish (base64 body), compact.
     ///
-    /// Written straight out: building a `Value` copied the base64 body and
-    /// the properties, then scanned the base64 for characters to escape
-    /// (it has none). On `-E` that scan alone was 2.8 % of the worker's CPU.
+    /// Written straight out into one buffer: building a `Value` copied the
+    /// base64 body and the properties, then scanned the base64 for
+    /// characters to escape (it has none). On `-E` that scan alone was 2.8 %
+    /// of the worker's CPU.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(self.body.len() * 4 / 3 + 1024);
-        out.push_str("{\"body\":\"");
-        STANDARD.encode_string(&self.body, &mut out);
-        out.push_str("\",\"content-encoding\":");
-        push_json(&mut out, &self.content_encoding);
-        out.push_str(",\"content-type\":");
-        push_json(&mut out, &self.content_type);
-        out.push_str(",\"headers\":");
-        push_json(&mut out, &self.headers);
+        let b64 = base64::encoded_len(self.body.len(), true).expect("body fits in memory");
+        let mut out = Vec::with_capacity(b64 + 1024);
+        out.extend_from_slice(b"{\"body\":\"");
+        let at = out.len();
+        out.resize(at + b64, 0);
+        STANDARD
+            .encode_slice(&self.body, &mut out[at..])
+            .expect("sized by encoded_len");
+        out.extend_from_slice(b"\",\"content-encoding\":");
+        write_json(&mut out, &self.content_encoding);
+        out.extend_from_slice(b",\"content-type\":");
+        write_json(&mut out, &self.content_type);
+        out.extend_from_slice(b",\"headers\":");
+        write_json(&mut out, &self.headers);
         // The properties with `body_encoding` set to base64, in its place if
         // present, else last (what `insert` into the map did).
-        out.push_str(",\"properties\":{");
-        let mut set = false;
+        out.extend_from_slice(b",\"properties\":{");
         for (i, (k, v)) in self.properties.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            push_json(&mut out, k);
-            out.push(':');
+            write_json(&mut out, k);
+            out.push(b':');
             if k == "body_encoding" {
-                out.push_str("\"base64\"");
-                set = true;
+                out.extend_from_slice(b"\"base64\"");
             } else {
-                push_json(&mut out, v);
+                write_json(&mut out, v);
             }
         }
-        if !set {
+        if !self.properties.contains_key("body_encoding") {
             if !self.properties.is_empty() {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str("\"body_encoding\":\"base64\"");
+            out.extend_from_slice(b"\"body_encoding\":\"base64\"");
         }
-        out.push_str("}}");
-        out
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out).expect("JSON text is UTF-8")
     }
 
     /// `properties.delivery_tag`: the key of this message in `unacked`.
@@ -201,10 +205,8 @@ struct Wire<'a> {
 }
 
 /// Appends `value` as compact JSON.
-fn push_json<T: serde::Serialize + ?Sized>(out: &mut String, value: &T) {
-    // serde_json writes bytes; what it writes is JSON text, valid UTF-8.
-    let json = serde_json::to_string(value).expect("a string-keyed value serialises");
-    out.push_str(&json);
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a string-keyed value serialises");
 }
 
 fn header_str(headers: &Map<String, Value>, key: &str) -> Option<String> {
