@@ -159,6 +159,22 @@ async fn unacked_is_keyed_by_the_properties_tag_however_the_json_is_written() {
             false,
             Some(("t3", "e", "q")),
         ),
+        // Other keys ending in `_tag` / `_info`, and the key names inside a
+        // string: skipped by the fast path's search.
+        (
+            json!({"body": "", "headers": {"my_tag": "h", "x_info": 1,
+                "note": "\"delivery_tag\": \"no\" _info\""},
+            "properties": {"delivery_info": di("ex", "rk"), "delivery_tag": "t5"}}),
+            false,
+            Some(("t5", "ex", "rk")),
+        ),
+        // A header of the same name besides the properties' own: decoded.
+        (
+            json!({"body": "", "headers": {"delivery_tag": "header"}, "properties":
+            {"delivery_info": di("", "q"), "delivery_tag": "t6"}}),
+            false,
+            Some(("t6", "", "q")),
+        ),
         // The only "delivery_tag" is a header: nothing may stay recorded under it.
         (
             json!({"body": "", "headers": {"delivery_tag": "header"}, "properties":
@@ -226,7 +242,9 @@ async fn visibility_timeout_restores_to_the_front_marked_redelivered() {
         0,
         "not yet past the timeout"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The score is the delivery time rounded up to a whole second, so the
+    // message is due at most 1 s after `visibility_timeout`, never before.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // A second worker starting up runs the scan (kombu does it at start-up).
     let _second = broker(&server, &["celery"], opts).await;
     let mut conn = server.conn();
