@@ -27,7 +27,8 @@ plain (the original benchmark). For each worker:
 
 1. idle phase: start it on an empty queue, wait until it is blocked in BRPOP,
    let it settle, sample the RSS of its whole process tree (parent + children,
-   from /proc/<pid>/status VmRSS), stop it;
+   from /proc/<pid>/status VmRSS) and its PSS (smaps_rollup: shared pages split
+   between the processes mapping them), stop it;
 2. loaded phase: FLUSHALL, preload N `app.workers.tasks.example_task(i, i)` messages
    (one envelope captured from the real Celery producer, copied with fresh ids and
    delivery tags, LPUSHed in pipelines), start the worker and poll every 10 ms
@@ -40,7 +41,8 @@ its command line (and APP / CELERY_APP out of its environment): it then runs
 `app.workers.tasks.example_task` natively and needs no Python (reported beside it:
 whether a libpython is nevertheless mapped into it, from /proc/<pid>/maps: the binary
 may link it dynamically). Targets printed: that idle RSS (process tree) <= 15 MiB;
-with -A, the tree's idle RSS <= 0.5x Celery's.
+with -A, the tree's idle RSS <= 0.5x Celery's. Beside it, without a target, both trees'
+PSS: Celery's pool children are forked and share its heap, which RSS counts per process.
 
 events: the cost of task events. For each worker, the plain scenario's loaded phase
 (no idle phase) twice, back to back: as in plain, then with `-E` added to the worker's
@@ -240,6 +242,19 @@ def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: each shared page split between the processes that map
+    it (Celery's forked pool children share their parent's heap; our pool children
+    are started afresh and share only file pages), 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -494,6 +509,7 @@ def idle_phase(label: str, argv: list[str], env: dict, queue, log_path: Path,
         by_proc = [rss_kib(p) for p in pids]  # main process first
         out["idle_rss_kib"], out["idle_processes"] = sum(by_proc), len(pids)
         out["idle_rss_by_process_kib"] = by_proc
+        out["idle_pss_kib"] = sum(pss_kib(p) for p in pids)
         if check_python:
             out["libpython_mapped"] = any(libpython_mapped(p) for p in pids)
     finally:
@@ -2091,6 +2107,11 @@ def print_rust_only(rust_only: dict, results: list) -> None:
               f"{fmt_mib(ours[0]['idle_rss_kib'])} MiB = x{share:.3f} of Celery's "
               f"{fmt_mib(theirs[0]['idle_rss_kib'])} MiB; target <= x{WITH_APP_IDLE_TARGET:g}: "
               f"{met_text(share, WITH_APP_IDLE_TARGET, less=True)}")
+        if ours[0].get("idle_pss_kib") and theirs[0].get("idle_pss_kib"):
+            print(f"  (proportional set size, shared pages counted once: ours "
+                  f"{fmt_mib(ours[0]['idle_pss_kib'])} MiB, Celery's "
+                  f"{fmt_mib(theirs[0]['idle_pss_kib'])} MiB, "
+                  f"x{ours[0]['idle_pss_kib'] / theirs[0]['idle_pss_kib']:.3f})")
 
 
 def print_amqp(results: list, n: int, failures: list, vhost: str) -> None:
@@ -2509,6 +2530,12 @@ def summary_rows(results: list, events_results: list, py_results: dict,
             add("idle RSS with -A", "MiB", ours and ours["idle_rss_kib"] / 1024, celery_idle,
                 f"<= {WITH_APP_IDLE_TARGET:g}x Celery",
                 times_celery(WITH_APP_IDLE_TARGET, less=True))
+            # For reading the row above: Celery's children share its heap (fork),
+            # which RSS counts once per process and PSS once in all. No target.
+            pss = [r and r.get("idle_pss_kib") for r in (ours, theirs)]
+            if all(pss):
+                add("idle PSS with -A", "MiB", pss[0] / 1024, pss[1] / 1024, "-",
+                    lambda *_: None)
     if soak:  # our worker only
         add("soak RSS end / at 10 %", "x", soak["rss_ratio"], None,
             f"<= {SOAK_RSS_TARGET:.2f}x", at_most(SOAK_RSS_TARGET))
