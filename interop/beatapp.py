@@ -9,9 +9,10 @@ backend's with an AMQP broker):
 * ``every-second``: ``schedule: 1.0`` (a float number of seconds), with ``args`` and
   ``kwargs`` that the task records (the test checks they arrive).
 * ``every-td``: ``schedule: timedelta(seconds=1)``.
-* ``cron``: ``crontab()`` (every minute) whose ``nowfun`` is a shifted clock: at import
-  ``now`` is moved so that the next minute boundary is ``BEATAPP_CRON_LEAD`` seconds
-  (default 3) away, so it fires once a few seconds after the worker starts. Left out
+* ``cron``: a ``crontab(minute=, hour=)`` (once a day) whose ``nowfun`` is a shifted
+  clock: at import ``now`` is moved so that the next minute boundary, the one the
+  crontab names, is ``BEATAPP_CRON_LEAD`` seconds (default 3) away, so it fires once a
+  few seconds after the worker starts. Left out
   with ``BEATAPP_CRON=0``. (Celery's beat sleeps until this entry is due first, so
   the 1 s entries start up to ``BEATAPP_CRON_LEAD`` s late.)
 
@@ -57,9 +58,17 @@ app.conf.update(
                      "args": ("every-td",)},
     },
 )
+# The minute boundary LEAD s ahead on the shifted clock, as a once-a-day crontab: after
+# it fires, an every-minute crontab would be due again at real time + offset + 60 s,
+# which for a start in the last few seconds before hh:mm:(60 - LEAD) is a moment away,
+# and Celery's scheduler then returns that entry's ~60 s wait on every tick (its heap
+# top, by the entry's own clock), starving the 1 s entries (the scheduler alone, no
+# worker: 2 runs of ``every-second`` in 12 s when started at :55, 10 at :30).
+_CRON_AT = _real + _CLOCK_OFFSET + timedelta(seconds=_LEAD + 1)
 if os.environ.get("BEATAPP_CRON", "1") != "0":
     app.conf.beat_schedule["cron"] = {
-        "task": "beatapp.record", "schedule": crontab(nowfun=shifted_now),
+        "task": "beatapp.record",
+        "schedule": crontab(minute=_CRON_AT.minute, hour=_CRON_AT.hour, nowfun=shifted_now),
         "args": ("cron",), "kwargs": {"at": "minute"}}
 
 

@@ -454,9 +454,9 @@ def _runs(side_redis, entry: str) -> list:
 @pytest.mark.timeout(60)
 def test_embedded_beat_runs_the_schedule(worker, side_redis, tmp_path):
     """``-B -s <file>``: the app's ``beat_schedule`` runs inside the worker: a float
-    1.0 s entry (args/kwargs arrive), a ``timedelta(seconds=1)`` entry and a
-    ``crontab()`` entry whose ``nowfun`` puts the next minute ~3 s ahead (it fires
-    once). The schedule file lands where ``-s`` says."""
+    1.0 s entry (args/kwargs arrive), a ``timedelta(seconds=1)`` entry and a daily
+    ``crontab(minute=, hour=)`` entry whose ``nowfun`` puts its minute ~3 s ahead (it
+    fires once). The schedule file lands where ``-s`` says."""
     schedule = tmp_path / "celerybeat-schedule"
     w = worker(app="beatapp", extra_args=["-B", "-s", str(schedule)],
                env={"BEATAPP_CRON_LEAD": "3"})
