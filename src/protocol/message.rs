@@ -6,6 +6,7 @@
 
 use super::{compression, json_tags};
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Content types a JSON-only worker can read. kombu always trusts
@@ -142,6 +143,31 @@ impl TaskMessage {
         headers: &Map<String, Value>,
         body: &[u8],
     ) -> Result<TaskMessage, DecodeError> {
+        Self::decode_cow(content_type, Cow::Borrowed(headers), body).0
+    }
+
+    /// As [`decode`](Self::decode), taking the headers: a v2 message keeps
+    /// them instead of a copy (~25 keys and values per message; within the
+    /// bench's noise, A/B of 3: worker 20.1 → 19.5 µs per trivial task). The
+    /// headers come back when the message did not keep them (v1, hybrid, or
+    /// refused), for the caller's log line.
+    pub fn decode_owned(
+        content_type: Option<&str>,
+        headers: Map<String, Value>,
+        body: &[u8],
+    ) -> (Result<TaskMessage, DecodeError>, Option<Map<String, Value>>) {
+        let (decoded, back) = Self::decode_cow(content_type, Cow::Owned(headers), body);
+        (decoded, back.map(Cow::into_owned))
+    }
+
+    fn decode_cow<'h>(
+        content_type: Option<&str>,
+        headers: Cow<'h, Map<String, Value>>,
+        body: &[u8],
+    ) -> (
+        Result<TaskMessage, DecodeError>,
+        Option<Cow<'h, Map<String, Value>>>,
+    ) {
         let id = headers
             .get("id")
             .and_then(Value::as_str)
@@ -152,59 +178,75 @@ impl TaskMessage {
             .map(str::to_string);
         let ct = content_type.unwrap_or("application/data");
         if ct != JSON {
-            return Err(DecodeError::ContentDisallowed {
+            let err = DecodeError::ContentDisallowed {
                 content_type: ct.to_string(),
                 id,
                 task,
-            });
+            };
+            return (Err(err), Some(headers));
         }
         let body_err = |reason: String| DecodeError::Body {
             reason,
             id: id.clone(),
             task: task.clone(),
         };
-        let inflated;
-        let body = match headers.get("compression").and_then(Value::as_str) {
-            Some(c) => {
-                inflated = compression::decompress(c, body).map_err(body_err)?;
-                &inflated[..]
-            }
+        let inflated = match headers.get("compression").and_then(Value::as_str) {
+            Some(c) => Some(compression::decompress(c, body).map_err(body_err)),
+            None => None,
+        };
+        let body = match &inflated {
+            Some(Ok(b)) => &b[..],
+            Some(Err(e)) => return (Err(e.clone()), Some(headers)),
             None => body,
         };
-        let decoded: Value =
-            serde_json::from_slice(body).map_err(|e| body_err(format!("invalid JSON: {e}")))?;
-        json_tags::validate(&decoded).map_err(body_err)?;
+        let decoded = match serde_json::from_slice::<Value>(body)
+            .map_err(|e| body_err(format!("invalid JSON: {e}")))
+            .and_then(|d| json_tags::validate(&d).map_err(body_err).map(|()| d))
+        {
+            Ok(d) => d,
+            Err(e) => return (Err(e), Some(headers)),
+        };
         if headers.contains_key("task") {
             match decoded {
                 Value::Object(body) if body.contains_key("args") => {
-                    Self::from_hybrid(headers, body)
+                    (Self::from_hybrid(&headers, body), Some(headers))
                 }
-                other => Self::from_v2(headers.clone(), other),
+                other => match Self::from_v2(headers.into_owned(), other) {
+                    Ok(msg) => (Ok(msg), None),
+                    Err((e, h)) => (Err(e), Some(Cow::Owned(h))),
+                },
             }
         } else {
-            match decoded {
+            let decoded = match decoded {
                 Value::Object(body) if body.contains_key("task") => Self::from_v1(body),
                 _ => Err(DecodeError::Invalid {
                     reason: "no task name in headers or body".into(),
                     id,
                     task,
                 }),
-            }
+            };
+            (decoded, Some(headers))
         }
     }
 
-    fn from_v2(mut headers: Map<String, Value>, body: Value) -> Result<TaskMessage, DecodeError> {
-        headers.remove("compression");
-        let invalid = |reason: &str, h: &Map<String, Value>| DecodeError::Invalid {
-            reason: reason.to_string(),
-            id: h.get("id").and_then(Value::as_str).map(str::to_string),
-            task: h.get("task").and_then(Value::as_str).map(str::to_string),
+    /// Protocol v2; on failure the headers come back as they were.
+    fn from_v2(
+        mut headers: Map<String, Value>,
+        body: Value,
+    ) -> Result<TaskMessage, (DecodeError, Map<String, Value>)> {
+        let invalid = |reason: &str, h: Map<String, Value>| {
+            let e = DecodeError::Invalid {
+                reason: reason.to_string(),
+                id: h.get("id").and_then(Value::as_str).map(str::to_string),
+                task: h.get("task").and_then(Value::as_str).map(str::to_string),
+            };
+            (e, h)
         };
         let Value::Array(mut parts) = body else {
-            return Err(invalid("body is not [args, kwargs, embed]", &headers));
+            return Err(invalid("body is not [args, kwargs, embed]", headers));
         };
         if parts.len() != 3 && parts.len() != 2 {
-            return Err(invalid("body is not [args, kwargs, embed]", &headers));
+            return Err(invalid("body is not [args, kwargs, embed]", headers));
         }
         let embed = if parts.len() == 3 {
             Embed::from_value(&parts.pop().unwrap_or(Value::Null))
@@ -212,11 +254,12 @@ impl TaskMessage {
             Embed::default()
         };
         let Some(Value::Object(kwargs)) = parts.pop() else {
-            return Err(invalid("kwargs is not an object", &headers));
+            return Err(invalid("kwargs is not an object", headers));
         };
         let Some(Value::Array(args)) = parts.pop() else {
-            return Err(invalid("args is not a list", &headers));
+            return Err(invalid("args is not a list", headers));
         };
+        let compression = headers.remove("compression");
         let msg = TaskMessage {
             headers,
             args,
@@ -224,7 +267,13 @@ impl TaskMessage {
             embed,
             protocol: 2,
         };
-        msg.check_headers()?;
+        if let Err(e) = msg.check_headers() {
+            let mut headers = msg.headers;
+            if let Some(c) = compression {
+                headers.insert("compression".into(), c);
+            }
+            return Err((e, headers));
+        }
         Ok(msg)
     }
 
@@ -509,6 +558,32 @@ mod tests {
 
     fn headers(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn decode_owned_keeps_v2_headers_and_hands_back_the_rest() {
+        let body: &[u8] = b"[[1], {}, {}]";
+        let h = headers(json!({"task": "t.add", "id": "1", "stamps": {"s": "x"}}));
+        let (m, back) = TaskMessage::decode_owned(Some(JSON), h.clone(), body);
+        assert_eq!(m, TaskMessage::decode(Some(JSON), &h, body));
+        assert_eq!(m.unwrap().headers, h);
+        assert!(back.is_none(), "a v2 message keeps its headers");
+        // Refused: the headers come back whole, compression included.
+        let bad = headers(json!({"task": "t.add", "compression": "application/x-gzip"}));
+        let gz = crate::protocol::compression::compress_zlib(body);
+        let (m, back) = TaskMessage::decode_owned(Some(JSON), bad.clone(), &gz);
+        assert_eq!(m, TaskMessage::decode(Some(JSON), &bad, &gz));
+        assert!(matches!(m, Err(DecodeError::Invalid { .. })), "{m:?}");
+        assert_eq!(back.as_ref(), Some(&bad));
+        let (m, back) = TaskMessage::decode_owned(Some("application/x-yaml"), h.clone(), body);
+        assert!(matches!(m, Err(DecodeError::ContentDisallowed { .. })));
+        assert_eq!(back.as_ref(), Some(&h));
+        // v1: the message's headers come from the body; the envelope's come back.
+        let env_h = headers(json!({"x": 1}));
+        let v1 = br#"{"task": "t.add", "id": "2", "args": [1]}"#;
+        let (m, back) = TaskMessage::decode_owned(Some(JSON), env_h.clone(), v1);
+        assert_eq!(m.unwrap().id(), "2");
+        assert_eq!(back, Some(env_h));
     }
 
     #[test]

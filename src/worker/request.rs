@@ -25,7 +25,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
         queue,
         payload,
     } = delivery;
-    let envelope = match payload {
+    let mut envelope = match payload {
         Ok(env) => env,
         Err(err) => {
             tracing::error!(
@@ -42,11 +42,15 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     {
         return Box::pin(unknown_task(shared, &settle, &envelope, name)).await;
     }
-    let msg = match TaskMessage::decode(
+    let (decoded, back) = TaskMessage::decode_owned(
         envelope.content_type.as_deref(),
-        &envelope.headers,
+        std::mem::take(&mut envelope.headers),
         &envelope.body,
-    ) {
+    );
+    if let Some(headers) = back {
+        envelope.headers = headers;
+    }
+    let msg = match decoded {
         Ok(m) => m,
         Err(err) => {
             log_invalid(&envelope, &err);
@@ -62,7 +66,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     let (eta, expires) = (msg.eta(), msg.expires());
     let refused = if expires.is_some_and(|e| e <= chrono::Utc::now()) {
         Some(Discard::Expired)
-    } else if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&envelope.headers) {
+    } else if shared.state.is_revoked(&id) || shared.state.revoked_by_stamps(&msg.headers) {
         Some(Discard::Revoked)
     } else {
         None
