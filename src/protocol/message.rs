@@ -136,6 +136,15 @@ pub struct TaskMessage {
     pub protocol: u8,
 }
 
+/// Why a v2 message was refused, and its headers back.
+type Refused = (DecodeError, Map<String, Value>);
+
+/// A decoding, and the headers when the message did not keep them.
+type Decoded<'h> = (
+    Result<TaskMessage, DecodeError>,
+    Option<Cow<'h, Map<String, Value>>>,
+);
+
 impl TaskMessage {
     /// Decodes a message from its transport-neutral parts.
     pub fn decode(
@@ -164,10 +173,7 @@ impl TaskMessage {
         content_type: Option<&str>,
         headers: Cow<'h, Map<String, Value>>,
         body: &[u8],
-    ) -> (
-        Result<TaskMessage, DecodeError>,
-        Option<Cow<'h, Map<String, Value>>>,
-    ) {
+    ) -> Decoded<'h> {
         let id = headers
             .get("id")
             .and_then(Value::as_str)
@@ -190,10 +196,10 @@ impl TaskMessage {
             id: id.clone(),
             task: task.clone(),
         };
-        let inflated = match headers.get("compression").and_then(Value::as_str) {
-            Some(c) => Some(compression::decompress(c, body).map_err(body_err)),
-            None => None,
-        };
+        let inflated = headers
+            .get("compression")
+            .and_then(Value::as_str)
+            .map(|c| compression::decompress(c, body).map_err(body_err));
         let body = match &inflated {
             Some(Ok(b)) => &b[..],
             Some(Err(e)) => return (Err(e.clone()), Some(headers)),
@@ -213,7 +219,10 @@ impl TaskMessage {
                 }
                 other => match Self::from_v2(headers.into_owned(), other) {
                     Ok(msg) => (Ok(msg), None),
-                    Err((e, h)) => (Err(e), Some(Cow::Owned(h))),
+                    Err(refused) => {
+                        let (e, h) = *refused;
+                        (Err(e), Some(Cow::Owned(h)))
+                    }
                 },
             }
         } else {
@@ -230,17 +239,14 @@ impl TaskMessage {
     }
 
     /// Protocol v2; on failure the headers come back as they were.
-    fn from_v2(
-        mut headers: Map<String, Value>,
-        body: Value,
-    ) -> Result<TaskMessage, (DecodeError, Map<String, Value>)> {
+    fn from_v2(mut headers: Map<String, Value>, body: Value) -> Result<TaskMessage, Box<Refused>> {
         let invalid = |reason: &str, h: Map<String, Value>| {
             let e = DecodeError::Invalid {
                 reason: reason.to_string(),
                 id: h.get("id").and_then(Value::as_str).map(str::to_string),
                 task: h.get("task").and_then(Value::as_str).map(str::to_string),
             };
-            (e, h)
+            Box::new((e, h))
         };
         let Value::Array(mut parts) = body else {
             return Err(invalid("body is not [args, kwargs, embed]", headers));
@@ -272,7 +278,7 @@ impl TaskMessage {
             if let Some(c) = compression {
                 headers.insert("compression".into(), c);
             }
-            return Err((e, headers));
+            return Err(Box::new((e, headers)));
         }
         Ok(msg)
     }
