@@ -21,7 +21,13 @@ tasks/s = N / wall time of the script calls (preloading excluded). DBSIZE of db 
 then be N, the list empty and the first and last message's results SUCCESS with 2i
 (else the scenario's ceiling fails the run); FLUSHALL after. The plain table gets, per
 worker, `% ceil` = tasks/s / ceiling and `steady % ceil` = steady tasks/s / ceiling;
-target: steady >= 50 % of the ceiling (plain, and the -E runs of events).
+target: steady >= 50 % of the ceiling (plain, and the -E runs of events). The plain
+scenario also measures the same script doing, per message, what kombu's transport and
+Celery's backend add (KOMBU_CEILING_LUA: ZADD + HSET of the delivery into
+`unacked_index` / `unacked` as it is popped, the ack's ZREM + HDEL, the backend's GET
+before its write): the most a worker with kombu's bookkeeping could get from this Redis
+without any network; printed with each worker's steady rate as % of it, and as a
+summary row without a target.
 
 plain (the original benchmark). For each worker:
 
@@ -714,9 +720,28 @@ return done
 """
 
 
-def redis_ceiling(server: RedisServer, template: dict, n: int) -> dict:
+# CEILING_LUA plus what kombu's Redis transport and Celery's backend do per message
+# besides: the delivery recorded in `unacked_index` (ZADD) and `unacked` (HSET of
+# `[message, exchange, routing_key]`) as it is popped, the ack (ZREM + HDEL), and the
+# backend's GET of the meta key before it writes. No worker and no network: the most
+# any worker with kombu's bookkeeping gets from this Redis.
+KOMBU_CEILING_LUA = CEILING_LUA.replace("""
+  local id = string.match""", """
+  local tag = string.match(msg, '"delivery_tag": "([^"]+)"')
+  redis.call('ZADD', 'unacked_index', 1, tag)
+  redis.call('HSET', 'unacked', tag, '[' .. msg .. ', "", "celery"]')
+  redis.call('ZREM', 'unacked_index', tag)
+  redis.call('HDEL', 'unacked', tag)
+  local id = string.match""", 1).replace("""
+  redis.call('SETEX', key""", """
+  redis.call('GET', key)
+  redis.call('SETEX', key""", 1)
+
+
+def redis_ceiling(server: RedisServer, template: dict, n: int,
+                  lua: str = CEILING_LUA) -> dict:
     """What Redis alone does with the plain scenario's n messages: preload them, then
-    call CEILING_LUA (EVALSHA) until the list is empty; tasks/s = n / wall time of
+    call `lua` (CEILING_LUA; EVALSHA) until the list is empty; tasks/s = n / wall time of
     the calls. Raises RuntimeError unless db 1 then holds exactly n keys, the queue is
     empty and the first and last results are right. FLUSHALL before and after."""
     queue = RedisQueue(server)
@@ -726,8 +751,8 @@ def redis_ceiling(server: RedisServer, template: dict, n: int) -> dict:
         t_pre = time.monotonic()
         ids = queue.preload(template, n)
         out: dict = {"tasks": n, "batch": CEILING_BATCH, "preload_s": time.monotonic() - t_pre}
-        script = r0.register_script(CEILING_LUA)
-        r0.script_load(CEILING_LUA)  # so the first EVALSHA finds it, before the clock
+        script = r0.register_script(lua)
+        r0.script_load(lua)  # so the first EVALSHA finds it, before the clock
         calls = done = 0
         t0 = time.perf_counter()
         while True:
@@ -2102,7 +2127,8 @@ def ratio(a, b) -> str:
 
 
 def print_plain(results: list, n: int, failures: list, scenario: str = "",
-                extra: tuple = (), note: str = "", ceiling: dict | None = None) -> None:
+                extra: tuple = (), note: str = "", ceiling: dict | None = None,
+                kombu_ceiling: dict | None = None) -> None:
     """The plain table and ratio line; scenario amqp reuses it with its name (in the
     ratio line and warnings) and `extra` columns (header, width, row -> text). With
     the Redis `ceiling` (plain): two more columns, tasks/s and steady tasks/s as % of
@@ -2143,6 +2169,14 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
                   f"{100 * share:.1f} % of the Redis ceiling (tasks/s "
                   f"{pct(r['tasks_per_s'], ceiling['tasks_per_s'])}); target >= "
                   f"{100 * CEILING_TARGET:.0f} %: {met_text(share, CEILING_TARGET)}")
+    if ceiling and kombu_ceiling:
+        kps = kombu_ceiling["tasks_per_s"]
+        print(f"Redis with kombu's bookkeeping: {kps:.0f} tasks/s = "
+              f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling (the same script plus, per "
+              "message, ZADD + HSET into unacked_index / unacked, the ack's ZREM + HDEL and "
+              "the backend's GET: what any kombu-exact worker could get from this Redis)")
+        for r in results:
+            print(f"{r['worker']}: steady {pct(r['steady_tasks_per_s'], kps)} of it")
     for r in results:
         check_stored(r, n, failures, tag)
 
@@ -2552,6 +2586,10 @@ def summary_rows(results: list, events_results: list, py_results: dict,
         add("Rust tasks/s (plain, steady)", "tasks/s", ours and ours["steady_tasks_per_s"],
             theirs and theirs["steady_tasks_per_s"], ceiling_target, ceiling_met,
             ceilings.get("plain", {}).get("tasks_per_s"))
+        if "kombu" in ceilings:
+            add("  vs Redis doing kombu's work", "tasks/s", ours and ours["steady_tasks_per_s"],
+                theirs and theirs["steady_tasks_per_s"], "-", lambda *_: None,
+                ceilings["kombu"]["tasks_per_s"])
     if events_results:
         ours, theirs = split_workers(events_results)
         add("with -E (events, steady)", "tasks/s",
@@ -2756,11 +2794,11 @@ def main() -> int:
             return None
 
     try:
-        def measure_ceiling(scenario: str) -> None:
+        def measure_ceiling(scenario: str, lua: str = CEILING_LUA) -> None:
             print(f"-- redis ceiling ({scenario}): {n} messages, one Lua script per "
                   f"{CEILING_BATCH} ...", flush=True)
             res = attempt("redis ceiling", f"redis ceiling ({scenario})",
-                          lambda: redis_ceiling(server, template, n))
+                          lambda: redis_ceiling(server, template, n, lua))
             if res is not None:
                 ceilings[scenario] = res
                 print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.3f}s "
@@ -2770,6 +2808,7 @@ def main() -> int:
             print("== plain", flush=True)
             template = capture_template(broker_url, backend_url)
             measure_ceiling("plain")
+            measure_ceiling("kombu", KOMBU_CEILING_LUA)
             plain_runs = runs("app.workers", env)
             for label, argv, run_env in plain_runs:
                 print(f"-- {label}: measuring ...", flush=True)
@@ -2984,7 +3023,8 @@ def main() -> int:
 
     load_end = loadavg()
     if results:
-        print_plain(results, n, failures, ceiling=ceilings.get("plain"))
+        print_plain(results, n, failures, ceiling=ceilings.get("plain"),
+                    kombu_ceiling=ceilings.get("kombu"))
     elif ceilings.get("plain"):
         print(f"\nRedis ceiling (plain): {ceilings['plain']['tasks_per_s']:.0f} tasks/s")
     if rust_only:
