@@ -12,8 +12,7 @@ backend's with an AMQP broker):
 * ``cron``: a ``crontab(minute=, hour=)`` (once a day) whose ``nowfun`` is a shifted
   clock: at import ``now`` is moved so that the next minute boundary, the one the
   crontab names, is ``BEATAPP_CRON_LEAD`` seconds (default 3) away, so it fires once a
-  few seconds after the worker starts. Left out
-  with ``BEATAPP_CRON=0``. (Celery's beat sleeps until this entry is due first, so
+  few seconds after the worker starts. Left out with ``BEATAPP_CRON=0``. (Celery's beat sleeps until this entry is due first, so
   the 1 s entries start up to ``BEATAPP_CRON_LEAD`` s late.)
 
 Broker and backend come from ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``.
