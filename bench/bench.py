@@ -725,17 +725,19 @@ return done
 # `[message, exchange, routing_key]`) as it is popped, the ack (ZREM + HDEL), and the
 # backend's GET of the meta key before it writes. No worker and no network: the most
 # any worker with kombu's bookkeeping gets from this Redis.
-KOMBU_CEILING_LUA = CEILING_LUA.replace("""
-  local id = string.match""", """
+def _before(script: str, anchor: str, lines: str) -> str:
+    """`script` with `lines` inserted before its one line starting with `anchor`."""
+    at = script.index("\n  " + anchor) + 1  # ValueError if CEILING_LUA changed shape
+    return script[:at] + lines + script[at:]
+
+
+KOMBU_CEILING_LUA = _before(_before(CEILING_LUA, "local id = ", """\
   local tag = string.match(msg, '"delivery_tag": "([^"]+)"')
   redis.call('ZADD', 'unacked_index', 1, tag)
   redis.call('HSET', 'unacked', tag, '[' .. msg .. ', "", "celery"]')
   redis.call('ZREM', 'unacked_index', tag)
   redis.call('HDEL', 'unacked', tag)
-  local id = string.match""", 1).replace("""
-  redis.call('SETEX', key""", """
-  redis.call('GET', key)
-  redis.call('SETEX', key""", 1)
+"""), "redis.call('SETEX'", "  redis.call('GET', key)\n")
 
 
 def redis_ceiling(server: RedisServer, template: dict, n: int,
@@ -1203,7 +1205,8 @@ def publisher_main(args) -> int:
         # get(): the result consumer subscribes to the result's channel, the worker
         # stores and publishes it); warmup calls first, not kept.
         latencies, sends, bad, clock = [], [], [], time.perf_counter
-        drained = count_pubsub_reads()
+        counting = count_pubsub_reads()
+        drained = counting or [0]
         replies = []
         for i in range(args.latency_warmup + args.latency_calls):
             drained[0] = 0
@@ -1220,7 +1223,7 @@ def publisher_main(args) -> int:
                 replies.append(drained[0])
         out.update(warmup=args.latency_warmup, calls=args.latency_calls,
                    latencies_ms=latencies, send_ms=sends, bad=bad[:20], bad_count=len(bad),
-                   pubsub_replies=replies if drained[1] else None)
+                   pubsub_replies=replies if counting else None)
         out["wire"] = wire_round_trips(args)
     else:
         raise SystemExit(f"unknown --publish {args.publish!r}")
@@ -1231,20 +1234,22 @@ def publisher_main(args) -> int:
     os._exit(0)  # skip interpreter teardown (result consumers unsubscribing, pools)
 
 
-def count_pubsub_reads() -> list:
-    """[replies read, counting?]: wraps the Redis result consumer's `_drain_one`
-    (Celery 5.7: one pub/sub reply read per call) to count the replies each
-    get() reads. A get() that finds the result already stored returns without
-    reading the pub/sub connection, whose subscribe confirmation, message and
-    unsubscribe confirmation (3 replies) then wait for the next get() that has
-    to listen: that one reads the whole backlog first. Left uncounted on a
-    Celery without `_drain_one`."""
-    counter = [0, False]
+REPLIES_PER_CALL = 3  # subscribe confirmation, the result, unsubscribe confirmation
+
+
+def count_pubsub_reads() -> list | None:
+    """[replies read]: wraps the Redis result consumer's `_drain_one` (Celery
+    5.7: one pub/sub reply read per call) to count the replies each get()
+    reads. A get() that finds the result already stored returns without
+    reading the pub/sub connection, whose REPLIES_PER_CALL replies then wait
+    for the next get() that has to listen: that one reads the whole backlog
+    first. None on a Celery without `_drain_one`."""
+    counter = [0]
     try:
         from celery.backends import redis as celery_redis
         orig = celery_redis.ResultConsumer._drain_one
     except (ImportError, AttributeError):
-        return counter
+        return None
 
     def drain_one(*a, **kw):
         read = orig(*a, **kw)
@@ -1253,7 +1258,6 @@ def count_pubsub_reads() -> list:
         return read
 
     celery_redis.ResultConsumer._drain_one = drain_one
-    counter[1] = True
     return counter
 
 
@@ -1931,10 +1935,10 @@ def measure_latency(label: str, argv: list[str], env: dict, server: RedisServer,
 def backlog_stats(lat: list, replies) -> dict:
     """How many get()s found their result stored without reading pub/sub, the
     most replies one get() read, and the p99 of the get()s that read no backlog
-    (at most their own 3 replies)."""
+    (at most their own REPLIES_PER_CALL)."""
     if not replies or len(replies) != len(lat):
         return {}
-    clean = [x for x, n in zip(lat, replies) if n <= 3]
+    clean = [x for x, n in zip(lat, replies) if n <= REPLIES_PER_CALL]
     return {"by_key_pct": 100.0 * sum(1 for n in replies if n == 0) / len(replies),
             "max_backlog": max(replies), "p99_no_backlog_ms": percentile(clean, 99)}
 
@@ -2171,10 +2175,9 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
                   f"{100 * CEILING_TARGET:.0f} %: {met_text(share, CEILING_TARGET)}")
     if ceiling and kombu_ceiling:
         kps = kombu_ceiling["tasks_per_s"]
-        print(f"Redis with kombu's bookkeeping: {kps:.0f} tasks/s = "
-              f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling (the same script plus, per "
-              "message, ZADD + HSET into unacked_index / unacked, the ack's ZREM + HDEL and "
-              "the backend's GET: what any kombu-exact worker could get from this Redis)")
+        print(f"Redis with kombu's bookkeeping (KOMBU_CEILING_LUA): {kps:.0f} tasks/s = "
+              f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling, what any kombu-exact "
+              "worker could get from this Redis")
         for r in results:
             print(f"{r['worker']}: steady {pct(r['steady_tasks_per_s'], kps)} of it")
     for r in results:

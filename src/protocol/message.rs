@@ -6,7 +6,6 @@
 
 use super::{compression, json_tags};
 use serde_json::{Map, Value, json};
-use std::borrow::Cow;
 use std::fmt;
 
 /// Content types a JSON-only worker can read. kombu always trusts
@@ -136,15 +135,6 @@ pub struct TaskMessage {
     pub protocol: u8,
 }
 
-/// Why a v2 message was refused, and its headers back.
-type Refused = (DecodeError, Map<String, Value>);
-
-/// A decoding, and the headers when the message did not keep them.
-type Decoded<'h> = (
-    Result<TaskMessage, DecodeError>,
-    Option<Cow<'h, Map<String, Value>>>,
-);
-
 impl TaskMessage {
     /// Decodes a message from its transport-neutral parts.
     pub fn decode(
@@ -152,28 +142,19 @@ impl TaskMessage {
         headers: &Map<String, Value>,
         body: &[u8],
     ) -> Result<TaskMessage, DecodeError> {
-        Self::decode_cow(content_type, Cow::Borrowed(headers), body).0
+        Self::decode_taking(content_type, &mut headers.clone(), body)
     }
 
-    /// As [`decode`](Self::decode), taking the headers: a v2 message keeps
-    /// them instead of a copy (~25 keys and values per message; within the
-    /// bench's noise, A/B of 3: worker 20.1 → 19.5 µs per trivial task). The
-    /// headers come back when the message did not keep them (v1, hybrid, or
-    /// refused), for the caller's log line.
-    pub fn decode_owned(
+    /// As [`decode`](Self::decode), but a v2 message takes `headers` (left
+    /// empty) instead of a copy: ~25 keys and values per message, within the
+    /// bench's noise (A/B of 3: worker 20.1 → 19.5 µs per trivial task).
+    /// Anything else (v1, hybrid, refused) leaves them as they were, for the
+    /// caller's log line.
+    pub fn decode_taking(
         content_type: Option<&str>,
-        headers: Map<String, Value>,
+        headers: &mut Map<String, Value>,
         body: &[u8],
-    ) -> (Result<TaskMessage, DecodeError>, Option<Map<String, Value>>) {
-        let (decoded, back) = Self::decode_cow(content_type, Cow::Owned(headers), body);
-        (decoded, back.map(Cow::into_owned))
-    }
-
-    fn decode_cow<'h>(
-        content_type: Option<&str>,
-        headers: Cow<'h, Map<String, Value>>,
-        body: &[u8],
-    ) -> Decoded<'h> {
+    ) -> Result<TaskMessage, DecodeError> {
         let id = headers
             .get("id")
             .and_then(Value::as_str)
@@ -184,69 +165,53 @@ impl TaskMessage {
             .map(str::to_string);
         let ct = content_type.unwrap_or("application/data");
         if ct != JSON {
-            let err = DecodeError::ContentDisallowed {
+            return Err(DecodeError::ContentDisallowed {
                 content_type: ct.to_string(),
                 id,
                 task,
-            };
-            return (Err(err), Some(headers));
+            });
         }
         let body_err = |reason: String| DecodeError::Body {
             reason,
             id: id.clone(),
             task: task.clone(),
         };
-        let inflated = headers
-            .get("compression")
-            .and_then(Value::as_str)
-            .map(|c| compression::decompress(c, body).map_err(body_err));
-        let body = match &inflated {
-            Some(Ok(b)) => &b[..],
-            Some(Err(e)) => return (Err(e.clone()), Some(headers)),
+        let inflated;
+        let body = match headers.get("compression").and_then(Value::as_str) {
+            Some(c) => {
+                inflated = compression::decompress(c, body).map_err(body_err)?;
+                &inflated[..]
+            }
             None => body,
         };
-        let decoded = match serde_json::from_slice::<Value>(body)
-            .map_err(|e| body_err(format!("invalid JSON: {e}")))
-            .and_then(|d| json_tags::validate(&d).map_err(body_err).map(|()| d))
-        {
-            Ok(d) => d,
-            Err(e) => return (Err(e), Some(headers)),
-        };
+        let decoded: Value =
+            serde_json::from_slice(body).map_err(|e| body_err(format!("invalid JSON: {e}")))?;
+        json_tags::validate(&decoded).map_err(body_err)?;
         if headers.contains_key("task") {
             match decoded {
                 Value::Object(body) if body.contains_key("args") => {
-                    (Self::from_hybrid(&headers, body), Some(headers))
+                    Self::from_hybrid(headers, body)
                 }
-                other => match Self::from_v2(headers.into_owned(), other) {
-                    Ok(msg) => (Ok(msg), None),
-                    Err(refused) => {
-                        let (e, h) = *refused;
-                        (Err(e), Some(Cow::Owned(h)))
-                    }
-                },
+                other => Self::from_v2(headers, other),
             }
         } else {
-            let decoded = match decoded {
+            match decoded {
                 Value::Object(body) if body.contains_key("task") => Self::from_v1(body),
                 _ => Err(DecodeError::Invalid {
                     reason: "no task name in headers or body".into(),
                     id,
                     task,
                 }),
-            };
-            (decoded, Some(headers))
+            }
         }
     }
 
-    /// Protocol v2; on failure the headers come back as they were.
-    fn from_v2(mut headers: Map<String, Value>, body: Value) -> Result<TaskMessage, Box<Refused>> {
-        let invalid = |reason: &str, h: Map<String, Value>| {
-            let e = DecodeError::Invalid {
-                reason: reason.to_string(),
-                id: h.get("id").and_then(Value::as_str).map(str::to_string),
-                task: h.get("task").and_then(Value::as_str).map(str::to_string),
-            };
-            Box::new((e, h))
+    /// Protocol v2: takes `headers` once the message is known to be valid.
+    fn from_v2(headers: &mut Map<String, Value>, body: Value) -> Result<TaskMessage, DecodeError> {
+        let invalid = |reason: &str, h: &Map<String, Value>| DecodeError::Invalid {
+            reason: reason.to_string(),
+            id: h.get("id").and_then(Value::as_str).map(str::to_string),
+            task: h.get("task").and_then(Value::as_str).map(str::to_string),
         };
         let Value::Array(mut parts) = body else {
             return Err(invalid("body is not [args, kwargs, embed]", headers));
@@ -265,22 +230,16 @@ impl TaskMessage {
         let Some(Value::Array(args)) = parts.pop() else {
             return Err(invalid("args is not a list", headers));
         };
-        let compression = headers.remove("compression");
-        let msg = TaskMessage {
+        Self::check_headers(headers)?;
+        let mut headers = std::mem::take(headers);
+        headers.remove("compression");
+        Ok(TaskMessage {
             headers,
             args,
             kwargs,
             embed,
             protocol: 2,
-        };
-        if let Err(e) = msg.check_headers() {
-            let mut headers = msg.headers;
-            if let Some(c) = compression {
-                headers.insert("compression".into(), c);
-            }
-            return Err(Box::new((e, headers)));
-        }
-        Ok(msg)
+        })
     }
 
     /// Hybrid: v2 headers with a v1-style body (`hybrid_to_proto2`).
@@ -295,7 +254,7 @@ impl TaskMessage {
             }
         }
         msg.protocol = 2;
-        msg.check_headers()?;
+        Self::check_headers(&msg.headers)?;
         Ok(msg)
     }
 
@@ -366,34 +325,32 @@ impl TaskMessage {
             embed,
             protocol: 1,
         };
-        msg.check_headers()?;
+        Self::check_headers(&msg.headers)?;
         Ok(msg)
     }
 
     /// Celery rejects messages whose id/name are missing or whose eta/expires
     /// don't parse (InvalidTaskError → reject without requeue).
-    fn check_headers(&self) -> Result<(), DecodeError> {
+    fn check_headers(headers: &Map<String, Value>) -> Result<(), DecodeError> {
         let invalid = |reason: String| DecodeError::Invalid {
             reason,
-            id: self
-                .headers
+            id: headers
                 .get("id")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            task: self
-                .headers
+            task: headers
                 .get("task")
                 .and_then(Value::as_str)
                 .map(str::to_string),
         };
-        if self.headers.get("id").and_then(Value::as_str).is_none() {
+        if headers.get("id").and_then(Value::as_str).is_none() {
             return Err(invalid("missing task id".into()));
         }
-        if self.headers.get("task").and_then(Value::as_str).is_none() {
+        if headers.get("task").and_then(Value::as_str).is_none() {
             return Err(invalid("missing task name".into()));
         }
         for key in ["eta", "expires"] {
-            match self.headers.get(key) {
+            match headers.get(key) {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if json_tags::parse_header_time(s).is_some() => {}
                 Some(v) => return Err(invalid(format!("invalid {key} value {v}"))),
@@ -567,29 +524,33 @@ mod tests {
     }
 
     #[test]
-    fn decode_owned_keeps_v2_headers_and_hands_back_the_rest() {
+    fn decode_taking_keeps_v2_headers_and_leaves_the_rest() {
         let body: &[u8] = b"[[1], {}, {}]";
         let h = headers(json!({"task": "t.add", "id": "1", "stamps": {"s": "x"}}));
-        let (m, back) = TaskMessage::decode_owned(Some(JSON), h.clone(), body);
+        let mut taken = h.clone();
+        let m = TaskMessage::decode_taking(Some(JSON), &mut taken, body);
         assert_eq!(m, TaskMessage::decode(Some(JSON), &h, body));
         assert_eq!(m.unwrap().headers, h);
-        assert!(back.is_none(), "a v2 message keeps its headers");
-        // Refused: the headers come back whole, compression included.
+        assert!(taken.is_empty(), "a v2 message keeps its headers");
+        // Refused: the headers stay whole, compression included.
         let bad = headers(json!({"task": "t.add", "compression": "application/x-gzip"}));
         let gz = crate::protocol::compression::compress_zlib(body);
-        let (m, back) = TaskMessage::decode_owned(Some(JSON), bad.clone(), &gz);
+        let mut left = bad.clone();
+        let m = TaskMessage::decode_taking(Some(JSON), &mut left, &gz);
         assert_eq!(m, TaskMessage::decode(Some(JSON), &bad, &gz));
         assert!(matches!(m, Err(DecodeError::Invalid { .. })), "{m:?}");
-        assert_eq!(back.as_ref(), Some(&bad));
-        let (m, back) = TaskMessage::decode_owned(Some("application/x-yaml"), h.clone(), body);
+        assert_eq!(left, bad);
+        let mut left = h.clone();
+        let m = TaskMessage::decode_taking(Some("application/x-yaml"), &mut left, body);
         assert!(matches!(m, Err(DecodeError::ContentDisallowed { .. })));
-        assert_eq!(back.as_ref(), Some(&h));
-        // v1: the message's headers come from the body; the envelope's come back.
+        assert_eq!(left, h);
+        // v1: the message's headers come from the body; the envelope's stay.
         let env_h = headers(json!({"x": 1}));
         let v1 = br#"{"task": "t.add", "id": "2", "args": [1]}"#;
-        let (m, back) = TaskMessage::decode_owned(Some(JSON), env_h.clone(), v1);
+        let mut left = env_h.clone();
+        let m = TaskMessage::decode_taking(Some(JSON), &mut left, v1);
         assert_eq!(m.unwrap().id(), "2");
-        assert_eq!(back, Some(env_h));
+        assert_eq!(left, env_h);
     }
 
     #[test]

@@ -42,15 +42,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: Owned
     {
         return Box::pin(unknown_task(shared, &settle, &envelope, name)).await;
     }
-    let (decoded, back) = TaskMessage::decode_owned(
+    let msg = match TaskMessage::decode_taking(
         envelope.content_type.as_deref(),
-        std::mem::take(&mut envelope.headers),
+        &mut envelope.headers,
         &envelope.body,
-    );
-    if let Some(headers) = back {
-        envelope.headers = headers;
-    }
-    let msg = match decoded {
+    ) {
         Ok(m) => m,
         Err(err) => {
             log_invalid(&envelope, &err);
