@@ -38,7 +38,7 @@ fn prio_queue() -> QueueDecl {
 }
 
 fn id(d: &Delivery) -> String {
-    d.payload.as_ref().unwrap().headers["id"]
+    d.envelope().unwrap().headers["id"]
         .as_str()
         .unwrap()
         .to_string()
@@ -113,7 +113,7 @@ async fn deliveries_settle_once_and_rejects_requeue_or_drop() {
     }
     let got = fetch_n(&b, 3).await;
     assert_eq!(got.iter().map(id).collect::<Vec<_>>(), ["t0", "t1", "t2"]);
-    let env = got[0].payload.as_ref().unwrap();
+    let env = got[0].envelope().unwrap();
     assert_eq!(env.delivery_info(), (String::new(), "celery".into()));
     assert!(!env.redelivered());
     got[0].settle.ack().await.unwrap();
@@ -127,7 +127,7 @@ async fn deliveries_settle_once_and_rejects_requeue_or_drop() {
     got[2].settle.reject(true).await.unwrap();
     let again = fetch_n(&b, 1).await;
     assert_eq!(id(&again[0]), "t2");
-    assert!(again[0].payload.as_ref().unwrap().redelivered());
+    assert!(again[0].envelope().unwrap().redelivered());
     again[0].settle.ack().await.unwrap();
     // Nothing else is left: the dropped one is gone, the channel still works.
     assert!(b.fetch(1).await.unwrap().is_empty());
@@ -153,7 +153,7 @@ async fn priority_queues_serve_the_highest_first() {
         got.iter().map(id).collect::<Vec<_>>(),
         ["p9-1", "p5-2", "p1-0"]
     );
-    assert_eq!(got[0].payload.as_ref().unwrap().priority(), 9);
+    assert_eq!(got[0].envelope().unwrap().priority(), 9);
 }
 
 #[tokio::test]
@@ -210,7 +210,7 @@ async fn a_lost_connection_redelivers_what_was_unacked() {
     let again = fetch_n(&b, 1).await;
     assert_eq!(again.len(), 1, "nothing redelivered after reconnecting");
     assert_eq!(id(&again[0]), "r1");
-    assert!(again[0].payload.as_ref().unwrap().redelivered());
+    assert!(again[0].envelope().unwrap().redelivered());
     again[0].settle.ack().await.unwrap();
     b.ping().await.unwrap();
     b.publish("celery", &envelope("after", 0)).await.unwrap();

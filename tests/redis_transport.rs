@@ -29,7 +29,7 @@ async fn broker(server: &RedisServer, queues: &[&str], opts: TransportOptions) -
 }
 
 fn task_id(d: &rust_celery_worker::broker::Delivery) -> String {
-    d.payload.as_ref().unwrap().headers["id"]
+    d.envelope().unwrap().headers["id"]
         .as_str()
         .unwrap()
         .to_string()
@@ -130,8 +130,9 @@ async fn unacked_entry_has_kombus_shape() {
 }
 
 /// The fetch script reads tags with string searches when the envelope is
-/// written as kombu writes it, and decodes it otherwise; either way
-/// `unacked` ends up keyed by each envelope's own `properties.delivery_tag`.
+/// written as kombu writes it, and decodes it otherwise; either way, once
+/// the handler has opened the delivery, `unacked` is keyed by each
+/// envelope's own `properties.delivery_tag` and the delivery settles by it.
 #[tokio::test]
 async fn unacked_is_keyed_by_the_properties_tag_however_the_json_is_written() {
     let server = RedisServer::start();
@@ -198,6 +199,11 @@ async fn unacked_is_keyed_by_the_properties_tag_however_the_json_is_written() {
     }
     let got = b.fetch(10).await.unwrap();
     assert_eq!(got.len(), msgs.len());
+    for (d, (_, _, want)) in got.into_iter().zip(&msgs) {
+        let (_, env, settle) = d.open().await;
+        env.unwrap();
+        assert_eq!(settle.tag(), want.map_or("", |w| w.0));
+    }
     let unacked: std::collections::HashMap<String, String> = conn.hgetall("unacked").unwrap();
     let index: Vec<String> = conn.zrange("unacked_index", 0, -1).unwrap();
     let want: Vec<_> = msgs.iter().filter_map(|(_, _, w)| *w).collect();
@@ -296,7 +302,7 @@ async fn restores_what_a_python_worker_left_unacked() {
     let b = broker(&server, &["celery"], TransportOptions::default()).await;
     let d = b.fetch(1).await.unwrap().remove(0);
     assert_eq!(d.settle.tag(), tag);
-    let env = d.payload.unwrap();
+    let env = d.envelope().unwrap();
     assert_eq!(env.headers["redelivered"], json!(true));
     assert_eq!(
         env.headers["id"],
@@ -339,13 +345,13 @@ async fn garbage_in_a_queue_is_delivered_as_an_error_not_a_crash() {
     assert!(
         batch
             .iter()
-            .all(|d| d.payload.is_err() && d.settle.tag().is_empty())
+            .all(|d| d.envelope().is_err() && d.settle.tag().is_empty())
     );
     let single = {
         let _: () = conn.lpush("celery", "{\"x\": 1").unwrap();
         b.fetch(1).await.unwrap()
     };
-    assert!(single[0].payload.is_err());
+    assert!(single[0].envelope().is_err());
     assert_eq!(conn.hlen::<_, i64>("unacked").unwrap(), 0);
 }
 

@@ -20,11 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 /// Handles one delivery; `held` is its place in the prefetch window, freed
 /// when the message is acked (or handed back).
 pub(crate) async fn handle(shared: &Arc<Shared>, delivery: Delivery, held: OwnedSemaphorePermit) {
-    let Delivery {
-        settle,
-        queue,
-        payload,
-    } = delivery;
+    let (queue, payload, settle) = delivery.open().await;
     let mut envelope = match payload {
         Ok(env) => env,
         Err(err) => {

@@ -562,7 +562,7 @@ impl Inner {
         };
         Delivery {
             queue,
-            payload: Ok(envelope),
+            payload: super::Payload::Parsed(Ok(envelope)),
             settle: Settlement::new(tag, Box::new(settle)),
         }
     }

@@ -181,7 +181,7 @@ impl std::ops::Deref for RedisBroker {
 struct Popped {
     tag: String,
     queue: String,
-    payload: Result<Envelope, crate::protocol::DecodeError>,
+    payload: super::Payload,
 }
 
 /// Settles one delivery through its `unacked` entry.
@@ -200,6 +200,11 @@ impl Settle for RedisSettle {
     }
     async fn restore(&self) -> Result<(), BrokerError> {
         self.channel.restore_tag(&self.tag).await
+    }
+    async fn retag(&mut self, recorded: &str, raw: &[u8], env: &Envelope) {
+        let own = env.delivery_tag().unwrap_or_default().to_string();
+        self.channel.rerecord(recorded, &own, raw, env).await;
+        self.tag = own;
     }
 }
 
@@ -441,8 +446,8 @@ impl RedisChannel {
         queue
     }
 
-    fn popped(&self, key: &str, raw: &[u8]) -> Popped {
-        let queue = self.queue_of(key);
+    /// A message parsed as it was popped.
+    fn popped(queue: String, raw: &[u8]) -> Popped {
         let payload = Envelope::parse(raw);
         let tag = payload
             .as_ref()
@@ -453,7 +458,7 @@ impl RedisChannel {
         Popped {
             tag,
             queue,
-            payload,
+            payload: super::Payload::Parsed(payload),
         }
     }
 
@@ -472,8 +477,8 @@ impl RedisChannel {
         let Some((key, raw)) = popped else {
             return Ok(None);
         };
-        let delivery = self.popped(&key, &raw);
-        if let Ok(env) = &delivery.payload
+        let delivery = Self::popped(self.queue_of(&key), &raw);
+        if let super::Payload::Parsed(Ok(env)) = &delivery.payload
             && !delivery.tag.is_empty()
         {
             let entry = unacked_entry(&raw, env);
@@ -508,25 +513,37 @@ impl RedisChannel {
         let mut conn = self.conn.clone();
         let flat: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
         let mut out = Vec::with_capacity(flat.len() / 3);
-        for entry in flat.chunks_exact(3) {
-            let popped = self.popped(&String::from_utf8_lossy(&entry[0]), &entry[1]);
-            if entry[2] != popped.tag.as_bytes() {
-                self.rerecord(&entry[2], &popped, &entry[1]).await;
+        let mut flat = flat.into_iter();
+        while let (Some(key), Some(raw), Some(recorded)) = (flat.next(), flat.next(), flat.next()) {
+            let queue = self.queue_of(&String::from_utf8_lossy(&key));
+            if !recorded.is_empty() {
+                // Parsed by the handler, which checks the tag then (`retag`).
+                out.push(Popped {
+                    tag: String::from_utf8_lossy(&recorded).into_owned(),
+                    queue,
+                    payload: super::Payload::Json(raw),
+                });
+                continue;
+            }
+            // The script found no tag: nothing is recorded, so parse now, and
+            // record it if serde finds the tag cjson did not.
+            let popped = Self::popped(queue, &raw);
+            if let super::Payload::Parsed(Ok(env)) = &popped.payload
+                && !popped.tag.is_empty()
+            {
+                self.rerecord("", &popped.tag, &raw, env).await;
             }
             out.push(popped);
         }
         Ok(out)
     }
 
-    /// The fetch script recorded a tag other than the envelope's own (a
-    /// message whose only `"delivery_tag"` key is not in its properties):
-    /// the entry moves to the right tag, so the ack finds it.
-    async fn rerecord(&self, recorded: &[u8], popped: &Popped, raw: &[u8]) {
-        tracing::warn!(
-            "delivery {:?} was recorded in unacked as {:?}; moving it",
-            popped.tag,
-            String::from_utf8_lossy(recorded)
-        );
+    /// The fetch script recorded a message under `recorded`, which is not
+    /// the envelope's own tag (a message whose only `"delivery_tag"` key is
+    /// not in its properties): the entry moves to `tag` (empty: none), so
+    /// the ack finds it and nothing stays recorded under another's tag.
+    async fn rerecord(&self, recorded: &str, tag: &str, raw: &[u8], env: &Envelope) {
+        tracing::warn!("delivery {tag:?} was recorded in unacked as {recorded:?}; moving it");
         let (unacked, index) = (
             self.key(&self.opts.unacked_key),
             self.key(&self.opts.unacked_index_key),
@@ -536,18 +553,13 @@ impl RedisChannel {
         if !recorded.is_empty() {
             pipe.zrem(&index, recorded).hdel(&unacked, recorded);
         }
-        if let Ok(env) = &popped.payload
-            && !popped.tag.is_empty()
-        {
-            pipe.zadd(&index, &popped.tag, unacked_score()).hset(
-                &unacked,
-                &popped.tag,
-                unacked_entry(raw, env),
-            );
+        if !tag.is_empty() {
+            pipe.zadd(&index, tag, unacked_score())
+                .hset(&unacked, tag, unacked_entry(raw, env));
         }
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::warn!("could not record delivery {} in unacked: {e}", popped.tag);
+            tracing::warn!("could not record delivery {tag} in unacked: {e}");
         }
     }
 
