@@ -276,6 +276,7 @@ def tree_rss_kib(pid: int) -> tuple[int, int]:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+STEAL_NOISY = 0.05  # CPU steal over a run above which the summary calls it noisy
 
 
 def cpu_ticks(pid: int):
@@ -286,6 +287,31 @@ def cpu_ticks(pid: int):
         return int(f[19]), int(f[11]) + int(f[12])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def steal_ticks() -> int | None:
+    """CPU steal so far, all CPUs (/proc/stat): time a vCPU wanted to run while the
+    hypervisor ran something else. A phase with much of it measured the host's load:
+    on the bench VM it came in bursts of 40-80 % that halved every figure, the Redis
+    ceiling included, and went again."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_share(since: int | None, seconds: float) -> float | None:
+    """Steal from `since` (a steal_ticks() reading) to now, as a share of all CPUs'
+    time over those `seconds`."""
+    now = steal_ticks()
+    if since is None or now is None or seconds <= 0:
+        return None
+    return (now - since) / CLK_TCK / (seconds * (os.cpu_count() or 1))
+
+
+def fmt_steal(share) -> str:
+    return "-" if share is None else f"{100 * share:.0f} %"
 
 
 def start_time(pid: int):
@@ -600,6 +626,7 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
     first = None
     ticks: dict = {}  # (pid, start time) -> last CPU ticks seen (parent and pool children)
     t0 = time.monotonic()
+    steal0 = steal_ticks()
     sampled = None  # when RSS and CPU were last read
     w = Worker(label, argv, env, workdir / f"{log_prefix}-run.log")
     try:
@@ -633,6 +660,7 @@ def measure(label: str, argv: list[str], env: dict, server: RedisServer, templat
                                    f"{w.log_tail()}")
             time.sleep(POLL_S)
         t1 = time.monotonic()
+        out["steal"] = steal_share(steal0, t1 - t0)
     finally:
         t_stop = time.monotonic()
         w.stop()
@@ -757,6 +785,7 @@ def redis_ceiling(server: RedisServer, template: dict, n: int,
         r0.script_load(lua)  # so the first EVALSHA finds it, before the clock
         calls = done = 0
         t0 = time.perf_counter()
+        steal0 = steal_ticks()
         while True:
             date = dt.datetime.now(dt.timezone.utc).isoformat()
             got = script(args=[CEILING_BATCH, date])
@@ -765,6 +794,7 @@ def redis_ceiling(server: RedisServer, template: dict, n: int,
             if got < CEILING_BATCH:
                 break
         wall = time.perf_counter() - t0
+        out["steal"] = steal_share(steal0, wall)
         out.update(wall_s=wall, calls=calls, processed=done,
                    tasks_per_s=n / wall if wall > 0 else float("nan"))
         out["results_stored"] = r1.dbsize()
@@ -787,6 +817,18 @@ def redis_ceiling(server: RedisServer, template: dict, n: int,
         finally:
             r1.close()
             queue.close()
+
+
+def median_run(runs: list, key: str) -> dict:
+    """The run with the median `key` (the lower of the middle two), completed with the
+    first run's keys it lacks (the idle phase runs in round 1 only); `rounds` holds every
+    run's `key` in the order measured, `round_runs` the runs (each one is checked)."""
+    mid = sorted(runs, key=lambda r: r[key])[(len(runs) - 1) // 2]
+    return {**runs[0], **mid, "rounds": [r[key] for r in runs], "round_runs": runs}
+
+
+def fmt_rounds(r: dict, spec: str = ",.0f") -> str:
+    return ", ".join(format(v, spec) for v in r.get("rounds", []))
 
 
 def pct(a, b) -> str:
@@ -2142,13 +2184,14 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
         cps = ceiling["tasks_per_s"]
         print(f"Redis ceiling (plain): {cps:.0f} tasks/s ({ceiling['tasks']} messages in "
               f"{ceiling['wall_s']:.3f}s, {ceiling['calls']} script calls of up to "
-              f"{ceiling['batch']}: RPOP, SETEX + PUBLISH of the result)")
+              f"{ceiling['batch']}: RPOP, SETEX + PUBLISH of the result; CPU steal "
+              f"{fmt_steal(ceiling.get('steal'))})")
         extra = tuple(extra) + (
             ("% ceil", 7, lambda r: pct(r["tasks_per_s"], cps)),
             ("steady % ceil", 13, lambda r: pct(r["steady_tasks_per_s"], cps)))
         note += "; % ceil = tasks/s / Redis ceiling tasks/s"
     head = (f"{'worker':<28} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'steady/s':>9} "
-            f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7}"
+            f"{'idle RSS MiB':>13} {'peak RSS MiB':>13} {'procs':>6} {'stored':>7} {'steal':>6}"
             + "".join(f" {h:>{w}}" for h, w, _ in extra))
     print(head)
     print("-" * len(head))
@@ -2156,9 +2199,11 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
         print(f"{r['worker']:<28} {r['tasks']:>7} {r['wall_s']:>8.2f} {r['tasks_per_s']:>9.0f} "
               f"{r['steady_tasks_per_s']:>9.0f} {fmt_mib(r['idle_rss_kib']):>13} "
               f"{fmt_mib(r['peak_rss_kib']):>13} {r['idle_processes']:>6} "
-              f"{r['results_stored']:>7}" + "".join(f" {fn(r):>{w}}" for _, w, fn in extra))
+              f"{r['results_stored']:>7} {fmt_steal(r.get('steal')):>6}"
+              + "".join(f" {fn(r):>{w}}" for _, w, fn in extra))
     print("(wall = from worker start until the last result is stored; steady = from the "
-          f"first stored result to the last{note})")
+          f"first stored result to the last; steal = CPU steal during the run{note})")
+    print_rounds(results, ceiling, kombu_ceiling)
     tag = f" ({scenario})" if scenario else ""
     if len(results) == 2:
         ours, theirs = results
@@ -2177,11 +2222,24 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
         kps = kombu_ceiling["tasks_per_s"]
         print(f"Redis with kombu's bookkeeping (KOMBU_CEILING_LUA): {kps:.0f} tasks/s = "
               f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling, what any kombu-exact "
-              "worker could get from this Redis")
+              f"worker could get from this Redis (CPU steal "
+              f"{fmt_steal(kombu_ceiling.get('steal'))})")
         for r in results:
             print(f"{r['worker']}: steady {pct(r['steady_tasks_per_s'], kps)} of it")
     for r in results:
-        check_stored(r, n, failures, tag)
+        for run in r.get("round_runs", [r]):
+            check_stored(run, n, failures, tag)
+
+
+def print_rounds(results: list, ceiling: dict | None = None,
+                 kombu_ceiling: dict | None = None) -> None:
+    """Each round's figure behind the medians shown, when there was more than one."""
+    parts = [f"{r['worker']} {fmt_rounds(r)}" for r in results if len(r.get("rounds", ())) > 1]
+    for name, c in (("ceiling", ceiling), ("kombu ceiling", kombu_ceiling)):
+        if c and len(c.get("rounds", ())) > 1:
+            parts.append(f"{name} {fmt_rounds(c)}")
+    if parts:
+        print("rounds, median shown (steady tasks/s; ceilings tasks/s): " + "; ".join(parts))
 
 
 def print_rust_only(rust_only: dict, results: list) -> None:
@@ -2290,15 +2348,20 @@ def print_events(results: list, n: int, failures: list, ceiling: dict | None = N
               f"(target ≥ {EVENTS_TARGET:.2f}: {met}; steady x{p['steady_ratio']:.2f}: "
               f"{'met' if p['steady_ratio'] >= EVENTS_TARGET else 'NOT met'}){celery_cost}")
     for p in results:
-        check_stored(p["without"], n, failures, " (events)")
-        check_stored(p["with"], n, failures, " (events -E)")
-        ev = p["with"]["events"]
-        if ev["task_succeeded"] != n or ev["task_succeeded_unique"] != n or ev["undecodable"] \
-                or ev["error"]:
+        for run in p["without"].get("round_runs", [p["without"]]):
+            check_stored(run, n, failures, " (events)")
+        for run in p["with"].get("round_runs", [p["with"]]):
+            check_stored(run, n, failures, " (events -E)")
+            ev = run["events"]
+            if ev["task_succeeded"] == n and ev["task_succeeded_unique"] == n \
+                    and not ev["undecodable"] and not ev["error"]:
+                continue
             print(f"WARNING: {p['worker']}: -E run: {ev['task_succeeded']} task-succeeded events "
                   f"seen ({ev['task_succeeded_unique']} distinct ids), wanted {n}; "
                   f"{ev['undecodable']} undecodable messages; subscriber error {ev['error']}")
             failures.append(f"{p['worker']} (events: task-succeeded count)")
+    print_rounds([dict(p["with"], worker=f"{p['worker']} -E") for p in results]
+                 + [p["without"] for p in results], ceiling)
 
 
 def cpu_per_task(r: dict) -> str:
@@ -2646,7 +2709,7 @@ def summary_rows(results: list, events_results: list, py_results: dict,
     return rows
 
 
-def print_summary(rows: list, command: str, load: tuple) -> None:
+def print_summary(rows: list, command: str, load: tuple, steal=None) -> None:
     def num(v, unit):
         if v is None:
             return "-"
@@ -2670,12 +2733,18 @@ def print_summary(rows: list, command: str, load: tuple) -> None:
         print("(no issue-11 figure measured in this run: scenarios plain, events, latency, "
               "python, soak)")
     print("(Celery = the real celery worker in this run; ratio = ours / Celery; throughput rows "
-          "are steady tasks/s (first result to last); RSS = process tree, idle; soak: RSS of the process tree at the "
+          "are steady tasks/s (first result to last), the median of --rounds rounds "
+          "interleaved with the ceilings; RSS = process tree, idle; soak: RSS of the process "
+          "tree at the "
           "last execution / after the first 10 %, our worker only; a missed target is not a "
           "failure)")
     print(f"command: {command}")
     start, end = load
     print(f"load average: start {fmt_load(start)}, end {fmt_load(end)} ({os.cpu_count()} CPUs)")
+    if steal is not None:
+        print(f"CPU steal over the run: {fmt_steal(steal)} of all CPUs' time"
+              + (" (NOISY: the host ran other work on these CPUs; compare runs without it)"
+                 if steal > STEAL_NOISY else ""))
 
 
 def main() -> int:
@@ -2684,6 +2753,10 @@ def main() -> int:
                     choices=["all", "plain", "events", "latency", "canvas", "eta", "python",
                              "amqp", "soak"],
                     default="all", help="all = every scenario but soak (default all)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="plain and events scenarios: every worker and ceiling is measured "
+                         "this many times, interleaved, and the median round reported "
+                         "(default 3)")
     ap.add_argument("--tasks", type=int, default=20000,
                     help="plain, events and amqp scenarios (default 20000)")
     ap.add_argument("--latency-warmup", type=int, default=200,
@@ -2716,6 +2789,8 @@ def main() -> int:
                     help=argparse.SUPPRESS)
     ap.add_argument("--publish-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.eta_delay is None:
         args.eta_delay = max(8.0, 4.0 + args.eta_tasks / 1000)
     if args.publish:
@@ -2732,6 +2807,7 @@ def main() -> int:
     broker_url, backend_url = f"{server.url}/0", f"{server.url}/1"
     n, c = args.tasks, args.concurrency
     load_start = loadavg()
+    steal_start, t_start = steal_ticks(), time.monotonic()
     print(f"bench: {n} x {TASK}, concurrency {c}, redis {server.url}, logs in {workdir}",
           flush=True)
     print(f"scenarios: {', '.join(scenarios)}; {os.cpu_count()} CPUs, load average "
@@ -2797,33 +2873,54 @@ def main() -> int:
             return None
 
     try:
+        ceiling_rounds: dict = {}  # scenario -> every round's redis_ceiling()
+
         def measure_ceiling(scenario: str, lua: str = CEILING_LUA) -> None:
+            """One round of a ceiling; ceilings[scenario] is the median round so far."""
             print(f"-- redis ceiling ({scenario}): {n} messages, one Lua script per "
                   f"{CEILING_BATCH} ...", flush=True)
             res = attempt("redis ceiling", f"redis ceiling ({scenario})",
                           lambda: redis_ceiling(server, template, n, lua))
             if res is not None:
-                ceilings[scenario] = res
+                ceiling_rounds.setdefault(scenario, []).append(res)
+                ceilings[scenario] = median_run(ceiling_rounds[scenario], "tasks_per_s")
                 print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.3f}s "
                       f"({res['calls']} calls, preload {res['preload_s']:.1f}s)", flush=True)
 
         if "plain" in scenarios:
             print("== plain", flush=True)
             template = capture_template(broker_url, backend_url)
-            measure_ceiling("plain")
-            measure_ceiling("kombu", KOMBU_CEILING_LUA)
             plain_runs = runs("app.workers", env)
-            for label, argv, run_env in plain_runs:
-                print(f"-- {label}: measuring ...", flush=True)
+            plain_rounds: dict = {label: [] for label, _, _ in plain_runs}
+
+            def plain_round(k: int, label: str, argv: list, run_env: dict) -> None:
+                """Round k of one worker (idle phase in round 0); a failed worker is
+                not measured again."""
+                if k and not plain_rounds[label]:
+                    return
+                print(f"-- {label}: measuring (round {k + 1} of {args.rounds}) ...", flush=True)
                 res = attempt(label, label, lambda: measure(
-                    label, argv, run_env, server, template, n, workdir, args.timeout))
+                    label, argv, run_env, server, template, n, workdir, args.timeout,
+                    idle=k == 0, tag=f"round{k + 1}"))
                 if res is None:
-                    continue
-                results.append(res)
+                    plain_rounds[label].clear()
+                    return
+                plain_rounds[label].append(res)
+                startup = f", startup {res['startup_s']:.2f}s" if "startup_s" in res else ""
                 print(f"   {res['tasks_per_s']:.0f} tasks/s over {res['wall_s']:.2f}s "
-                      f"(preload {res['preload_s']:.1f}s, startup {res['startup_s']:.2f}s), "
-                      f"idle RSS {fmt_mib(res['idle_rss_kib'])} MiB, peak {fmt_mib(res['peak_rss_kib'])} MiB",
-                      flush=True)
+                      f"(preload {res['preload_s']:.1f}s{startup}), steady "
+                      f"{res['steady_tasks_per_s']:.0f}/s, peak {fmt_mib(res['peak_rss_kib'])} "
+                      f"MiB, CPU steal {fmt_steal(res['steal'])}", flush=True)
+
+            # Interleaved, so a slow spell of the host weighs on every worker and on
+            # the ceilings alike; the median round is reported.
+            for k in range(args.rounds):
+                measure_ceiling("plain")
+                measure_ceiling("kombu", KOMBU_CEILING_LUA)
+                for label, argv, run_env in plain_runs:
+                    plain_round(k, label, argv, run_env)
+            results.extend(median_run(rs, "steady_tasks_per_s")
+                           for rs in plain_rounds.values() if rs)
             for label, argv, run_env in [r for r in plain_runs if r[0].startswith("rust")]:
                 print(f"-- {label} without -A: idle phase ...", flush=True)
                 rust_only = attempt(f"{label} without -A", f"{label} (idle without -A)",
@@ -2838,18 +2935,26 @@ def main() -> int:
             print(f"== events: {n} x {TASK}, loaded phase without and with -E "
                   f"(load average {fmt_load(loadavg())})", flush=True)
             template = capture_template(broker_url, backend_url)
-            measure_ceiling("events")
-            for label, argv, run_env in runs("app.workers", env):
-                pair: dict = {"worker": label}
+            ev_runs = runs("app.workers", env)
+            ev_rounds: dict = {(label, key): [] for label, _, _ in ev_runs
+                               for key in ("without", "with")}
+
+            def events_round(k: int, label: str, argv: list, run_env: dict) -> None:
+                """Round k of one worker, without -E then with; a failed worker is not
+                measured again."""
                 for key, on in (("without", False), ("with", True)):
+                    if k and not ev_rounds[(label, key)]:
+                        return
                     name = f"events {label}{' -E' if on else ''}"
-                    print(f"-- {name}: measuring ...", flush=True)
+                    print(f"-- {name}: measuring (round {k + 1} of {args.rounds}) ...",
+                          flush=True)
                     res = attempt(name, f"{label} (events{', -E' if on else ''})",
                                   lambda: measure_events(label, argv, run_env, server, template,
                                                          n, workdir, args.timeout, on))
                     if res is None:
-                        break
-                    pair[key] = res
+                        ev_rounds[(label, key)].clear()
+                        return
+                    ev_rounds[(label, key)].append(res)
                     ev = res.get("events")
                     seen = f", {ev['task_succeeded']} task-succeeded events in " \
                         f"{ev['messages']} messages (subscriber CPU " \
@@ -2858,12 +2963,22 @@ def main() -> int:
                           f"{res['steady_tasks_per_s']:.0f}/s (preload {res['preload_s']:.1f}s, "
                           f"first result after "
                           f"{res['first_result_s']:.2f}s), peak {fmt_mib(res['peak_rss_kib'])} "
-                          f"MiB{seen}", flush=True)
-                else:
-                    pair["ratio"] = pair["with"]["tasks_per_s"] / pair["without"]["tasks_per_s"]
-                    pair["steady_ratio"] = (pair["with"]["steady_tasks_per_s"]
-                                            / pair["without"]["steady_tasks_per_s"])
-                    events_results.append(pair)
+                          f"MiB, CPU steal {fmt_steal(res['steal'])}{seen}", flush=True)
+
+            for k in range(args.rounds):
+                measure_ceiling("events")
+                for label, argv, run_env in ev_runs:
+                    events_round(k, label, argv, run_env)
+            for label, _, _ in ev_runs:
+                without, with_ = ev_rounds[(label, "without")], ev_rounds[(label, "with")]
+                if not (without and with_):
+                    continue
+                pair = {"worker": label, "without": median_run(without, "steady_tasks_per_s"),
+                        "with": median_run(with_, "steady_tasks_per_s")}
+                pair["ratio"] = pair["with"]["tasks_per_s"] / pair["without"]["tasks_per_s"]
+                pair["steady_ratio"] = (pair["with"]["steady_tasks_per_s"]
+                                        / pair["without"]["steady_tasks_per_s"])
+                events_results.append(pair)
         if "latency" in scenarios:
             print(f"== latency: {args.latency_warmup} + {args.latency_calls} sequential "
                   f"round trips example_task.delay(i, i).get() (load average "
@@ -3053,7 +3168,8 @@ def main() -> int:
     rows = summary_rows(results, events_results, py_results, latency_results, rust_only,
                         ceilings, soak_result)
     command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
-    print_summary(rows, command, (load_start, load_end))
+    run_steal = steal_share(steal_start, time.monotonic() - t_start)
+    print_summary(rows, command, (load_start, load_end), run_steal)
     if results or events_results or canvas_results or eta_results or any(py_results.values()) \
             or amqp_results or latency_results or rust_only or ceilings or soak_result:
         out_path = Path(args.json) if args.json else \
@@ -3061,6 +3177,7 @@ def main() -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"tasks": n, "concurrency": c, "results": results, "scenarios": scenarios,
                "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
+               "steal": run_steal,
                "command": command, "redis_ceiling": ceilings,
                "summary": {"targets": {"ceiling_share": CEILING_TARGET,
                                        "python_noop_x_celery": PY_NOOP_TARGET,
