@@ -126,11 +126,15 @@ impl Settlement {
 /// popped, parsed by [`Delivery::open`] in the message's own handler. On
 /// Redis the next fetch goes out only once the last one's deliveries are
 /// handed over, so an envelope parsed there delays it; parsed in the
-/// handler it overlaps that fetch (median of 6 interleaved runs, 40k tasks
-/// on the 2-core bench machine: 34.4k tasks/s before, 40.3k after).
+/// handler it overlaps that fetch (40k tasks, -c 2, on the 2-core bench
+/// machine, two sets of interleaved runs: medians 34.4k -> 40.3k and 33.6k
+/// -> 36.3k tasks/s).
 #[derive(Debug)]
 pub enum Payload {
+    /// Parsed as it arrived (AMQP builds the envelope from frame properties;
+    /// Redis parses what its fetch script could not read a tag from).
     Parsed(Result<Envelope, DecodeError>),
+    /// kombu's stored JSON, as popped.
     Json(Vec<u8>),
 }
 

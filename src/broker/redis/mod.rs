@@ -41,8 +41,8 @@ pub const SEP: &str = "\x06\x16";
 /// Pops up to ARGV[1] messages from KEYS[3..] in order and records each in
 /// `unacked` (KEYS[1]) / `unacked_index` (KEYS[2]) with score ARGV[2].
 /// Returns a flat list `key, raw, tag, key, raw, tag, ...`, `tag` being the
-/// delivery tag recorded ('' when none was), which the caller checks
-/// against its own parse.
+/// delivery tag recorded ('' when none was): the delivery settles by it, and
+/// its handler checks it against the envelope it parses (`Settle::retag`).
 ///
 /// The tag and route are read with plain string searches when the envelope
 /// reads as kombu writes it (`json.dumps`: `"delivery_tag": "…"` and
