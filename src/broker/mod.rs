@@ -37,9 +37,9 @@ pub trait Settle: Send + Sync {
     /// Give an unstarted message back, to be delivered next (shutdown).
     async fn restore(&self) -> Result<(), BrokerError>;
     /// The handler parsed a message recorded under `recorded`, a tag the
-    /// transport read without parsing, and the envelope's own tag differs:
-    /// move the record to the envelope's tag (empty: none) and settle by it.
-    async fn retag(&mut self, _recorded: &str, _raw: &[u8], _env: &Envelope) {}
+    /// transport read without parsing, and found the envelope's own `tag`
+    /// (empty: none) differs: move the record there and settle by it.
+    async fn retag(&mut self, _recorded: &str, _tag: &str, _raw: &[u8], _env: &Envelope) {}
 }
 
 const OPEN: u8 = 0;
@@ -83,7 +83,7 @@ impl Settlement {
     async fn opened(&mut self, raw: &[u8], env: &Envelope) {
         let own = env.delivery_tag().unwrap_or_default();
         if own != self.tag {
-            self.by.retag(&self.tag, raw, env).await;
+            self.by.retag(&self.tag, own, raw, env).await;
             self.tag = own.to_string();
         }
     }

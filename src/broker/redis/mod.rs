@@ -201,10 +201,9 @@ impl Settle for RedisSettle {
     async fn restore(&self) -> Result<(), BrokerError> {
         self.channel.restore_tag(&self.tag).await
     }
-    async fn retag(&mut self, recorded: &str, raw: &[u8], env: &Envelope) {
-        let own = env.delivery_tag().unwrap_or_default().to_string();
-        self.channel.rerecord(recorded, &own, raw, env).await;
-        self.tag = own;
+    async fn retag(&mut self, recorded: &str, tag: &str, raw: &[u8], env: &Envelope) {
+        self.channel.rerecord(recorded, tag, raw, env).await;
+        self.tag = tag.to_string();
     }
 }
 
