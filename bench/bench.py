@@ -751,8 +751,9 @@ return done
 # CEILING_LUA plus what kombu's Redis transport and Celery's backend do per message
 # besides: the delivery recorded in `unacked_index` (ZADD) and `unacked` (HSET of
 # `[message, exchange, routing_key]`) as it is popped, the ack (ZREM + HDEL), and the
-# backend's GET of the meta key before it writes. No worker and no network: the most
-# any worker with kombu's bookkeeping gets from this Redis.
+# backend's GET of the meta key before it writes. No worker and no network, but one
+# ack and one result write per message: a reference, not a bound (a worker that
+# settles a batch's acks in one ZREM + HDEL and writes results in batches can pass it).
 def _before(script: str, anchor: str, lines: str) -> str:
     """`script` with `lines` inserted before its one line starting with `anchor`."""
     at = script.index("\n  " + anchor) + 1  # ValueError if CEILING_LUA changed shape
@@ -2221,9 +2222,9 @@ def print_plain(results: list, n: int, failures: list, scenario: str = "",
     if ceiling and kombu_ceiling:
         kps = kombu_ceiling["tasks_per_s"]
         print(f"Redis with kombu's bookkeeping (KOMBU_CEILING_LUA): {kps:.0f} tasks/s = "
-              f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling, what any kombu-exact "
-              f"worker could get from this Redis (CPU steal "
-              f"{fmt_steal(kombu_ceiling.get('steal'))})")
+              f"{pct(kps, ceiling['tasks_per_s'])} of the ceiling: this Redis doing kombu's "
+              f"per-message bookkeeping one message at a time, a reference rather than a "
+              f"bound (CPU steal {fmt_steal(kombu_ceiling.get('steal'))})")
         for r in results:
             print(f"{r['worker']}: steady {pct(r['steady_tasks_per_s'], kps)} of it")
     for r in results:
