@@ -828,8 +828,8 @@ def median_run(runs: list, key: str) -> dict:
     return {**runs[0], **mid, "rounds": [r[key] for r in runs], "round_runs": runs}
 
 
-def fmt_rounds(r: dict, spec: str = ",.0f") -> str:
-    return ", ".join(format(v, spec) for v in r.get("rounds", []))
+def fmt_rounds(r: dict) -> str:
+    return ", ".join(f"{v:,.0f}" for v in r.get("rounds", []))
 
 
 def pct(a, b) -> str:
