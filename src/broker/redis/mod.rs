@@ -445,8 +445,11 @@ impl RedisChannel {
         queue
     }
 
-    /// A message parsed as it was popped.
-    fn popped(queue: String, raw: &[u8]) -> Popped {
+    /// A message popped with nothing recorded for it: parsed now, and
+    /// recorded in `unacked` under its tag if it has one. The message is
+    /// ours either way: a failed record is logged and the message runs
+    /// rather than being lost.
+    async fn parse_and_record(&self, queue: String, raw: &[u8]) -> Popped {
         let payload = Envelope::parse(raw);
         let tag = payload
             .as_ref()
@@ -454,6 +457,11 @@ impl RedisChannel {
             .and_then(|e| e.delivery_tag())
             .unwrap_or_default()
             .to_string();
+        if let Ok(env) = &payload
+            && !tag.is_empty()
+        {
+            self.rerecord("", &tag, raw, env).await;
+        }
         Popped {
             tag,
             queue,
@@ -476,28 +484,7 @@ impl RedisChannel {
         let Some((key, raw)) = popped else {
             return Ok(None);
         };
-        let delivery = Self::popped(self.queue_of(&key), &raw);
-        if let super::Payload::Parsed(Ok(env)) = &delivery.payload
-            && !delivery.tag.is_empty()
-        {
-            let entry = unacked_entry(&raw, env);
-            let mut conn = self.conn.clone();
-            let recorded: Result<(), _> = redis::pipe()
-                .atomic()
-                .zadd(
-                    self.key(&self.opts.unacked_index_key),
-                    &delivery.tag,
-                    unacked_score(),
-                )
-                .hset(self.key(&self.opts.unacked_key), &delivery.tag, entry)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = recorded {
-                // The message is ours now either way: run it rather than lose it.
-                tracing::warn!("could not record delivery {} in unacked: {e}", delivery.tag);
-            }
-        }
-        Ok(Some(delivery))
+        Ok(Some(self.parse_and_record(self.queue_of(&key), &raw).await))
     }
 
     /// Pops up to `max` ready messages without blocking.
@@ -526,23 +513,22 @@ impl RedisChannel {
             }
             // The script found no tag: nothing is recorded, so parse now, and
             // record it if serde finds the tag cjson did not.
-            let popped = Self::popped(queue, &raw);
-            if let super::Payload::Parsed(Ok(env)) = &popped.payload
-                && !popped.tag.is_empty()
-            {
-                self.rerecord("", &popped.tag, &raw, env).await;
-            }
-            out.push(popped);
+            out.push(self.parse_and_record(queue, &raw).await);
         }
         Ok(out)
     }
 
-    /// The fetch script recorded a message under `recorded`, which is not
-    /// the envelope's own tag (a message whose only `"delivery_tag"` key is
-    /// not in its properties): the entry moves to `tag` (empty: none), so
-    /// the ack finds it and nothing stays recorded under another's tag.
+    /// Records a message in `unacked` / `unacked_index` under `tag` (empty:
+    /// none), in one `MULTI`, first removing what was recorded under
+    /// `recorded` (empty: nothing). Used for kombu's bookkeeping after a
+    /// `BRPOP`, and when the fetch script recorded a tag other than the
+    /// envelope's own (a message whose only `"delivery_tag"` key is not in
+    /// its properties): the entry moves, so the ack finds it and nothing
+    /// stays recorded under another's tag.
     async fn rerecord(&self, recorded: &str, tag: &str, raw: &[u8], env: &Envelope) {
-        tracing::warn!("delivery {tag:?} was recorded in unacked as {recorded:?}; moving it");
+        if !recorded.is_empty() {
+            tracing::warn!("delivery {tag:?} was recorded in unacked as {recorded:?}; moving it");
+        }
         let (unacked, index) = (
             self.key(&self.opts.unacked_key),
             self.key(&self.opts.unacked_index_key),
